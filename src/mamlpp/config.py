@@ -1,0 +1,291 @@
+"""Structured-config schema and validation.
+
+The dataclasses below are registered with Hydra's ConfigStore as the schema of `conf/config.yaml`,
+so a misspelt key or a wrongly typed value fails while the config is composed. `validate` then
+checks ranges and cross-field constraints and raises a one-line `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from mamlpp.errors import ConfigError
+
+ALGORITHMS = ("maml", "fomaml", "mamlpp")
+PROTOCOLS = ("mamlpp", "maml")
+DEVICES = ("auto", "cpu", "cuda")
+IMPLS = ("auto", "batched", "loop")
+PROTOCOL_SPLITS = {"mamlpp": (1150, 50, 423), "maml": (1100, 100, 423)}
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "omniglot"
+    # Directory holding the official zips, or a URL base; None: data_dir, then the official URLs.
+    source: str | None = None
+    # Where zips are downloaded and the decoded uint8 cache is written.
+    data_dir: str = "datasets/omniglot"
+    image_size: int = 28
+    # mamlpp: all 1623 characters pooled, split 1150/50/423, random k*90 rotation per class per task.
+    # maml: Finn et al. 1100/100/423 characters, each rotation its own class.
+    protocol: str = "mamlpp"
+    # [train, val, test] classes; None: the protocol's standard split (see PROTOCOL_SPLITS).
+    split_sizes: list[int] | None = None
+    split_seed: int = 0
+    train_rotation: bool = True
+
+
+@dataclass
+class TaskConfig:
+    ways: int = 5
+    shots: int = 1
+    targets: int = 1
+
+
+@dataclass
+class ModelConfig:
+    name: str = "conv4"
+    filters: int = 64
+    stages: int = 4
+    norm: str = "batch_norm"
+    pooling: str = "max"
+    activation: str = "leaky_relu"
+    bn_momentum: float = 0.1
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "mamlpp"
+    inner_steps: int = 5
+    inner_steps_eval: int = 5
+    inner_lr: float = 0.1
+    second_order: bool = True
+    # Derivative-order annealing: first order while epoch < first_order_epochs (0: never).
+    first_order_epochs: int = 0
+    # Multi-step loss: weighted target loss after every step while epoch < msl_epochs.
+    multi_step_loss: bool = False
+    msl_epochs: int = 10
+    # Learned per-layer per-step inner learning rates, initialised to inner_lr.
+    learn_inner_lr: bool = False
+    per_step_bn_stats: bool = False
+    per_step_bn_weights: bool = False
+    # Normalise with the (per-step) running statistics at evaluation instead of batch statistics.
+    use_running_stats_eval: bool = False
+    # Adapt batch-norm affine parameters in the inner loop as well (off in MAML++'s code).
+    inner_adapt_bn: bool = False
+    meta_lr: float = 0.001
+    cosine_meta_lr: bool = False
+    min_meta_lr: float = 0.00001
+    grad_clip: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    iters_per_epoch: int = 500
+    meta_batch_size: int = 8
+    # auto: batched on every device; loop: one task at a time (reference implementation).
+    impl: str = "auto"
+
+
+@dataclass
+class EvalConfig:
+    val_tasks: int = 600
+    test_tasks: int = 600
+    top_k: int = 5
+    # Tasks evaluated together in one batched forward.
+    batch_size: int = 50
+    # Seed of the fixed validation/test tasks: the same for every model and training seed.
+    task_seed: int = 0
+
+
+RESUME_MODES = ("auto", "never", "must")
+
+
+@dataclass
+class RunConfig:
+    """How a run is kept alive; none of these keys changes the experiment's numbers."""
+
+    # auto: continue from the newest valid checkpoint if any; never: start fresh (old checkpoints
+    # are moved aside); must: fail unless a valid checkpoint exists.
+    resume: str = "auto"
+    # Extra checkpoints inside an epoch (0: off); epoch ends always checkpoint.
+    checkpoint_every_iters: int = 0
+    checkpoint_every_seconds: float = 0.0
+    # Also keep a snapshot every N epochs (0: only latest + top-k are kept).
+    keep_every_epochs: int = 0
+    # Resume even if experiment keys differ from the checkpoint's config.
+    allow_config_change: bool = False
+    # Re-run the test phase of a finished run.
+    retest: bool = False
+
+
+# Keys that may differ between a checkpoint and the resuming run.
+NEUTRAL_KEYS = (
+    "run.",
+    "debug",
+    "progress_bar",
+    "device",
+    "experiment_name",
+    "dataset.source",
+    "dataset.data_dir",
+    "train.impl",
+    "eval.batch_size",
+)
+
+
+@dataclass
+class Config:
+    experiment_name: str = "default"
+    seed: int = 0
+    device: str = "auto"
+    debug: bool = False
+    progress_bar: bool = True
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def register_configs() -> None:
+    """Register the schema so `conf/config.yaml` is type-checked against it."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' = {value!r} is invalid: allowed {allowed}")
+
+
+def validate(cfg: Config) -> Config:
+    """Range and cross-field checks; the schema already checked names and types."""
+    d, t, m, a, tr, ev = cfg.dataset, cfg.task, cfg.model, cfg.algorithm, cfg.train, cfg.eval
+    _check(cfg.device in DEVICES, "device", cfg.device, f"one of {DEVICES}")
+    _check(d.name == "omniglot", "dataset.name", d.name, "'omniglot'")
+    _check(d.protocol in PROTOCOLS, "dataset.protocol", d.protocol, f"one of {PROTOCOLS}")
+    _check(d.image_size >= 8, "dataset.image_size", d.image_size, ">= 8")
+    _check(
+        d.split_sizes is None
+        or (len(d.split_sizes) == 3 and all(s > 0 for s in d.split_sizes) and sum(d.split_sizes) <= 1623),
+        "dataset.split_sizes",
+        d.split_sizes,
+        "three positive class counts [train, val, test] summing to at most 1623",
+    )
+    _check(t.ways >= 2, "task.ways", t.ways, ">= 2")
+    _check(t.shots >= 1, "task.shots", t.shots, ">= 1")
+    _check(t.targets >= 1, "task.targets", t.targets, ">= 1")
+    _check(
+        t.shots + t.targets <= 20,
+        "task.shots",
+        t.shots,
+        f"shots + targets <= 20 images per Omniglot class (targets={t.targets})",
+    )
+    for split, n in zip(("train", "val", "test"), split_class_counts(cfg)):
+        _check(t.ways <= n, "task.ways", t.ways, f"at most {n}, the classes in the {split} split")
+    _check(m.name == "conv4", "model.name", m.name, "'conv4'")
+    _check(m.filters >= 1, "model.filters", m.filters, ">= 1")
+    _check(1 <= m.stages <= 8, "model.stages", m.stages, "1..8")
+    _check(m.norm in ("batch_norm", "none"), "model.norm", m.norm, "'batch_norm' or 'none'")
+    _check(m.pooling in ("max", "stride"), "model.pooling", m.pooling, "'max' or 'stride'")
+    _check(
+        m.activation in ("relu", "leaky_relu"), "model.activation", m.activation, "relu|leaky_relu"
+    )
+    _check(0 < m.bn_momentum <= 1, "model.bn_momentum", m.bn_momentum, "in (0, 1]")
+    _check(d.image_size >> m.stages >= 1, "model.stages", m.stages, "at most log2(image_size)")
+    _check(a.name in ALGORITHMS, "algorithm.name", a.name, f"one of {ALGORITHMS}")
+    _check(a.inner_steps >= 1, "algorithm.inner_steps", a.inner_steps, ">= 1")
+    _check(a.inner_steps_eval >= 1, "algorithm.inner_steps_eval", a.inner_steps_eval, ">= 1")
+    _check(a.inner_lr > 0, "algorithm.inner_lr", a.inner_lr, "> 0")
+    _check(a.meta_lr > 0, "algorithm.meta_lr", a.meta_lr, "> 0")
+    _check(
+        0 <= a.min_meta_lr <= a.meta_lr,
+        "algorithm.min_meta_lr",
+        a.min_meta_lr,
+        f"0 <= min_meta_lr <= meta_lr ({a.meta_lr})",
+    )
+    _check(a.first_order_epochs >= 0, "algorithm.first_order_epochs", a.first_order_epochs, ">= 0")
+    _check(a.msl_epochs >= 0, "algorithm.msl_epochs", a.msl_epochs, ">= 0")
+    _check(a.grad_clip is None or a.grad_clip > 0, "algorithm.grad_clip", a.grad_clip, "null or > 0")
+    norm_keys = ("per_step_bn_stats", "per_step_bn_weights", "use_running_stats_eval")
+    for key in norm_keys:
+        _check(
+            not getattr(a, key) or m.norm == "batch_norm",
+            f"algorithm.{key}",
+            True,
+            "false when model.norm=none",
+        )
+    _check(tr.epochs >= 1, "train.epochs", tr.epochs, ">= 1")
+    _check(tr.iters_per_epoch >= 1, "train.iters_per_epoch", tr.iters_per_epoch, ">= 1")
+    _check(tr.meta_batch_size >= 1, "train.meta_batch_size", tr.meta_batch_size, ">= 1")
+    _check(tr.impl in IMPLS, "train.impl", tr.impl, f"one of {IMPLS}")
+    _check(ev.val_tasks >= 1, "eval.val_tasks", ev.val_tasks, ">= 1")
+    _check(ev.test_tasks >= 1, "eval.test_tasks", ev.test_tasks, ">= 1")
+    _check(ev.top_k >= 1, "eval.top_k", ev.top_k, ">= 1")
+    r = cfg.run
+    _check(r.resume in RESUME_MODES, "run.resume", r.resume, f"one of {RESUME_MODES}")
+    _check(r.checkpoint_every_iters >= 0, "run.checkpoint_every_iters", r.checkpoint_every_iters, ">= 0")
+    _check(
+        r.checkpoint_every_seconds >= 0,
+        "run.checkpoint_every_seconds",
+        r.checkpoint_every_seconds,
+        ">= 0",
+    )
+    _check(r.keep_every_epochs >= 0, "run.keep_every_epochs", r.keep_every_epochs, ">= 0")
+    _check(
+        a.name != "fomaml" or not a.second_order,
+        "algorithm.second_order",
+        True,
+        "false with algorithm.name=fomaml (first-order MAML)",
+    )
+    _check(ev.batch_size >= 1, "eval.batch_size", ev.batch_size, ">= 1")
+    return cfg
+
+
+def split_sizes(cfg: Config) -> tuple[int, int, int]:
+    """Characters per split: the configured sizes or the protocol's standard ones."""
+    sizes = cfg.dataset.split_sizes
+    return tuple(sizes) if sizes is not None else PROTOCOL_SPLITS[cfg.dataset.protocol]
+
+
+def split_class_counts(cfg: Config) -> tuple[int, int, int]:
+    """Number of classes a task can draw from in each split (rotations count under 'maml')."""
+    train, val, test = split_sizes(cfg)
+    if cfg.dataset.protocol == "maml":
+        return train * 4, val * 4, test * 4
+    return train, val, test
+
+
+def experiment_keys(cfg: Config) -> dict[str, Any]:
+    """Flattened config without the keys that do not change the experiment (NEUTRAL_KEYS)."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, name + ".")
+            elif not any(name == k or (k.endswith(".") and name.startswith(k)) for k in NEUTRAL_KEYS):
+                flat[name] = value
+
+    walk(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True), "")
+    return flat
+
+
+def to_config(cfg: DictConfig | Config) -> Config:
+    """Turn a composed DictConfig into validated dataclasses."""
+    if isinstance(cfg, DictConfig):
+        try:
+            obj = OmegaConf.to_object(cfg)
+        except Exception as exc:  # omegaconf reports missing/mistyped values here
+            raise ConfigError(f"config: {str(exc).splitlines()[0]}") from exc
+    else:
+        obj = cfg
+    return validate(obj)

@@ -1,0 +1,354 @@
+"""ExperimentBuilder: meta-training with validation, checkpoints and resume, then the test phase."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from mamlpp.algorithms.meta_learner import MetaLearner
+from mamlpp.config import Config, split_sizes
+from mamlpp.data.episodes import EpisodeSampler
+from mamlpp.data.omniglot import load_omniglot
+from mamlpp.data.splits import omniglot_splits
+from mamlpp.errors import ConfigError, MamlppError
+from mamlpp.experiment.checkpoints import (
+    atomic_write_text,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from mamlpp.experiment.evaluation import ensemble, mean_ci95, predict_tasks
+from mamlpp.experiment.lock import RunLock
+from mamlpp.experiment.metrics import open_tensorboard, write_metrics_csv
+from mamlpp.experiment.run_state import (
+    TrainingProgress,
+    check_drift,
+    load_latest_valid,
+    save_state,
+)
+from mamlpp.experiment.signals import SignalFlag, StopRequested
+from mamlpp.experiment.topk import member_file, update_top_k
+from mamlpp.reports.results_table import format_results
+
+DONE_MARKER = "done"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'device' = 'cuda' but no CUDA device is available: use auto|cpu")
+    return torch.device(name)
+
+
+def log(msg: str) -> None:
+    print(f"[mamlpp] {msg}", file=sys.stderr, flush=True)
+
+
+class ExperimentBuilder:
+    """Owns one run directory: trains, validates, checkpoints, resumes and tests."""
+
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.device = resolve_device(cfg.device)
+        self.signals = SignalFlag()
+
+    # ------------------------------------------------------------------ setup
+    def _build(self) -> None:
+        cfg = self.cfg
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)  # denormal gradients slow CPU kernels by 10x+
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        images = load_omniglot(cfg.dataset.data_dir, cfg.dataset.source, cfg.dataset.image_size)
+        splits = omniglot_splits(
+            images.shape[0],
+            split_sizes(cfg),
+            cfg.dataset.split_seed,
+            cfg.dataset.protocol,
+            cfg.dataset.train_rotation,
+        )
+        t = cfg.task
+        self.sampler = EpisodeSampler(
+            torch.from_numpy(images).to(self.device), splits, t.ways, t.shots, t.targets
+        )
+        self.total_iterations = cfg.train.epochs * cfg.train.iters_per_epoch
+        self.learner = self._new_learner()
+
+    def _new_learner(self) -> MetaLearner:
+        cfg = self.cfg
+        impl = "batched" if cfg.train.impl == "auto" else cfg.train.impl
+        learner = MetaLearner(
+            cfg.algorithm,
+            cfg.model,
+            in_channels=1,
+            image_size=cfg.dataset.image_size,
+            ways=cfg.task.ways,
+            total_iterations=self.total_iterations,
+            impl=impl,
+        )
+        return learner.to(self.device)
+
+    # ------------------------------------------------------------------ entry point
+    def run(self) -> dict[str, Any]:
+        """Train (or resume), test the top-k ensemble, write results.json; return the results."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        results_path = self.run_dir / "results.json"
+        with RunLock(self.run_dir) as lock:
+            if lock.previous_holder:
+                log(f"taking over the lock left by {lock.previous_holder} (no longer running)")
+            if (self.run_dir / DONE_MARKER).exists() and results_path.exists():
+                if not self.cfg.run.retest:
+                    results = json.loads(results_path.read_text())
+                    log(f"run already finished: {results_path} (run.retest=true tests again)")
+                    print(format_results(results))
+                    return results
+            atomic_write_text(
+                self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(self.cfg))
+            )
+            self._build()
+            self.signals.install()
+            try:
+                progress = self._restore_or_start()
+                resumed_at = progress.next_iteration
+                # Events after the checkpoint were written by the killed process: drop them.
+                self.writer = open_tensorboard(self.run_dir / "tb", resumed_at + 1 if resumed_at else None)
+                try:
+                    self._train(progress)
+                    results = self._test(progress)
+                finally:
+                    self.writer.close()
+            finally:
+                self.signals.restore()
+            atomic_write_text(results_path, json.dumps(results, indent=2))
+            atomic_write_text(self.run_dir / DONE_MARKER, time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+            print(format_results(results))
+            return results
+
+    # ------------------------------------------------------------------ resume
+    def _restore_or_start(self) -> TrainingProgress:
+        mode = self.cfg.run.resume
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if mode == "never":
+            if any(self.ckpt_dir.iterdir()):
+                aside = self.ckpt_dir.with_name(f"checkpoints.old-{int(time.time())}")
+                self.ckpt_dir.rename(aside)
+                log(f"run.resume=never: moved the existing checkpoints to {aside.name}")
+                self.ckpt_dir.mkdir()
+            return TrainingProgress()
+        state = load_latest_valid(self.ckpt_dir, log)
+        if state is None:
+            if mode == "must":
+                raise MamlppError(
+                    f"run.resume=must but {self.ckpt_dir} holds no valid checkpoint"
+                )
+            return TrainingProgress()
+        check_drift(state["experiment"], self.cfg)
+        self.learner.load_state_dict(state["learner"])
+        self.learner.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        progress = TrainingProgress(**state["progress"])
+        write_metrics_csv(self.run_dir / "metrics.csv", progress.history)
+        log(f"resumed from {self.ckpt_dir / 'latest.pt'} at iteration {progress.next_iteration}")
+        return progress
+
+    def _checkpoint(self, progress: TrainingProgress) -> None:
+        save_state(
+            self.ckpt_dir,
+            self.learner.state_dict(),
+            self.learner.optimizer.state_dict(),
+            progress,
+            rng_state(),
+            self.cfg,
+        )
+
+    # ------------------------------------------------------------------ training
+    def _train(self, progress: TrainingProgress) -> None:
+        cfg, tr = self.cfg, self.cfg.train
+        ipe = tr.iters_per_epoch
+        images_per_task = cfg.task.ways * (cfg.task.shots + cfg.task.targets)
+        last_ckpt_time = time.monotonic()
+        bar = tqdm(
+            total=self.total_iterations,
+            initial=progress.next_iteration,
+            disable=not cfg.progress_bar,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        while progress.next_iteration < self.total_iterations:
+            it = progress.next_iteration
+            epoch = it // ipe
+            t0 = time.perf_counter()
+            batch = self.sampler.batch("train", cfg.seed, it * tr.meta_batch_size, tr.meta_batch_size)
+            step = self.learner.train_step(batch, epoch, it)
+            dt = time.perf_counter() - t0
+            progress.next_iteration = it + 1
+            progress.epoch_loss_sum += step.loss
+            progress.epoch_acc_sum += step.accuracy
+            progress.epoch_iters += 1
+            progress.epoch_seconds += dt
+            progress.train_seconds += dt
+            self._log_iteration(it + 1, step, dt, images_per_task * tr.meta_batch_size)
+            bar.update(1)
+            bar.set_postfix(
+                epoch=epoch, loss=f"{step.loss:.3f}", acc=f"{step.accuracy:.3f}", s_it=f"{dt:.3f}"
+            )
+            if (it + 1) % ipe == 0:
+                self._end_epoch(progress, epoch, step)
+                last_ckpt_time = time.monotonic()
+            elif self._cadence_due(it + 1, last_ckpt_time) or self.signals.requested:
+                self._checkpoint(progress)
+                last_ckpt_time = time.monotonic()
+            if self.signals.requested:
+                bar.close()
+                raise StopRequested(self.signals.signal_name)
+        bar.close()
+
+    def _cadence_due(self, done_iters: int, last_time: float) -> bool:
+        r = self.cfg.run
+        by_iters = r.checkpoint_every_iters > 0 and done_iters % r.checkpoint_every_iters == 0
+        by_time = (
+            r.checkpoint_every_seconds > 0
+            and time.monotonic() - last_time >= r.checkpoint_every_seconds
+        )
+        return by_iters or by_time
+
+    def _log_iteration(self, step_no: int, step: Any, dt: float, images: int) -> None:
+        w = self.writer
+        w.add_scalar("train/loss", step.loss, step_no)
+        w.add_scalar("train/acc", step.accuracy, step_no)
+        w.add_scalar("train/lr", step.meta_lr, step_no)
+        w.add_scalar("train/s_per_iter", dt, step_no)
+        w.add_scalar("train/images_per_s", images / dt, step_no)
+
+    def _end_epoch(self, progress: TrainingProgress, epoch: int, step: Any) -> None:
+        cfg = self.cfg
+        t_val = time.perf_counter()
+        val = predict_tasks(
+            self.learner, self.sampler, "val", cfg.eval.task_seed, cfg.eval.val_tasks,
+            cfg.eval.batch_size,
+        )
+        val_acc = val.accuracies().mean().item()
+        val_loss = val.losses().mean().item()
+        progress.eval_seconds += time.perf_counter() - t_val
+        n = max(progress.epoch_iters, 1)
+        row = {
+            "epoch": epoch,
+            "iteration": progress.next_iteration,
+            "train_loss": progress.epoch_loss_sum / n,
+            "train_acc": progress.epoch_acc_sum / n,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "meta_lr": step.meta_lr,
+            "second_order": int(step.second_order),
+            "multi_step_loss": int(step.multi_step_loss),
+            "epoch_seconds": round(progress.epoch_seconds, 3),
+            "s_per_iter": round(progress.epoch_seconds / n, 4),
+        }
+        w, s = self.writer, progress.next_iteration
+        w.add_scalar("val/acc", val_acc, s)
+        w.add_scalar("val/loss", val_loss, s)
+        for name, rates in self.learner.inner_lrs.as_dict().items():
+            for i, r in enumerate(rates.tolist()):
+                w.add_scalar(f"lslr/{name}/step{i}", r, s)
+        w.flush()
+        progress.top_k, kept, evicted = update_top_k(
+            progress.top_k, epoch, val_acc, cfg.eval.top_k
+        )
+        keep_every = cfg.run.keep_every_epochs
+        snapshot = keep_every > 0 and (epoch + 1) % keep_every == 0
+        if kept or snapshot:
+            save_checkpoint(self.ckpt_dir / member_file(epoch), {"learner": self.learner.state_dict()})
+        progress.history.append(row)
+        progress.epoch_loss_sum = progress.epoch_acc_sum = progress.epoch_seconds = 0.0
+        progress.epoch_iters = 0
+        self._checkpoint(progress)
+        write_metrics_csv(self.run_dir / "metrics.csv", progress.history)
+        for e in evicted:  # only after the checkpoint that no longer lists them
+            old = e["epoch"]
+            if not (keep_every > 0 and (old + 1) % keep_every == 0):
+                (self.ckpt_dir / member_file(old)).unlink(missing_ok=True)
+        log(
+            f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+            f"val loss {val_loss:.4f} acc {val_acc:.4f}"
+        )
+
+    # ------------------------------------------------------------------ test phase
+    def _test(self, progress: TrainingProgress) -> dict[str, Any]:
+        cfg = self.cfg
+        members, per_model = [], []
+        t_test = time.perf_counter()
+        for entry in progress.top_k:
+            if self.signals.requested:
+                raise StopRequested(self.signals.signal_name)
+            learner = self._new_learner()
+            state = load_checkpoint(self.ckpt_dir / member_file(entry["epoch"]))
+            learner.load_state_dict(state["learner"])
+            preds = predict_tasks(
+                learner, self.sampler, "test", cfg.eval.task_seed, cfg.eval.test_tasks,
+                cfg.eval.batch_size,
+            )
+            mean, ci = mean_ci95(preds.accuracies())
+            members.append(preds)
+            per_model.append(
+                {
+                    "epoch": entry["epoch"],
+                    "val_accuracy": entry["val_acc"],
+                    "test_accuracy_mean": mean,
+                    "test_accuracy_ci95": ci,
+                }
+            )
+        t_test = time.perf_counter() - t_test
+        ens = ensemble(members)
+        mean, ci = mean_ci95(ens.accuracies())
+        self.writer.add_scalar("test/acc", mean, self.total_iterations)
+        self.writer.add_scalar("test/ci95", ci, self.total_iterations)
+        a, t = cfg.algorithm, cfg.task
+        return {
+            "test_accuracy_mean": mean,
+            "test_accuracy_ci95": ci,
+            "num_test_tasks": cfg.eval.test_tasks,
+            "ensemble_size": len(members),
+            "per_model": per_model,
+            "best_val_accuracy": max(e["val_acc"] for e in progress.top_k),
+            "train_seconds": round(progress.train_seconds, 2),
+            "test_seconds": round(t_test, 2),
+            "wall_time_s": round(progress.train_seconds + progress.eval_seconds + t_test, 2),
+            "epochs": cfg.train.epochs,
+            "iterations": self.total_iterations,
+            "device": str(self.device),
+            "config": {
+                "experiment": cfg.experiment_name,
+                "dataset": cfg.dataset.name,
+                "protocol": cfg.dataset.protocol,
+                "ways": t.ways,
+                "shots": t.shots,
+                "targets": t.targets,
+                "algorithm": a.name,
+                "second_order": a.second_order,
+                "first_order_epochs": a.first_order_epochs,
+                "multi_step_loss": a.multi_step_loss,
+                "learn_inner_lr": a.learn_inner_lr,
+                "per_step_bn_stats": a.per_step_bn_stats,
+                "per_step_bn_weights": a.per_step_bn_weights,
+                "use_running_stats_eval": a.use_running_stats_eval,
+                "cosine_meta_lr": a.cosine_meta_lr,
+                "inner_steps": a.inner_steps,
+                "inner_steps_eval": a.inner_steps_eval,
+                "meta_batch_size": cfg.train.meta_batch_size,
+                "seed": cfg.seed,
+            },
+        }

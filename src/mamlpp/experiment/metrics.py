@@ -1,0 +1,43 @@
+"""Per-epoch metrics (CSV) and scalars (TensorBoard) of one run."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+from mamlpp.experiment.checkpoints import atomic_write_text
+
+CSV_COLUMNS = (
+    "epoch",
+    "iteration",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "meta_lr",
+    "second_order",
+    "multi_step_loss",
+    "epoch_seconds",
+    "s_per_iter",
+)
+
+
+def write_metrics_csv(path: Path, rows: list[dict]) -> None:
+    """Rewrite the whole CSV from the history kept in the checkpoint.
+
+    The checkpoint is the source of truth, so a kill between checkpoint and CSV write can neither
+    lose a row nor write one twice: the next run rewrites the file from the restored history.
+    """
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def open_tensorboard(log_dir: Path, resume_step: int | None) -> SummaryWriter:
+    """A writer that drops events at or after `resume_step` left by a killed run."""
+    return SummaryWriter(str(log_dir), purge_step=resume_step, flush_secs=30)

@@ -1,0 +1,41 @@
+"""Graceful interruption: SIGTERM/SIGUSR1/SIGINT ask the run to checkpoint and exit."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+# EX_TEMPFAIL: "interrupted, resumable". Generated scripts and launchers re-run on this code.
+EXIT_RESUMABLE = 75
+HANDLED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class StopRequested(Exception):
+    """Raised at a safe point after a stop signal, once the state is checkpointed."""
+
+
+class SignalFlag:
+    """Records a stop signal; the training loop polls it between iterations."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signal_name = signal.Signals(signum).name
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def install(self) -> SignalFlag:
+        for sig in HANDLED:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()

@@ -1,0 +1,20 @@
+"""The table of the best validation checkpoints, kept inside the training state."""
+
+from __future__ import annotations
+
+
+def update_top_k(
+    table: list[dict], epoch: int, val_acc: float, k: int
+) -> tuple[list[dict], bool, list[dict]]:
+    """Insert an epoch's validation accuracy; return (new table, kept?, evicted entries).
+
+    Ties go to the earlier epoch, so the table is a pure function of the validation history.
+    """
+    entry = {"epoch": int(epoch), "val_acc": float(val_acc)}
+    ranked = sorted([*table, entry], key=lambda e: (-e["val_acc"], e["epoch"]))
+    kept = ranked[:k]
+    return kept, entry in kept, [e for e in ranked[k:] if e is not entry]
+
+
+def member_file(epoch: int) -> str:
+    return f"epoch_{epoch:04d}.pt"

@@ -1,0 +1,74 @@
+"""The VGG-style backbone of MAML/MAML++: stages of conv3x3 -> batch norm -> activation -> pool."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mamlpp.nn.layers import BatchStats, MetaBatchNorm2d, MetaConv2d, MetaLinear, to_grouped
+
+
+class Conv4(nn.Module):
+    """Conv4 whose forward takes a dict of per-task weights (name -> [B, *shape]).
+
+    Parameters not in the dict (e.g. batch-norm affine when it is not adapted in the inner loop)
+    come from the module itself and are shared by every task.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        num_classes: int,
+        filters: int = 64,
+        stages: int = 4,
+        norm: str = "batch_norm",
+        pooling: str = "max",
+        activation: str = "leaky_relu",
+        bn_weight_steps: int = 1,
+        bn_stat_steps: int = 1,
+        bn_momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.pooling, self.activation = pooling, activation
+        stride = 2 if pooling == "stride" else 1
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        channels, size = in_channels, image_size
+        for _ in range(stages):
+            self.convs.append(MetaConv2d(channels, filters, stride=stride))
+            if norm == "batch_norm":
+                self.norms.append(
+                    MetaBatchNorm2d(filters, bn_weight_steps, bn_stat_steps, bn_momentum)
+                )
+            channels = filters
+            size = (size + 1) // 2 if pooling == "stride" else size // 2
+        self.feature_dim = filters * size * size
+        self.head = MetaLinear(self.feature_dim, num_classes)
+
+    def forward(
+        self,
+        x: Tensor,
+        params: dict[str, Tensor],
+        step: int = 0,
+        use_running_stats: bool = False,
+        sink: list[BatchStats] | None = None,
+    ) -> Tensor:
+        """x: [B, M, C, H, W] -> logits [B, M, num_classes]."""
+        b, m = x.shape[:2]
+        h = to_grouped(x)
+        for i, conv in enumerate(self.convs):
+            h = conv(h, params[f"convs.{i}.weight"], params[f"convs.{i}.bias"])
+            if self.norms:
+                bn = self.norms[i]
+                slot = bn.weight_slot(step)
+                w = params.get(f"norms.{i}.weight")
+                bias = params.get(f"norms.{i}.bias")
+                w = bn.weight[slot] if w is None else w[:, slot]
+                bias = bn.bias[slot] if bias is None else bias[:, slot]
+                h = bn(h, w, bias, step, use_running_stats, sink)
+            h = F.leaky_relu(h) if self.activation == "leaky_relu" else F.relu(h)
+            if self.pooling == "max":
+                h = F.max_pool2d(h, 2)
+        features = h.reshape(m, b, self.feature_dim)
+        return self.head(features, params["head.weight"], params["head.bias"])

@@ -1,0 +1,29 @@
+"""The result table printed at the end of a run (and again when a finished run is re-run)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """Markdown table: the top-k ensemble first, then each member alone (accuracies in %)."""
+    c = results.get("config", {})
+    title = (
+        f"{c.get('dataset', '?')} {c.get('ways', '?')}-way {c.get('shots', '?')}-shot, "
+        f"{c.get('algorithm', '?')}, seed {c.get('seed', '?')}: "
+        f"{results['num_test_tasks']} test tasks"
+    )
+    lines = [
+        title,
+        "",
+        "| model | val acc (%) | test acc (%) | 95% CI (%) |",
+        "|---|---|---|---|",
+        f"| ensemble of top-{results['ensemble_size']} | {100 * results['best_val_accuracy']:.2f} (best)"
+        f" | {100 * results['test_accuracy_mean']:.2f} | +- {100 * results['test_accuracy_ci95']:.2f} |",
+    ]
+    for m in results["per_model"]:
+        lines.append(
+            f"| epoch {m['epoch']} | {100 * m['val_accuracy']:.2f} | "
+            f"{100 * m['test_accuracy_mean']:.2f} | +- {100 * m['test_accuracy_ci95']:.2f} |"
+        )
+    return "\n".join(lines)

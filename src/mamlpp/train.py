@@ -1,0 +1,60 @@
+"""`mamlpp-train` / `python -m mamlpp.train`: the Hydra entry point of one experiment."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from mamlpp.config import register_configs, to_config
+from mamlpp.errors import MamlppError
+from mamlpp.experiment.signals import EXIT_RESUMABLE, StopRequested
+
+
+def _conf_dir() -> str:
+    """conf/ of a source checkout, or the copy packaged inside a wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parents[1] / "conf", here / "conf"):
+        if (candidate / "config.yaml").exists():
+            return str(candidate)
+    raise RuntimeError(f"mamlpp: no conf/config.yaml next to {here}")
+
+
+register_configs()
+if not OmegaConf.has_resolver("or_default"):
+    OmegaConf.register_new_resolver("or_default", lambda value, default: value or default)
+
+
+@hydra.main(version_base="1.3", config_path=_conf_dir(), config_name="config")
+def _run(dcfg: DictConfig) -> float:
+    from mamlpp.experiment.builder import ExperimentBuilder
+
+    debug = bool(dcfg.get("debug", False))
+    try:
+        cfg = to_config(dcfg)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        results = ExperimentBuilder(cfg, run_dir).run()
+    except StopRequested as stop:
+        print(
+            f"mamlpp: interrupted by {stop}; checkpoint written, run the same command to resume "
+            f"(exit code {EXIT_RESUMABLE})",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_RESUMABLE)
+    except MamlppError as err:
+        if debug:
+            raise
+        print(f"mamlpp: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return results["test_accuracy_mean"]
+
+
+def main() -> None:
+    _run()
+
+
+if __name__ == "__main__":
+    main()
