@@ -1,0 +1,134 @@
+"""Seconds per meta-iteration, throughput and peak memory of each meta-step implementation.
+
+    python benchmarks/bench_meta_step.py [--setting NAME ...] [--device cpu|cuda] [--impl NAME ...]
+                                         [--repeats N] [--warmup N] [--json FILE]
+
+Each (setting, impl) runs in its own subprocess so peak RSS belongs to that implementation alone.
+Inputs have Omniglot's shapes (1x28x28, binary pixels); 5 inner steps throughout. The ratio
+column is each implementation's speed-up over `loop` measured in the same invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+SETTINGS = {
+    # name: (algorithm, ways, meta batch)
+    "mamlpp_5w1s_b8": ("mamlpp", 5, 8),
+    "mamlpp_5w1s_b16": ("mamlpp", 5, 16),
+    "mamlpp_20w1s_b8": ("mamlpp", 20, 8),
+    "maml_5w1s_b16": ("maml", 5, 16),
+    "fomaml_5w1s_b16": ("fomaml", 5, 16),
+}
+IMPLS = ("batched", "loop")
+
+
+def _algorithm(name: str):
+    from mamlpp.config import AlgorithmConfig
+
+    if name == "mamlpp":
+        return AlgorithmConfig(
+            name="mamlpp",
+            inner_lr=0.1,
+            multi_step_loss=True,
+            learn_inner_lr=True,
+            per_step_bn_stats=True,
+            per_step_bn_weights=True,
+            cosine_meta_lr=True,
+        )
+    return AlgorithmConfig(name=name, inner_lr=0.4, second_order=name == "maml")
+
+
+def measure(setting: str, impl: str, device: str, warmup: int, repeats: int) -> dict:
+    import torch
+
+    from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
+    from mamlpp.config import ModelConfig
+
+    algo, ways, batch = SETTINGS[setting]
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        torch.set_flush_denormal(True)
+    torch.manual_seed(0)
+    learner = MetaLearner(_algorithm(algo), ModelConfig(), 1, 28, ways, 10_000, impl=impl).to(dev)
+    g = torch.Generator().manual_seed(0)
+
+    def images() -> torch.Tensor:
+        return (torch.rand(batch, ways, 1, 28, 28, generator=g) > 0.2).float().to(dev)
+
+    labels = torch.arange(ways, device=dev).expand(batch, -1).contiguous()
+    data = EpisodeBatch(images(), labels, images(), labels)
+    times = []
+    for i in range(warmup + repeats):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            if i == warmup:
+                torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        learner.train_step(data, epoch=0, iteration=i)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    if dev.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    med = statistics.median(times)
+    images_per_task = ways * 2  # 1 support + 1 target per class
+    return {
+        "setting": setting,
+        "impl": impl,
+        "device": device,
+        "median_s_per_iter": med,
+        "tasks_per_s": batch / med,
+        "images_per_s": batch * images_per_task / med,
+        "peak_mem_mb": peak_mb,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--setting", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--impl", nargs="*", default=list(IMPLS), choices=list(IMPLS))
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", default=None, help="write {'results': [...]} here")
+    p.add_argument("--worker", nargs=2, metavar=("SETTING", "IMPL"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(measure(*args.worker, args.device, args.warmup, args.repeats)))
+        return
+    results = []
+    print(f"{'setting':18} {'impl':8} {'s/iter':>8} {'tasks/s':>8} {'images/s':>9} {'peak MB':>8} {'vs loop':>7}")
+    for setting in args.setting:
+        rows = {}
+        for impl in args.impl:
+            cmd = [sys.executable, __file__, "--worker", setting, impl, "--device", args.device,
+                   "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            rows[impl] = json.loads(out.strip().splitlines()[-1])
+        for impl, r in rows.items():
+            if "loop" in rows:
+                r["speedup_vs_loop"] = rows["loop"]["median_s_per_iter"] / r["median_s_per_iter"]
+            ratio = f"{r['speedup_vs_loop']:.2f}x" if "speedup_vs_loop" in r else "-"
+            print(
+                f"{setting:18} {impl:8} {r['median_s_per_iter']:8.3f} {r['tasks_per_s']:8.1f} "
+                f"{r['images_per_s']:9.0f} {r['peak_mem_mb']:8.0f} {ratio:>7}",
+                flush=True,
+            )
+            results.append(r)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
