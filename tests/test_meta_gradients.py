@@ -1,0 +1,323 @@
+"""Meta-gradients of MetaLearner against an independent torch.func re-implementation.
+
+The reference below is a plain single-task functional Conv4 (F.conv2d, hand-written batch norm,
+F.linear) whose inner loop uses torch.func.grad; the outer gradient is ordinary autograd through
+it. It shares no code with mamlpp.nn beyond the parameter names and values.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+STEPS = 2
+BN_EPS = 1e-5
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def ref_forward(params: dict[str, Tensor], x: Tensor, step: int, stages: int) -> Tensor:
+    """One task: x [M, C, H, W] -> logits [M, N]; batch norm with this batch's statistics."""
+    h = x
+    for i in range(stages):
+        h = F.conv2d(h, params[f"convs.{i}.weight"], params[f"convs.{i}.bias"], padding=1)
+        if f"norms.{i}.weight" in params:
+            gamma, beta = params[f"norms.{i}.weight"], params[f"norms.{i}.bias"]
+            gamma = gamma[min(step, gamma.shape[0] - 1)]
+            beta = beta[min(step, beta.shape[0] - 1)]
+            mean = h.mean(dim=(0, 2, 3), keepdim=True)
+            var = ((h - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
+            h = (h - mean) / torch.sqrt(var + BN_EPS)
+            h = h * gamma.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1)
+        h = F.leaky_relu(h)
+        h = F.max_pool2d(h, 2)
+    return F.linear(h.flatten(1), params["head.weight"], params["head.bias"])
+
+
+def ref_adapt(
+    params: dict[str, Tensor],
+    lrs: dict[str, Tensor],
+    xs: Tensor,
+    ys: Tensor,
+    step: int,
+    fast: dict[str, Tensor],
+    stages: int,
+) -> dict[str, Tensor]:
+    """One inner SGD step on one task's support loss, gradient by torch.func.grad."""
+
+    def support_loss(fw: dict[str, Tensor]) -> Tensor:
+        return F.cross_entropy(ref_forward({**params, **fw}, xs, step, stages), ys)
+
+    grads = torch.func.grad(support_loss)(fast)
+    return {n: fast[n] - lrs[n][step] * grads[n] for n in fast}
+
+
+def ref_meta_loss(
+    params: dict[str, Tensor],
+    lrs: dict[str, Tensor],
+    batch: EpisodeBatch,
+    steps: int,
+    stages: int,
+    step_weights: list[float] | None = None,
+) -> Tensor:
+    """Second-order MAML(++) meta-loss: task-mean of the (MSL-weighted) target losses."""
+    total = 0.0
+    b = batch.xs.shape[0]
+    for t in range(b):
+        fast = {n: params[n] for n in lrs}
+        for s in range(steps):
+            fast = ref_adapt(params, lrs, batch.xs[t], batch.ys[t], s, fast, stages)
+            if s == steps - 1 or step_weights is not None:
+                logits = ref_forward({**params, **fast}, batch.xt[t], s, stages)
+                loss = F.cross_entropy(logits, batch.yt[t])
+                total = total + (loss if step_weights is None else step_weights[s] * loss)
+    return total / b
+
+
+def ref_params(learner: MetaLearner) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Fresh leaf copies of the learner's weights and (per-step) inner rates."""
+    params = {n: p.detach().clone().requires_grad_() for n, p in learner.net.named_parameters()}
+    # Adapted in the inner loop: everything, or everything but the batch-norm affine parameters.
+    adapted = [n for n in params if learner.cfg.inner_adapt_bn or not n.startswith("norms.")]
+    lrs = {
+        n: learner.inner_lrs.rates[n.replace(".", "__")].detach().clone().requires_grad_()
+        for n in adapted
+    }
+    return params, lrs
+
+
+def ref_grads(
+    learner: MetaLearner, batch: EpisodeBatch, stages: int, step_weights: list[float] | None = None
+) -> dict[str, Tensor]:
+    """Second-order reference gradient keyed like learner.named_parameters()."""
+    params, lrs = ref_params(learner)
+    learned = [n for n in lrs if learner.inner_lrs.rates[n.replace(".", "__")].requires_grad]
+    loss = ref_meta_loss(params, lrs, batch, STEPS, stages, step_weights)
+    gp = torch.autograd.grad(loss, list(params.values()) + [lrs[n] for n in learned])
+    out = {f"net.{n}": g for n, g in zip(params, gp[: len(params)])}
+    out.update(
+        {f"inner_lrs.rates.{n.replace('.', '__')}": g for n, g in zip(learned, gp[len(params) :])}
+    )
+    return out
+
+
+def learner_grads(
+    learner: MetaLearner,
+    batch: EpisodeBatch,
+    second_order: bool,
+    step_weights: list[float] | None = None,
+) -> dict[str, Tensor]:
+    """d mean(meta-loss) / d parameter for every trainable parameter (no optimizer step)."""
+    named = [(n, p) for n, p in learner.named_parameters() if p.requires_grad]
+    loss, _ = learner.adapt_and_predict(batch, STEPS, True, second_order, step_weights)
+    grads = torch.autograd.grad(loss.mean(), [p for _, p in named], allow_unused=True)
+    return {
+        n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named, grads, strict=True)
+    }
+
+
+def assert_grads_close(
+    got: dict[str, Tensor], want: dict[str, Tensor], rtol: float, atol: float
+) -> None:
+    assert set(got) == set(want)
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=rtol, atol=atol, msg=lambda m, n=n: n + m)
+
+
+def rel_diff(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
+    va = torch.cat([a[n].flatten() for n in sorted(a)])
+    vb = torch.cat([b[n].flatten() for n in sorted(a)])
+    return ((va - vb).norm() / vb.norm()).item()
+
+
+# --------------------------------------------------------------------------- second order
+
+SO_CASES = {
+    "maml_no_norm": dict(norm="none"),
+    "maml_batch_norm": dict(norm="batch_norm"),
+    "mamlpp_all": dict(
+        norm="batch_norm",
+        learn_inner_lr=True,
+        per_step_bn_weights=True,
+        per_step_bn_stats=True,
+        inner_adapt_bn=True,
+        multi_step_loss=True,
+    ),
+}
+
+
+def _double_setup(make_learner, make_batch, case: dict) -> tuple[MetaLearner, EpisodeBatch]:
+    learner = make_learner(inner_lr=0.4, inner_steps=STEPS, **case).double()
+    batch = make_batch(tasks=2, dtype=torch.float64, seed=1)
+    if case.get("per_step_bn_weights"):
+        # Break the symmetry between the per-step rows so the step->row mapping is exercised.
+        with torch.no_grad():
+            for bn in learner.net.norms:
+                bn.weight.add_(0.3 * torch.randn_like(bn.weight))
+                bn.bias.add_(0.3 * torch.randn_like(bn.bias))
+    if case.get("learn_inner_lr"):
+        with torch.no_grad():
+            for i, rates in enumerate(learner.inner_lrs.rates.values()):
+                rates.copy_(torch.tensor([0.4 - 0.05 * i, 0.3 + 0.02 * i], dtype=torch.float64))
+    return learner, batch
+
+
+@pytest.mark.parametrize("case", list(SO_CASES))
+def test_second_order_matches_torch_func_reference(make_learner, make_batch, case: str) -> None:
+    cfg = SO_CASES[case]
+    learner, batch = _double_setup(make_learner, make_batch, cfg)
+    weights = [0.3, 0.7] if cfg.get("multi_step_loss") else None
+    got = learner_grads(learner, batch, second_order=True, step_weights=weights)
+    want = ref_grads(learner, batch, stages=2, step_weights=weights)
+    if cfg.get("learn_inner_lr"):
+        assert any(n.startswith("inner_lrs.") for n in got)
+    assert_grads_close(got, want, rtol=1e-8, atol=1e-10)
+    # Every parameter tensor gets a gradient signal (nothing silently disconnected).
+    for n, g in want.items():
+        assert g.abs().max() > 0, n
+
+
+@pytest.mark.parametrize("case", ["maml_no_norm", "mamlpp_all"])
+def test_second_order_matches_finite_differences(make_learner, make_batch, case: str) -> None:
+    cfg = SO_CASES[case]
+    learner, batch = _double_setup(make_learner, make_batch, cfg)
+    weights = [0.3, 0.7] if cfg.get("multi_step_loss") else None
+    got = learner_grads(learner, batch, second_order=True, step_weights=weights)
+
+    def meta_loss() -> float:
+        loss, _ = learner.adapt_and_predict(batch, STEPS, True, True, weights)
+        return loss.mean().item()
+
+    params = dict(learner.named_parameters())
+    entries = [
+        ("net.convs.0.weight", (1, 0, 1, 2)),
+        ("net.convs.1.bias", (2,)),
+        ("net.head.weight", (1, 3)),
+        ("net.head.bias", (0,)),
+    ]
+    if cfg.get("norm") == "batch_norm":
+        entries += [("net.norms.0.weight", (0, 1)), ("net.norms.1.bias", (STEPS - 1, 3))]
+    if cfg.get("learn_inner_lr"):
+        entries += [
+            ("inner_lrs.rates.convs__0__weight", (0,)),
+            ("inner_lrs.rates.head__weight", (1,)),
+        ]
+    eps = 1e-5
+    for name, idx in entries:
+        p = params[name]
+        orig = p[idx].item()
+        values = []
+        for delta in (eps, -eps):
+            with torch.no_grad():
+                p[idx] = orig + delta
+            values.append(meta_loss())
+        with torch.no_grad():
+            p[idx] = orig
+        up, down = values
+        fd = (up - down) / (2 * eps)
+        an = got[name][idx].item()
+        assert abs(fd - an) <= 1e-6 * abs(an) + 1e-9, (name, idx, fd, an)
+
+
+# --------------------------------------------------------------------------- first order
+
+
+@pytest.mark.parametrize("norm", ["none", "batch_norm"])
+def test_first_order_is_target_gradient_at_adapted_weights(make_learner, make_batch, norm) -> None:
+    learner, batch = _double_setup(make_learner, make_batch, dict(norm=norm))
+    stages = 2
+    fo = learner_grads(learner, batch, second_order=False)
+    so = learner_grads(learner, batch, second_order=True)
+    assert rel_diff(fo, so) > 1e-2
+
+    # Expected: mean over tasks of dL_target/dW evaluated at the adapted weights fast_S
+    # (for adapted W), and of the partial derivative for the shared, non-adapted BN affine.
+    params, lrs = ref_params(learner)
+    expected = {n: torch.zeros_like(p) for n, p in params.items()}
+    b = batch.xs.shape[0]
+    for t in range(b):
+        with torch.no_grad():
+            base = {n: p.detach() for n, p in params.items()}
+        fast = {n: base[n] for n in lrs}
+        for s in range(STEPS):
+            fast = ref_adapt(base, lrs, batch.xs[t], batch.ys[t], s, fast, stages)
+        fast = {n: w.detach().requires_grad_() for n, w in fast.items()}
+        shared = {n: p for n, p in params.items() if n not in fast}
+        full = {**shared, **fast}
+        loss = F.cross_entropy(ref_forward(full, batch.xt[t], STEPS - 1, stages), batch.yt[t])
+        names = list(full)
+        for n, g in zip(names, torch.autograd.grad(loss, [full[n] for n in names]), strict=True):
+            expected[n] += g / b
+    assert set(lrs) == {n for n in params if not n.startswith("norms.")}
+    assert_grads_close(fo, {f"net.{n}": g for n, g in expected.items()}, rtol=1e-8, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- batched vs loop
+
+IMPL_CASES = {
+    "maml": dict(second_order=True),
+    "fomaml": dict(name="fomaml", second_order=False),
+    "mamlpp_all": dict(
+        second_order=True,
+        multi_step_loss=True,
+        msl_epochs=10,
+        learn_inner_lr=True,
+        per_step_bn_stats=True,
+        per_step_bn_weights=True,
+        inner_adapt_bn=True,
+        use_running_stats_eval=True,
+        cosine_meta_lr=True,
+        inner_steps=3,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(IMPL_CASES))
+def test_batched_and_loop_agree(make_learner, make_batch, case: str) -> None:
+    batched = make_learner(inner_lr=0.3, **IMPL_CASES[case])
+    loop = copy.deepcopy(batched)
+    loop.impl = "loop"
+    # The copied optimizer must drive the copied parameters, not the original ones.
+    opt_params = {id(p) for g in loop.optimizer.param_groups for p in g["params"]}
+    assert opt_params == {id(p) for p in loop.parameters() if p.requires_grad}
+    batch = make_batch(tasks=3, seed=2)
+    stats_before = {n: b.clone() for n, b in batched.named_buffers()}
+
+    ra = batched.train_step(batch, epoch=1, iteration=3)
+    rb = loop.train_step(batch, epoch=1, iteration=3)
+    assert ra.second_order == rb.second_order == (case != "fomaml")
+    assert ra.multi_step_loss == rb.multi_step_loss == (case == "mamlpp_all")
+    assert ra.loss == pytest.approx(rb.loss, rel=1e-5)
+    assert ra.accuracy == pytest.approx(rb.accuracy, abs=1e-6)
+
+    pa, pb = dict(batched.named_parameters()), dict(loop.named_parameters())
+    for n, p in pa.items():
+        if not p.requires_grad:
+            torch.testing.assert_close(pb[n], p, rtol=0, atol=0, msg=n)
+            continue
+        assert p.grad is not None and p.grad.abs().max() > 0, n
+        torch.testing.assert_close(pb[n].grad, p.grad, rtol=1e-4, atol=1e-6, msg=n)
+        # Adam's first step is about lr * sign(grad): compare the updated weights where the
+        # gradient is clearly non-zero (conv biases in front of batch norm get ~0 gradients).
+        clear = p.grad.abs() > 1e-5
+        torch.testing.assert_close(pb[n][clear], p[clear], rtol=1e-4, atol=1e-6, msg=n)
+
+    ba, bb = dict(batched.named_buffers()), dict(loop.named_buffers())
+    assert ba and set(ba) == set(bb)
+    for n, buf in ba.items():
+        assert not torch.equal(buf, stats_before[n]), f"{n} was not updated"
+        torch.testing.assert_close(bb[n], buf, rtol=1e-5, atol=1e-6, msg=n)
+    if case == "mamlpp_all":
+        # Per-step statistics: one row per inner step, each updated.
+        for bn in batched.net.norms:
+            assert bn.running_mean.shape[0] == 3
+            assert not torch.allclose(bn.running_mean[0], bn.running_mean[1])
