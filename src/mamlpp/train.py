@@ -1,4 +1,10 @@
-"""`mamlpp-train` / `python -m mamlpp.train`: the Hydra entry point of one experiment."""
+"""`mamlpp-train` / `python -m mamlpp.train`: the Hydra entry point of one experiment.
+
+Exit codes: 0 done (or already finished), 2 a user error printed as one `mamlpp: error:` line
+(a full traceback with debug=true), 75 (EXIT_RESUMABLE) stopped by SIGTERM/SIGUSR1/SIGINT after
+a checkpoint: run the same command again to resume. Hydra's own composition errors (unknown
+key or config group option) exit with 1.
+"""
 
 from __future__ import annotations
 
@@ -30,11 +36,11 @@ if not OmegaConf.has_resolver("or_default"):
 
 @hydra.main(version_base="1.3", config_path=_conf_dir(), config_name="config")
 def _run(dcfg: DictConfig) -> float:
-    from mamlpp.experiment.builder import ExperimentBuilder
-
     debug = bool(dcfg.get("debug", False))
     try:
-        cfg = to_config(dcfg)
+        cfg = to_config(dcfg)  # before the slow torch import: config errors come back at once
+        from mamlpp.experiment.builder import ExperimentBuilder
+
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         results = ExperimentBuilder(cfg, run_dir).run()
     except StopRequested as stop:
@@ -42,6 +48,7 @@ def _run(dcfg: DictConfig) -> float:
             f"mamlpp: interrupted by {stop}; checkpoint written, run the same command to resume "
             f"(exit code {EXIT_RESUMABLE})",
             file=sys.stderr,
+            flush=True,
         )
         sys.exit(EXIT_RESUMABLE)
     except MamlppError as err:

@@ -1,4 +1,13 @@
-"""ExperimentBuilder: meta-training with validation, checkpoints and resume, then the test phase."""
+"""ExperimentBuilder: meta-training with validation, checkpoints and resume, then the test phase.
+
+Run directory: config.yaml, metrics.csv, tb/, checkpoints/ (latest.pt, previous.pt, the top-k
+members epoch_NNNN.pt, optional keep_every_epochs snapshots), results.json, done, .lock.
+
+Resume guarantees (CPU): a run killed at any moment and started again with the same command
+ends with the same numbers as an uninterrupted one. The checkpoint is the single source of truth:
+metrics.csv is rewritten from its history, TensorBoard events after it are purged (purge_step),
+and training needs no global RNG after model init (tasks are a pure function of seed and index).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +24,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from mamlpp.algorithms.meta_learner import MetaLearner
-from mamlpp.config import Config, split_sizes
+from mamlpp.config import Config, experiment_keys, split_sizes
 from mamlpp.data.episodes import EpisodeSampler
 from mamlpp.data.omniglot import load_omniglot
 from mamlpp.data.splits import omniglot_splits
@@ -23,6 +32,7 @@ from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.experiment.checkpoints import (
     atomic_write_text,
     load_checkpoint,
+    remove_temp_files,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -34,6 +44,7 @@ from mamlpp.experiment.run_state import (
     TrainingProgress,
     check_drift,
     load_latest_valid,
+    move_aside,
     save_state,
 )
 from mamlpp.experiment.signals import SignalFlag, StopRequested
@@ -47,7 +58,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key 'device' = 'cuda' but no CUDA device is available: use auto|cpu")
+        raise ConfigError(
+            "config key 'device' = 'cuda' but no CUDA device is available: use auto|cpu"
+        )
     return torch.device(name)
 
 
@@ -104,29 +117,37 @@ class ExperimentBuilder:
 
     # ------------------------------------------------------------------ entry point
     def run(self) -> dict[str, Any]:
-        """Train (or resume), test the top-k ensemble, write results.json; return the results."""
+        """Train (or resume), test the top-k ensemble, write results.json; return the results.
+
+        Under the run lock: a finished run (done marker + results.json) only prints its results
+        unless run.retest=true or run.resume=never; otherwise training continues from the newest
+        valid checkpoint (run.resume), then the test phase runs and results.json, then the done
+        marker, are written. A stop signal raises StopRequested once the state is checkpointed.
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         results_path = self.run_dir / "results.json"
         with RunLock(self.run_dir) as lock:
             if lock.previous_holder:
                 log(f"taking over the lock left by {lock.previous_holder} (no longer running)")
-            if (self.run_dir / DONE_MARKER).exists() and results_path.exists():
-                if not self.cfg.run.retest:
-                    results = json.loads(results_path.read_text())
-                    log(f"run already finished: {results_path} (run.retest=true tests again)")
-                    print(format_results(results))
-                    return results
-            atomic_write_text(
-                self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(self.cfg))
-            )
-            self._build()
+            finished = self._finished_results(results_path)
+            if finished is not None:
+                return finished
             self.signals.install()
             try:
+                for directory in (self.run_dir, self.ckpt_dir):
+                    remove_temp_files(directory)
+                self._build()
                 progress = self._restore_or_start()
-                resumed_at = progress.next_iteration
-                # Events after the checkpoint were written by the killed process: drop them.
-                self.writer = open_tensorboard(self.run_dir / "tb", resumed_at + 1 if resumed_at else None)
+                # Written only now: a refused resume must not overwrite the run's config.yaml.
+                atomic_write_text(
+                    self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(self.cfg))
+                )
+                # Events after the checkpoint were written by a killed process: TensorBoard
+                # drops every event at a step >= purge_step (all of them on a fresh start).
+                self.writer = open_tensorboard(self.run_dir / "tb", progress.next_iteration + 1)
                 try:
+                    if self.signals.requested:  # arrived while loading: nothing new to save
+                        raise StopRequested(self.signals.signal_name, progress.next_iteration)
                     self._train(progress)
                     results = self._test(progress)
                 finally:
@@ -134,38 +155,77 @@ class ExperimentBuilder:
             finally:
                 self.signals.restore()
             atomic_write_text(results_path, json.dumps(results, indent=2))
-            atomic_write_text(self.run_dir / DONE_MARKER, time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+            done: dict[str, Any] = {
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "experiment": experiment_keys(self.cfg),  # checked when the run is re-run
+            }
+            atomic_write_text(self.run_dir / DONE_MARKER, json.dumps(done, indent=1))
             print(format_results(results))
             return results
 
+    def _finished_results(self, results_path: Path) -> dict[str, Any] | None:
+        """The results of a finished run that is not to be re-tested or restarted, else None."""
+        done = self.run_dir / DONE_MARKER
+        if not (done.exists() and results_path.exists()):
+            return None
+        if self.cfg.run.resume == "never":
+            aside = move_aside(done, "old")
+            log(f"run.resume=never: starting again; moved the done marker to {aside.name}")
+            return None
+        try:
+            saved = json.loads(done.read_text()).get("experiment")
+        except (ValueError, AttributeError):  # an old plain-text marker: nothing to compare
+            saved = None
+        if saved is not None:
+            check_drift(saved, self.cfg)
+        if self.cfg.run.retest:
+            log("run.retest=true: testing the finished run again")
+            return None
+        results = json.loads(results_path.read_text())
+        log(f"run already finished: {results_path} (run.retest=true tests again)")
+        print(format_results(results))
+        return results
+
     # ------------------------------------------------------------------ resume
     def _restore_or_start(self) -> TrainingProgress:
+        """Progress restored from the newest valid checkpoint, or a fresh one (run.resume)."""
         mode = self.cfg.run.resume
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        progress = TrainingProgress()
+        # Top-k epochs listed by (previous.pt, latest.pt): their member files must stay.
+        self._kept_epochs: tuple[set[int], set[int]] = (set(), set())
         if mode == "never":
             if any(self.ckpt_dir.iterdir()):
-                aside = self.ckpt_dir.with_name(f"checkpoints.old-{int(time.time())}")
-                self.ckpt_dir.rename(aside)
+                aside = move_aside(self.ckpt_dir, "old")
                 log(f"run.resume=never: moved the existing checkpoints to {aside.name}")
                 self.ckpt_dir.mkdir()
-            return TrainingProgress()
-        state = load_latest_valid(self.ckpt_dir, log)
-        if state is None:
-            if mode == "must":
-                raise MamlppError(
-                    f"run.resume=must but {self.ckpt_dir} holds no valid checkpoint"
-                )
-            return TrainingProgress()
-        check_drift(state["experiment"], self.cfg)
-        self.learner.load_state_dict(state["learner"])
-        self.learner.optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        progress = TrainingProgress(**state["progress"])
+        else:
+            found = load_latest_valid(self.ckpt_dir, log)
+            if found is None and mode == "must":
+                raise MamlppError(f"run.resume=must but {self.ckpt_dir} holds no valid checkpoint")
+            if found is not None:
+                state, path = found
+                check_drift(state["experiment"], self.cfg)
+                self.learner.load_state_dict(state["learner"])
+                self.learner.optimizer.load_state_dict(state["optimizer"])
+                set_rng_state(state["rng"])
+                progress = TrainingProgress(**state["progress"])
+                epochs = {e["epoch"] for e in progress.top_k}
+                self._kept_epochs = (epochs, epochs)
+                log(f"resumed from {path} at iteration {progress.next_iteration}")
+            elif any(self.ckpt_dir.glob("*.corrupt-*")):
+                log("no valid checkpoint left: starting from scratch (run.resume=auto)")
+        # The checkpoint is the source of truth: rows of a killed process are dropped here.
         write_metrics_csv(self.run_dir / "metrics.csv", progress.history)
-        log(f"resumed from {self.ckpt_dir / 'latest.pt'} at iteration {progress.next_iteration}")
         return progress
 
     def _checkpoint(self, progress: TrainingProgress) -> None:
+        """Save latest.pt; then delete top-k member files neither latest nor previous lists.
+
+        TensorBoard events are flushed first, so every event up to this iteration is on disk
+        before the checkpoint that a resumed run's purge_step keeps them for.
+        """
+        self.writer.flush()
         save_state(
             self.ckpt_dir,
             self.learner.state_dict(),
@@ -174,6 +234,13 @@ class ExperimentBuilder:
             rng_state(),
             self.cfg,
         )
+        old_previous, old_latest = self._kept_epochs
+        current = {e["epoch"] for e in progress.top_k}
+        self._kept_epochs = (old_latest, current)  # what previous.pt and latest.pt now list
+        keep_every = self.cfg.run.keep_every_epochs
+        for old in old_previous - old_latest - current:
+            if not (keep_every > 0 and (old + 1) % keep_every == 0):
+                (self.ckpt_dir / member_file(old)).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ training
     def _train(self, progress: TrainingProgress) -> None:
@@ -192,7 +259,8 @@ class ExperimentBuilder:
             it = progress.next_iteration
             epoch = it // ipe
             t0 = time.perf_counter()
-            batch = self.sampler.batch("train", cfg.seed, it * tr.meta_batch_size, tr.meta_batch_size)
+            mbs = tr.meta_batch_size
+            batch = self.sampler.batch("train", cfg.seed, it * mbs, mbs)
             step = self.learner.train_step(batch, epoch, it)
             dt = time.perf_counter() - t0
             progress.next_iteration = it + 1
@@ -214,7 +282,7 @@ class ExperimentBuilder:
                 last_ckpt_time = time.monotonic()
             if self.signals.requested:
                 bar.close()
-                raise StopRequested(self.signals.signal_name)
+                raise StopRequested(self.signals.signal_name, progress.next_iteration)
         bar.close()
 
     def _cadence_due(self, done_iters: int, last_time: float) -> bool:
@@ -236,9 +304,14 @@ class ExperimentBuilder:
 
     def _end_epoch(self, progress: TrainingProgress, epoch: int, step: Any) -> None:
         cfg = self.cfg
+        log(f"epoch {epoch}: validating on {cfg.eval.val_tasks} tasks")
         t_val = time.perf_counter()
         val = predict_tasks(
-            self.learner, self.sampler, "val", cfg.eval.task_seed, cfg.eval.val_tasks,
+            self.learner,
+            self.sampler,
+            "val",
+            cfg.eval.task_seed,
+            cfg.eval.val_tasks,
             cfg.eval.batch_size,
         )
         val_acc = val.accuracies().mean().item()
@@ -265,22 +338,17 @@ class ExperimentBuilder:
             for i, r in enumerate(rates.tolist()):
                 w.add_scalar(f"lslr/{name}/step{i}", r, s)
         w.flush()
-        progress.top_k, kept, evicted = update_top_k(
-            progress.top_k, epoch, val_acc, cfg.eval.top_k
-        )
+        progress.top_k, kept, _ = update_top_k(progress.top_k, epoch, val_acc, cfg.eval.top_k)
         keep_every = cfg.run.keep_every_epochs
         snapshot = keep_every > 0 and (epoch + 1) % keep_every == 0
         if kept or snapshot:
-            save_checkpoint(self.ckpt_dir / member_file(epoch), {"learner": self.learner.state_dict()})
+            member = {"learner": self.learner.state_dict()}
+            save_checkpoint(self.ckpt_dir / member_file(epoch), member)
         progress.history.append(row)
         progress.epoch_loss_sum = progress.epoch_acc_sum = progress.epoch_seconds = 0.0
         progress.epoch_iters = 0
-        self._checkpoint(progress)
+        self._checkpoint(progress)  # evicted members go once previous.pt no longer lists them
         write_metrics_csv(self.run_dir / "metrics.csv", progress.history)
-        for e in evicted:  # only after the checkpoint that no longer lists them
-            old = e["epoch"]
-            if not (keep_every > 0 and (old + 1) % keep_every == 0):
-                (self.ckpt_dir / member_file(old)).unlink(missing_ok=True)
         log(
             f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.4f}"
@@ -290,15 +358,30 @@ class ExperimentBuilder:
     def _test(self, progress: TrainingProgress) -> dict[str, Any]:
         cfg = self.cfg
         members, per_model = [], []
+        log(
+            f"testing the top-{len(progress.top_k)} models and their ensemble on "
+            f"{cfg.eval.test_tasks} tasks"
+        )
         t_test = time.perf_counter()
         for entry in progress.top_k:
             if self.signals.requested:
-                raise StopRequested(self.signals.signal_name)
+                raise StopRequested(self.signals.signal_name, progress.next_iteration)
             learner = self._new_learner()
-            state = load_checkpoint(self.ckpt_dir / member_file(entry["epoch"]))
+            path = self.ckpt_dir / member_file(entry["epoch"])
+            try:
+                state = load_checkpoint(path)
+            except (OSError, RuntimeError) as exc:
+                raise MamlppError(
+                    f"top-k member {path} (epoch {entry['epoch']}) is missing or unreadable "
+                    f"({type(exc).__name__}); re-train with run.resume=never"
+                ) from exc
             learner.load_state_dict(state["learner"])
             preds = predict_tasks(
-                learner, self.sampler, "test", cfg.eval.task_seed, cfg.eval.test_tasks,
+                learner,
+                self.sampler,
+                "test",
+                cfg.eval.task_seed,
+                cfg.eval.test_tasks,
                 cfg.eval.batch_size,
             )
             mean, ci = mean_ci95(preds.accuracies())
@@ -314,8 +397,10 @@ class ExperimentBuilder:
         t_test = time.perf_counter() - t_test
         ens = ensemble(members)
         mean, ci = mean_ci95(ens.accuracies())
-        self.writer.add_scalar("test/acc", mean, self.total_iterations)
-        self.writer.add_scalar("test/ci95", ci, self.total_iterations)
+        # One step past training: a re-test or a resume in the test phase (purge_step =
+        # iterations + 1) replaces these instead of duplicating them.
+        self.writer.add_scalar("test/acc", mean, self.total_iterations + 1)
+        self.writer.add_scalar("test/ci95", ci, self.total_iterations + 1)
         a, t = cfg.algorithm, cfg.task
         return {
             "test_accuracy_mean": mean,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
@@ -20,11 +21,35 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make renames inside `path` durable."""
+    dir_fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_temp_files(directory: Path) -> list[Path]:
+    """Delete the half-written temporary files a killed process left in `directory`.
+
+    Only call this while holding the run lock: then no live writer can own them.
+    """
+    removed = []
+    if directory.is_dir():
+        for path in directory.iterdir():
+            name = path.name
+            if (
+                path.is_file()
+                and name.startswith(".")
+                and (".tmp" in name or name.endswith((".new", ".link")))
+            ):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -32,14 +57,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    import io
-
+    """torch.save `state` (tensors and plain Python only) atomically to `path`."""
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint onto the CPU; weights_only, so a file can never run code."""
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from mamlpp.config import Config, experiment_keys
 from mamlpp.errors import MamlppError
-from mamlpp.experiment.checkpoints import load_checkpoint, save_checkpoint
+from mamlpp.experiment.checkpoints import fsync_dir, load_checkpoint, save_checkpoint
 
 FORMAT_VERSION = 1
 LATEST, PREVIOUS = "latest.pt", "previous.pt"
@@ -45,7 +49,12 @@ def save_state(
     rng: dict,
     cfg: Config,
 ) -> None:
-    """Write latest.pt atomically, keeping the one before as previous.pt (a corrupt-file fallback)."""
+    """Write latest.pt atomically, keeping the one before as previous.pt (a corrupt-file fallback).
+
+    The new state is fully written (and fsynced) under a temporary name first. The old latest.pt
+    is hard-linked to previous.pt before the new file replaces it, so at every instant latest.pt
+    is a complete checkpoint: a kill at any point loses at most the state being written.
+    """
     state = {
         "format": FORMAT_VERSION,
         "learner": learner_state,
@@ -53,40 +62,65 @@ def save_state(
         "progress": progress.to_dict(),
         "rng": rng,
         "experiment": experiment_keys(cfg),
+        "config": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
         "saved_at": time.time(),
     }
     latest = ckpt_dir / LATEST
     tmp = ckpt_dir / f".{LATEST}.new"
     save_checkpoint(tmp, state)
     if latest.exists():
-        latest.replace(ckpt_dir / PREVIOUS)
+        link = ckpt_dir / f".{PREVIOUS}.link"
+        link.unlink(missing_ok=True)
+        try:
+            os.link(latest, link)
+            link.replace(ckpt_dir / PREVIOUS)
+        except OSError:  # no hard links on this filesystem: a short window without latest.pt
+            latest.replace(ckpt_dir / PREVIOUS)
     tmp.replace(latest)
+    fsync_dir(ckpt_dir)
 
 
-def load_latest_valid(ckpt_dir: Path, report: Any) -> dict | None:
-    """Newest checkpoint that loads; unreadable ones are reported and moved aside, never deleted."""
+def move_aside(path: Path, tag: str) -> Path:
+    """Rename `path` to `<name>.<tag>-<time>[-n]` beside it (never overwriting) and return it."""
+    stem = f"{path.name}.{tag}-{int(time.time())}"
+    aside, n = path.with_name(stem), 1
+    while aside.exists():
+        aside, n = path.with_name(f"{stem}-{n}"), n + 1
+    path.replace(aside)
+    return aside
+
+
+def load_latest_valid(ckpt_dir: Path, report: Callable[[str], None]) -> tuple[dict, Path] | None:
+    """Newest checkpoint that loads, with its path; None if there is none.
+
+    An unreadable one (truncated, garbage, unknown format) is reported in one line and moved
+    aside as `<name>.corrupt-<time>` (never deleted), and the previous one is tried.
+    """
     for name in (LATEST, PREVIOUS):
         path = ckpt_dir / name
         if not path.exists():
             continue
         try:
             state = load_checkpoint(path)
-            if state.get("format") != FORMAT_VERSION or "progress" not in state:
-                raise ValueError(f"unknown checkpoint format {state.get('format')!r}")
-            return state
+            if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+                fmt = state.get("format") if isinstance(state, dict) else type(state).__name__
+                raise ValueError(f"unknown checkpoint format {fmt!r}")
+            if "progress" not in state or "learner" not in state:
+                raise ValueError("no training state in it")
+            return state, path
         except Exception as exc:  # truncated, garbage, or not ours: all mean "unusable"
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            path.replace(aside)
+            aside = move_aside(path, "corrupt")
+            detail = str(exc).splitlines()[0][:120] if str(exc) else "no detail"
+            then = "trying previous.pt" if name == LATEST else "no older checkpoint to try"
             report(
-                f"checkpoint {path} is unreadable ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'}); "
-                f"moved it to {aside.name} and trying the previous one"
+                f"checkpoint {path} is unreadable ({type(exc).__name__}: {detail}); "
+                f"moved it to {aside.name}, {then}"
             )
     return None
 
 
 def check_drift(saved: dict[str, Any], cfg: Config) -> None:
-    """Refuse to resume when keys that change the experiment differ (run.allow_config_change wins)."""
+    """Refuse to resume when experiment keys differ; run.allow_config_change=true accepts."""
     current = experiment_keys(cfg)
     keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if keys and not cfg.run.allow_config_change:

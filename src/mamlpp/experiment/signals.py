@@ -1,4 +1,10 @@
-"""Graceful interruption: SIGTERM/SIGUSR1/SIGINT ask the run to checkpoint and exit."""
+"""Graceful interruption: SIGTERM/SIGUSR1/SIGINT ask the run to checkpoint and exit.
+
+The handler only records the signal; the training loop finishes the current iteration (or the
+current validation), writes a checkpoint and raises `StopRequested`, and the CLI exits with
+EXIT_RESUMABLE. A second SIGINT interrupts at once (KeyboardInterrupt), losing at most the work
+since the last checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,15 @@ HANDLED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class StopRequested(Exception):
-    """Raised at a safe point after a stop signal, once the state is checkpointed."""
+    """Raised at a safe point after a stop signal, once the state is checkpointed.
+
+    `iteration` is the number of finished training iterations in the newest checkpoint.
+    """
+
+    def __init__(self, signal_name: str | None, iteration: int) -> None:
+        self.signal_name = signal_name or "a signal"
+        self.iteration = iteration
+        super().__init__(f"{self.signal_name} at iteration {iteration}")
 
 
 class SignalFlag:
