@@ -218,3 +218,29 @@ def test_train_rotation_can_be_disabled(images, lookup) -> None:
     batch = sampler(images, train_rotation=False).batch("train", seed=1, start=0, count=8)
     for t in range(8):
         assert {k for _, _, k in decode(batch.xs[t], lookup)} == {0}
+
+
+def test_torch_gather_matches_an_independent_numpy_host_sampler():
+    """The torch episode builder (on the images' device) equals a NumPy gather on the host."""
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 256, size=(30, 20, 8, 8), dtype=np.uint8)
+    splits = omniglot_splits(30, (18, 5, 7), 3, "mamlpp")
+    sampler = EpisodeSampler(torch.from_numpy(images.copy()), splits, ways=4, shots=2, targets=3)
+    batch = sampler.batch("train", seed=11, start=5, count=3)
+    idx = sampler.task_indices("train", seed=11, start=5, count=3)
+    for b in range(3):
+        ref = (
+            np.stack(
+                [
+                    np.stack([np.rot90(images[c, i], k) for i in imgs])
+                    for c, k, imgs in zip(idx.chars[b], idx.rotations[b], idx.images[b])
+                ]
+            ).astype(np.float32)
+            / 255.0
+        )  # [N, K+T, H, W]
+        support = ref[:, :2].reshape(-1, 1, 8, 8)
+        target = ref[:, 2:].reshape(-1, 1, 8, 8)
+        np.testing.assert_array_equal(batch.xs[b].numpy(), support)
+        np.testing.assert_array_equal(batch.xt[b].numpy(), target)
+        np.testing.assert_array_equal(batch.ys[b].numpy(), np.repeat(np.arange(4), 2))
+        np.testing.assert_array_equal(batch.yt[b].numpy(), np.repeat(np.arange(4), 3))

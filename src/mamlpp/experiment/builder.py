@@ -272,7 +272,11 @@ class ExperimentBuilder:
             self._log_iteration(it + 1, step, dt, images_per_task * tr.meta_batch_size)
             bar.update(1)
             bar.set_postfix(
-                epoch=epoch, loss=f"{step.loss:.3f}", acc=f"{step.accuracy:.3f}", s_it=f"{dt:.3f}"
+                epoch=epoch,
+                loss=f"{step.loss:.3f}",
+                acc=f"{step.accuracy:.3f}",
+                s_it=f"{dt:.3f}",
+                img_s=f"{images_per_task * mbs / dt:.0f}",
             )
             if (it + 1) % ipe == 0:
                 self._end_epoch(progress, epoch, step)
