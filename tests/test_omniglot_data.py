@@ -26,27 +26,14 @@ SETS = ("images_background", "images_evaluation")
 
 
 @pytest.fixture(scope="session")
-def omniglot_source() -> Path:
-    env = os.environ.get("MAMLPP_OMNIGLOT_SOURCE")
-    path = Path(env) if env else REPO.parent / "shared" / "datasets" / "omniglot"
-    missing = [n for n in SETS if not (path / f"{n}.zip").is_file()]
-    if missing:
-        pytest.fail(
-            f"Omniglot zips {missing} not found in {path}; set MAMLPP_OMNIGLOT_SOURCE to a "
-            "directory holding images_background.zip and images_evaluation.zip"
-        )
-    return path
-
-
-@pytest.fixture(scope="session")
-def real(omniglot_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def real(omniglot_source_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Decode the real data once per session (the slow part), into a fresh data_dir."""
     data_dir = tmp_path_factory.mktemp("omniglot_data")
     start = time.perf_counter()
-    arr = og.load_omniglot(data_dir, source=omniglot_source)
+    arr = og.load_omniglot(data_dir, source=omniglot_source_dir)
     seconds = time.perf_counter() - start
     print(f"\nomniglot uncached decode: {seconds:.2f}s")
-    return {"arr": arr, "data_dir": data_dir, "source": omniglot_source, "seconds": seconds}
+    return {"arr": arr, "data_dir": data_dir, "source": omniglot_source_dir, "seconds": seconds}
 
 
 def _decode_member(zip_path: Path, member: str, size: int = 28) -> np.ndarray:
