@@ -99,7 +99,9 @@ def main() -> None:
     existing = {f.name for f in OUT.glob("*.sh")}
     if args.check:
         stale = sorted(
-            n for n, text in files.items() if not (OUT / n).exists() or (OUT / n).read_text() != text
+            n
+            for n, text in files.items()
+            if not (OUT / n).exists() or (OUT / n).read_text() != text
         ) + sorted(existing - set(files))
         if stale:
             print(f"experiment_scripts/ is out of date: {', '.join(stale)}", file=sys.stderr)

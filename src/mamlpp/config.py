@@ -30,7 +30,8 @@ class DatasetConfig:
     # Where zips are downloaded and the decoded uint8 cache is written.
     data_dir: str = "datasets/omniglot"
     image_size: int = 28
-    # mamlpp: all 1623 characters pooled, split 1150/50/423, random k*90 rotation per class per task.
+    # mamlpp: all 1623 characters pooled, split 1150/50/423, random k*90 rotation per class
+    # per task.
     # maml: Finn et al. 1100/100/423 characters, each rotation its own class.
     protocol: str = "mamlpp"
     # [train, val, test] classes; None: the protocol's standard split (see PROTOCOL_SPLITS).
@@ -174,7 +175,11 @@ def validate(cfg: Config) -> Config:
     _check(d.image_size >= 8, "dataset.image_size", d.image_size, ">= 8")
     _check(
         d.split_sizes is None
-        or (len(d.split_sizes) == 3 and all(s > 0 for s in d.split_sizes) and sum(d.split_sizes) <= 1623),
+        or (
+            len(d.split_sizes) == 3
+            and all(s > 0 for s in d.split_sizes)
+            and sum(d.split_sizes) <= 1623
+        ),
         "dataset.split_sizes",
         d.split_sizes,
         "three positive class counts [train, val, test] summing to at most 1623",
@@ -213,7 +218,9 @@ def validate(cfg: Config) -> Config:
     )
     _check(a.first_order_epochs >= 0, "algorithm.first_order_epochs", a.first_order_epochs, ">= 0")
     _check(a.msl_epochs >= 0, "algorithm.msl_epochs", a.msl_epochs, ">= 0")
-    _check(a.grad_clip is None or a.grad_clip > 0, "algorithm.grad_clip", a.grad_clip, "null or > 0")
+    _check(
+        a.grad_clip is None or a.grad_clip > 0, "algorithm.grad_clip", a.grad_clip, "null or > 0"
+    )
     norm_keys = ("per_step_bn_stats", "per_step_bn_weights", "use_running_stats_eval")
     for key in norm_keys:
         _check(
@@ -231,7 +238,12 @@ def validate(cfg: Config) -> Config:
     _check(ev.top_k >= 1, "eval.top_k", ev.top_k, ">= 1")
     r = cfg.run
     _check(r.resume in RESUME_MODES, "run.resume", r.resume, f"one of {RESUME_MODES}")
-    _check(r.checkpoint_every_iters >= 0, "run.checkpoint_every_iters", r.checkpoint_every_iters, ">= 0")
+    _check(
+        r.checkpoint_every_iters >= 0,
+        "run.checkpoint_every_iters",
+        r.checkpoint_every_iters,
+        ">= 0",
+    )
     _check(
         r.checkpoint_every_seconds >= 0,
         "run.checkpoint_every_seconds",
@@ -272,7 +284,9 @@ def experiment_keys(cfg: Config) -> dict[str, Any]:
             name = f"{prefix}{key}"
             if isinstance(value, dict):
                 walk(value, name + ".")
-            elif not any(name == k or (k.endswith(".") and name.startswith(k)) for k in NEUTRAL_KEYS):
+            elif not any(
+                name == k or (k.endswith(".") and name.startswith(k)) for k in NEUTRAL_KEYS
+            ):
                 flat[name] = value
 
     walk(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True), "")

@@ -16,7 +16,9 @@ def msl_weights(num_steps: int, anneal_epochs: int, epoch: int) -> list[float]:
     decay = epoch / (s * max(anneal_epochs, 1))
     floor = 0.03 / s
     weights = [max(1.0 / s - decay, floor) for _ in range(s - 1)]
-    weights.append(min(1.0 / s + epoch * (s - 1) / (s * max(anneal_epochs, 1)), 1.0 - (s - 1) * floor))
+    weights.append(
+        min(1.0 / s + epoch * (s - 1) / (s * max(anneal_epochs, 1)), 1.0 - (s - 1) * floor)
+    )
     return weights
 
 

@@ -12,7 +12,7 @@ RANDOM_ROTATION = -1
 
 @dataclass(frozen=True)
 class SplitClasses:
-    """The classes of one split: a character index and its rotation (k*90 deg, or -1: random per task)."""
+    """One split's classes: character index and rotation (k*90 deg; -1: random per task)."""
 
     chars: np.ndarray
     rotations: np.ndarray

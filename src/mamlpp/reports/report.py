@@ -134,7 +134,7 @@ def write_plots(runs: list[tuple[Path, dict[str, Any]]], rows: list[dict], out: 
     paths = []
     fig, ax = plt.subplots(figsize=(8, 5))
     for label, seeds in sorted(curves.items()):
-        for i, (seed, xs, ys) in enumerate(seeds):
+        for i, (_seed, xs, ys) in enumerate(seeds):
             ax.plot(
                 xs,
                 ys,

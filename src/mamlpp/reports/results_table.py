@@ -18,8 +18,10 @@ def format_results(results: dict[str, Any]) -> str:
         "",
         "| model | val acc (%) | test acc (%) | 95% CI (%) |",
         "|---|---|---|---|",
-        f"| ensemble of top-{results['ensemble_size']} | {100 * results['best_val_accuracy']:.2f} (best)"
-        f" | {100 * results['test_accuracy_mean']:.2f} | +- {100 * results['test_accuracy_ci95']:.2f} |",
+        f"| ensemble of top-{results['ensemble_size']} "
+        f"| {100 * results['best_val_accuracy']:.2f} (best) "
+        f"| {100 * results['test_accuracy_mean']:.2f} "
+        f"| +- {100 * results['test_accuracy_ci95']:.2f} |",
     ]
     for m in results["per_model"]:
         lines.append(
