@@ -20,16 +20,35 @@ PROTOCOLS = ("mamlpp", "maml")
 DEVICES = ("auto", "cpu", "cuda")
 IMPLS = ("auto", "batched", "loop")
 PROTOCOL_SPLITS = {"mamlpp": (1150, 50, 423), "maml": (1100, 100, 423)}
+DATASETS = ("omniglot", "miniimagenet", "image_folder", "tiny_imagenet")
+NORMALIZATIONS = ("none", "imagenet", "dataset")
+LAYOUTS = ("auto", "presplit", "unsplit")
+OMNIGLOT_IMAGES_PER_CLASS = 20
 
 
 @dataclass
 class DatasetConfig:
+    """One dataset; keys marked (omniglot) or (image_folder) only apply to that loader."""
+
+    # omniglot | miniimagenet | image_folder | tiny_imagenet
     name: str = "omniglot"
-    # Directory holding the official zips, or a URL base; None: data_dir, then the official URLs.
+    # omniglot: folder with the zips or a URL base; miniimagenet: the root with images/ and CSVs;
+    # image_folder: the folder; tiny_imagenet: a zip or a folder holding it.
+    # None: look in data_dir, then download where a download exists (omniglot, tiny_imagenet).
     source: str | None = None
-    # Where zips are downloaded and the decoded uint8 cache is written.
+    # Where downloads and the decoded uint8 cache go.
     data_dir: str = "datasets/omniglot"
     image_size: int = 28
+    # Pixels are scaled to [0, 1]; then none | imagenet (ImageNet mean/std) | dataset (train split).
+    normalization: str = "none"
+    # (image_folder) auto: presplit if <root> has train/val/test folders, else unsplit.
+    layout: str = "auto"
+    # (image_folder, unsplit) train/val/test class ratios; split_seed shuffles the classes first.
+    split_ratios: list[float] = field(default_factory=lambda: [0.64, 0.16, 0.2])
+    # Training-task augmentation, off in the paper presets: random crop after zero padding by
+    # this many pixels, and random horizontal flips; drawn per image from the task's seed.
+    augment_crop_padding: int = 0
+    augment_flip: bool = False
     # mamlpp: all 1623 characters pooled, split 1150/50/423, random k*90 rotation per class
     # per task.
     # maml: Finn et al. 1100/100/423 characters, each rotation its own class.
@@ -170,31 +189,53 @@ def validate(cfg: Config) -> Config:
     """Range and cross-field checks; the schema already checked names and types."""
     d, t, m, a, tr, ev = cfg.dataset, cfg.task, cfg.model, cfg.algorithm, cfg.train, cfg.eval
     _check(cfg.device in DEVICES, "device", cfg.device, f"one of {DEVICES}")
-    _check(d.name == "omniglot", "dataset.name", d.name, "'omniglot'")
+    _check(d.name in DATASETS, "dataset.name", d.name, f"one of {DATASETS}")
     _check(d.protocol in PROTOCOLS, "dataset.protocol", d.protocol, f"one of {PROTOCOLS}")
     _check(d.image_size >= 8, "dataset.image_size", d.image_size, ">= 8")
     _check(
-        d.split_sizes is None
-        or (
-            len(d.split_sizes) == 3
-            and all(s > 0 for s in d.split_sizes)
-            and sum(d.split_sizes) <= 1623
-        ),
-        "dataset.split_sizes",
-        d.split_sizes,
-        "three positive class counts [train, val, test] summing to at most 1623",
+        d.normalization in NORMALIZATIONS,
+        "dataset.normalization",
+        d.normalization,
+        f"one of {NORMALIZATIONS}",
+    )
+    _check(d.layout in LAYOUTS, "dataset.layout", d.layout, f"one of {LAYOUTS}")
+    _check(
+        len(d.split_ratios) == 3 and all(r > 0 for r in d.split_ratios),
+        "dataset.split_ratios",
+        d.split_ratios,
+        "three positive ratios [train, val, test]",
+    )
+    _check(
+        0 <= d.augment_crop_padding < d.image_size,
+        "dataset.augment_crop_padding",
+        d.augment_crop_padding,
+        f"0..{d.image_size - 1} pixels",
     )
     _check(t.ways >= 2, "task.ways", t.ways, ">= 2")
     _check(t.shots >= 1, "task.shots", t.shots, ">= 1")
     _check(t.targets >= 1, "task.targets", t.targets, ">= 1")
-    _check(
-        t.shots + t.targets <= 20,
-        "task.shots",
-        t.shots,
-        f"shots + targets <= 20 images per Omniglot class (targets={t.targets})",
-    )
-    for split, n in zip(("train", "val", "test"), split_class_counts(cfg)):
-        _check(t.ways <= n, "task.ways", t.ways, f"at most {n}, the classes in the {split} split")
+    if d.name == "omniglot":
+        _check(
+            d.split_sizes is None
+            or (
+                len(d.split_sizes) == 3
+                and all(s > 0 for s in d.split_sizes)
+                and sum(d.split_sizes) <= 1623
+            ),
+            "dataset.split_sizes",
+            d.split_sizes,
+            "three positive class counts [train, val, test] summing to at most 1623",
+        )
+        _check(
+            t.shots + t.targets <= OMNIGLOT_IMAGES_PER_CLASS,
+            "task.shots",
+            t.shots,
+            f"shots + targets <= 20 images per Omniglot class (targets={t.targets})",
+        )
+        for split, n in zip(("train", "val", "test"), split_class_counts(cfg)):
+            _check(
+                t.ways <= n, "task.ways", t.ways, f"at most {n}, the classes in the {split} split"
+            )
     _check(m.name == "conv4", "model.name", m.name, "'conv4'")
     _check(m.filters >= 1, "model.filters", m.filters, ">= 1")
     _check(1 <= m.stages <= 8, "model.stages", m.stages, "1..8")
@@ -261,10 +302,14 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def split_sizes_of(dataset: DatasetConfig) -> tuple[int, int, int]:
+    """Omniglot characters per split: the configured sizes or the protocol's standard ones."""
+    sizes = dataset.split_sizes
+    return tuple(sizes) if sizes is not None else PROTOCOL_SPLITS[dataset.protocol]
+
+
 def split_sizes(cfg: Config) -> tuple[int, int, int]:
-    """Characters per split: the configured sizes or the protocol's standard ones."""
-    sizes = cfg.dataset.split_sizes
-    return tuple(sizes) if sizes is not None else PROTOCOL_SPLITS[cfg.dataset.protocol]
+    return split_sizes_of(cfg.dataset)
 
 
 def split_class_counts(cfg: Config) -> tuple[int, int, int]:

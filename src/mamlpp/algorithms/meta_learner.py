@@ -56,9 +56,11 @@ class StepResult:
 def task_losses(logits: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy averaged within each task: logits [B, M, N], labels [B, M] -> [B]."""
     b, m, n = logits.shape
-    return F.cross_entropy(logits.reshape(b * m, n), labels.reshape(-1), reduction="none").view(
-        b, m
-    ).mean(1)
+    return (
+        F.cross_entropy(logits.reshape(b * m, n), labels.reshape(-1), reduction="none")
+        .view(b, m)
+        .mean(1)
+    )
 
 
 def task_accuracies(logits: Tensor, labels: Tensor) -> Tensor:
@@ -147,8 +149,7 @@ class MetaLearner(nn.Module):
                     support_loss, list(fast.values()), create_graph=create_graph
                 )
             fast = {
-                n: w - self._rate(n, step, training) * g
-                for (n, w), g in zip(fast.items(), grads)
+                n: w - self._rate(n, step, training) * g for (n, w), g in zip(fast.items(), grads)
             }
             if not training:
                 fast = {n: w.detach().requires_grad_() for n, w in fast.items()}
@@ -192,7 +193,9 @@ class MetaLearner(nn.Module):
                 acc_sum += task_accuracies(logits.detach(), task.yt).sum().item()
             mean_loss, mean_acc = loss_sum / b, acc_sum / b
         else:
-            loss, logits = self.adapt_and_predict(batch, cfg.inner_steps, True, second, weights, sink)
+            loss, logits = self.adapt_and_predict(
+                batch, cfg.inner_steps, True, second, weights, sink
+            )
             loss.mean().backward()
             mean_loss = loss.mean().item()
             mean_acc = task_accuracies(logits.detach(), batch.yt).mean().item()

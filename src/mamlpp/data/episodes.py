@@ -1,9 +1,10 @@
 """N-way K-shot episodes as a pure function of (seed, split, task index).
 
-Indices are drawn on the host with one small NumPy generator per task; the images are gathered,
-rotated and scaled by torch on whichever device holds the image array, so on a GPU no image
-crosses the bus. Because a task depends only on its index, a resumed run draws exactly the
-tasks it would have drawn, with no sampler state to save.
+Indices (and augmentation draws) come from one small NumPy generator per task; the images are
+gathered, rotated, cropped, flipped and normalised by torch on the device that holds them (or
+gathered from the host memory map and moved once), so on a GPU no image crosses the bus. Because
+a task depends only on its index, a resumed run draws exactly the tasks it would have drawn,
+with no sampler state to save.
 """
 
 from __future__ import annotations
@@ -15,39 +16,80 @@ import torch
 from torch import Tensor
 
 from mamlpp.algorithms.meta_learner import EpisodeBatch
+from mamlpp.data.dataset import ClassImages
 from mamlpp.data.splits import RANDOM_ROTATION, SPLITS, SplitClasses
 
 
 @dataclass(frozen=True)
+class Augmentation:
+    """Per-image random crop after zero padding and horizontal flip, on training tasks only."""
+
+    crop_padding: int = 0
+    flip: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.crop_padding > 0 or self.flip
+
+
+@dataclass(frozen=True)
 class TaskIndices:
-    """Which images make up a batch of tasks: [B, N] classes/rotations and [B, N, K+T] images."""
+    """A batch of tasks: [B, N] classes/rotations, [B, N, K+T] image indices within each class,
+    and [B, N, K+T] crop offsets (y, x) and flips (None without augmentation)."""
 
     chars: np.ndarray
     rotations: np.ndarray
     images: np.ndarray
+    crop_y: np.ndarray | None = None
+    crop_x: np.ndarray | None = None
+    flips: np.ndarray | None = None
 
 
 class EpisodeSampler:
     def __init__(
         self,
-        images: Tensor,
+        images: ClassImages | Tensor,
         splits: dict[str, SplitClasses],
         ways: int,
         shots: int,
         targets: int,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        augmentation: Augmentation | None = None,
+        device: torch.device | None = None,
     ) -> None:
-        """`images`: uint8 [classes, images_per_class, H, W] on the device episodes are built on."""
+        """`images`: ClassImages, or uint8 [classes, per_class, H, W] in a tensor.
+
+        Episodes are built on `device` (default: where the image tensor lives, CPU for a map).
+        """
+        if not isinstance(images, ClassImages):
+            images = ClassImages.from_class_major(images)
         self.images = images
         self.splits = splits
         self.ways, self.shots, self.targets = ways, shots, targets
+        pixels = images.pixels
+        default = pixels.device if isinstance(pixels, Tensor) else torch.device("cpu")
+        self.device = device or default
+        self.augmentation = augmentation or Augmentation()
+        self.mean = self.std = None
+        if mean is not None and std is not None:
+            shape = (len(mean), 1, 1)
+            self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(shape)
+            self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(shape)
 
     def task_indices(self, split: str, seed: int, start: int, count: int) -> TaskIndices:
         classes = self.splits[split]
-        per_class = self.images.shape[1]
         n, m = self.ways, self.shots + self.targets
         chars = np.empty((count, n), dtype=np.int64)
         rots = np.empty((count, n), dtype=np.int64)
         imgs = np.empty((count, n, m), dtype=np.int64)
+        aug = self.augmentation if split == "train" else Augmentation()
+        pad = aug.crop_padding
+        crop_y = crop_x = flips = None
+        if aug.active:
+            crop_y = np.full((count, n, m), pad, dtype=np.int64)
+            crop_x = np.full((count, n, m), pad, dtype=np.int64)
+            flips = np.zeros((count, n, m), dtype=bool)
         split_id = SPLITS.index(split)
         for b in range(count):
             rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, start + b]))
@@ -55,21 +97,35 @@ class EpisodeSampler:
             chars[b] = classes.chars[picked]
             fixed = classes.rotations[picked]
             rots[b] = np.where(fixed == RANDOM_ROTATION, rng.integers(0, 4, size=n), fixed)
-            imgs[b] = rng.permuted(np.tile(np.arange(per_class), (n, 1)), axis=1)[:, :m]
-        return TaskIndices(chars, rots, imgs)
+            counts = self.images.counts[chars[b]]
+            if np.all(counts == counts[0]):
+                imgs[b] = rng.permuted(np.tile(np.arange(counts[0]), (n, 1)), axis=1)[:, :m]
+            else:
+                imgs[b] = [rng.permutation(c)[:m] for c in counts]
+            # Augmentation draws come last, so tasks without augmentation are unchanged.
+            if pad > 0:
+                crop_y[b] = rng.integers(0, 2 * pad + 1, size=(n, m))
+                crop_x[b] = rng.integers(0, 2 * pad + 1, size=(n, m))
+            if aug.flip:
+                flips[b] = rng.random((n, m)) < 0.5
+        return TaskIndices(chars, rots, imgs, crop_y, crop_x, flips)
 
     def batch(self, split: str, seed: int, start: int, count: int) -> EpisodeBatch:
-        """Tasks start..start+count-1 of `split` under `seed`, as float tensors in [0, 1]."""
+        """Tasks start..start+count-1 of `split` under `seed`, as normalised float tensors."""
         idx = self.task_indices(split, seed, start, count)
-        dev = self.images.device
-        chars = torch.from_numpy(idx.chars).to(dev)
+        dev = self.device
+        flat = self.images.starts[idx.chars][..., None] + idx.images  # [B, N, K+T]
+        x = self.images.gather(flat, dev)  # uint8 [B, N, K+T, C, H, W]
         rots = torch.from_numpy(idx.rotations).to(dev)
-        x = self.images[chars.unsqueeze(-1), torch.from_numpy(idx.images).to(dev)]
         for k in (1, 2, 3):
             mask = rots == k
             if bool(mask.any()):
                 x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
-        x = x.float().div_(255.0).unsqueeze(3)  # [B, N, K+T, 1, H, W]
+        x = x.float().div_(255.0)
+        if idx.flips is not None:
+            x = self._crop_and_flip(x, idx)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
         b, n, k = count, self.ways, self.shots
         labels = torch.arange(n, device=dev)
         xs = x[:, :, :k].reshape(b, n * k, *x.shape[3:])
@@ -77,3 +133,29 @@ class EpisodeSampler:
         ys = labels.repeat_interleave(k).expand(b, -1).contiguous()
         yt = labels.repeat_interleave(self.targets).expand(b, -1).contiguous()
         return EpisodeBatch(xs, ys, xt, yt)
+
+    def _crop_and_flip(self, x: Tensor, idx: TaskIndices) -> Tensor:
+        """One gather: each image is zero-padded, cropped at its offset and maybe mirrored."""
+        shape = x.shape
+        c, h, w = shape[-3:]
+        pad = self.augmentation.crop_padding
+        flat = x.reshape(-1, c, h, w)
+        if pad > 0:
+            flat = torch.nn.functional.pad(flat, (pad, pad, pad, pad))
+        dev = x.device
+        oy = torch.from_numpy(idx.crop_y.reshape(-1)).to(dev)
+        ox = torch.from_numpy(idx.crop_x.reshape(-1)).to(dev)
+        flip = torch.from_numpy(idx.flips.reshape(-1)).to(dev)
+        ar_h = torch.arange(h, device=dev)
+        ar_w = torch.arange(w, device=dev)
+        rows = oy[:, None] + ar_h  # [P, H]
+        cols = ox[:, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)  # [P, W]
+        p = torch.arange(len(flat), device=dev)
+        ch = torch.arange(c, device=dev)
+        out = flat[
+            p[:, None, None, None],
+            ch[None, :, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]
+        return out.view(shape)

@@ -15,28 +15,29 @@ the official URLs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
 import multiprocessing
 import os
 import re
-import secrets
 import sys
 import time
-import urllib.request
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from mamlpp.data.files import atomic_write as _atomic_write
+from mamlpp.data.files import download, md5_file
+from mamlpp.data.files import file_stat as _file_stat
+from mamlpp.data.files import one_line as _one_line
 from mamlpp.errors import ConfigError, DataError
 
 __all__ = [
@@ -74,85 +75,6 @@ _FIX_HINT = "re-download it or set dataset.source"
 
 # Image.Resampling exists since Pillow 9.1; older versions only have the module-level alias.
 _LANCZOS = Image.Resampling.LANCZOS if hasattr(Image, "Resampling") else Image.LANCZOS
-
-
-def _one_line(exc: BaseException | str) -> str:
-    """Collapse an exception text to one line so nested reasons keep messages single-line."""
-    text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-    return " ".join(str(text).split())
-
-
-# --------------------------------------------------------------------------- download / md5
-
-
-def _create_temp(final: Path, suffix: str) -> tuple[int, str]:
-    """Create a hidden temp file next to ``final`` (same filesystem, so os.replace is atomic).
-
-    Unlike tempfile.mkstemp (mode 0600) the file gets the usual umask-based permissions, so a
-    shared cache stays readable by other users.
-    """
-    for _ in range(100):
-        tmp = final.parent / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}"
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-            return os.open(tmp, flags, 0o666), str(tmp)
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not create a temp file next to {final}")
-
-
-def md5_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Return the hex md5 of a file, read in chunks so large zips do not sit in memory."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def download(url: str, dest: str | Path, md5: str | None = None) -> Path:
-    """Download ``url`` to ``dest`` atomically and optionally verify its md5.
-
-    Streams into a hidden temp file next to ``dest`` and renames it only once complete (and
-    verified), so an interrupted or corrupt download never leaves a plausible-looking file.
-    Any failure raises a one-line :class:`DataError`.
-    """
-    dest = Path(dest).expanduser()
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(
-            f"download: cannot create directory {dest.parent} for {url} ({_one_line(e)})"
-        ) from e
-    tmp_name: str | None = None
-    try:
-        fd, tmp_name = _create_temp(dest, ".part")
-        digest = hashlib.md5(usedforsecurity=False)
-        logger.info("downloading %s -> %s", url, dest)
-        with os.fdopen(fd, "wb") as out:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    digest.update(block)
-                    out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-        actual = digest.hexdigest()
-        if md5 is not None and actual.lower() != md5.lower():
-            raise DataError(
-                f"download: md5 mismatch for {dest} from {url}: expected {md5}, got {actual}; "
-                "the file was deleted"
-            )
-        os.replace(tmp_name, dest)
-        tmp_name = None
-        return dest
-    except DataError:
-        raise
-    except Exception as e:  # urllib raises URLError/HTTPError/OSError/ValueError/timeouts
-        raise DataError(f"download: could not fetch {url} to {dest} ({_one_line(e)})") from e
-    finally:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
 
 
 # --------------------------------------------------------------------------- sources
@@ -478,37 +400,9 @@ def _decode_all(plans: Sequence[_Plan], image_size: int, workers: int | None) ->
 # --------------------------------------------------------------------------- cache
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write via temp file + fsync + os.replace so readers never see a partial file."""
-    fd, tmp = _create_temp(path, ".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable; best effort (not possible on every platform)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
 def _cache_paths(data_dir: Path, image_size: int) -> tuple[Path, Path]:
     cache_dir = data_dir / "cache"
     return cache_dir / f"omniglot_{image_size}.npy", cache_dir / f"omniglot_{image_size}.json"
-
-
-def _file_stat(path: Path) -> dict[str, int]:
-    st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _read_cache(npy: Path, manifest_path: Path, expected: dict[str, Any]) -> np.ndarray | None:

@@ -24,10 +24,9 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from mamlpp.algorithms.meta_learner import MetaLearner
-from mamlpp.config import Config, experiment_keys, split_sizes
+from mamlpp.config import Config, experiment_keys
 from mamlpp.data.episodes import EpisodeSampler
-from mamlpp.data.omniglot import load_omniglot
-from mamlpp.data.splits import omniglot_splits
+from mamlpp.data.registry import augmentation, load_dataset
 from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.experiment.checkpoints import (
     atomic_write_text,
@@ -86,17 +85,23 @@ class ExperimentBuilder:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        images = load_omniglot(cfg.dataset.data_dir, cfg.dataset.source, cfg.dataset.image_size)
-        splits = omniglot_splits(
-            images.shape[0],
-            split_sizes(cfg),
-            cfg.dataset.split_seed,
-            cfg.dataset.protocol,
-            cfg.dataset.train_rotation,
-        )
+        data = load_dataset(cfg.dataset)
         t = cfg.task
+        data.check_task_fits(t.ways, t.shots, t.targets)
+        images = data.images
+        if self.device.type != "cpu" or not isinstance(images.pixels, np.memmap):
+            images = images.to(self.device)  # in memory: episodes are built where they train
+        self.in_channels = images.channels
         self.sampler = EpisodeSampler(
-            torch.from_numpy(images).to(self.device), splits, t.ways, t.shots, t.targets
+            images,
+            data.splits,
+            t.ways,
+            t.shots,
+            t.targets,
+            mean=data.mean,
+            std=data.std,
+            augmentation=augmentation(cfg.dataset),
+            device=self.device,
         )
         self.total_iterations = cfg.train.epochs * cfg.train.iters_per_epoch
         self.learner = self._new_learner()
@@ -107,7 +112,7 @@ class ExperimentBuilder:
         learner = MetaLearner(
             cfg.algorithm,
             cfg.model,
-            in_channels=1,
+            in_channels=self.in_channels,
             image_size=cfg.dataset.image_size,
             ways=cfg.task.ways,
             total_iterations=self.total_iterations,

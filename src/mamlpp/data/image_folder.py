@@ -1,0 +1,402 @@
+"""Natural-image datasets: list a layout, decode every image once, memory-map the cached array.
+
+Layouts (each a `list_*` function returning an `ImageListing`):
+- Mini-ImageNet (Ravi & Larochelle): `<root>/images/<file>` plus `<root>/{train,val,test}.csv`
+  with rows `filename,label`; the CSVs fix the class split.
+- pre-split folder: `<root>/{train,val,test}/<class>/<image>`.
+- unsplit folder: `<root>/<class>/<image>`, split later by seeded ratios.
+- Tiny-ImageNet: `tiny-imagenet-200/train/<wnid>/images/<wnid>_<i>.JPEG` inside the official zip,
+  the project's 100-image subset zip, or an extracted folder (see tiny_imagenet.py).
+
+Why a cache: decoding and resizing 60k JPEGs takes minutes, the result (uint8 [N, 3, S, S], about
+1.3 GB for Mini-ImageNet at 84x84) is written once to `<data_dir>/cache/` with a manifest naming
+the source files, and later runs memory-map it, so RAM holds one copy at most and only the pages
+that episodes touch. The .npy is filled in a hidden temp file and renamed, then the manifest is
+written: a crash or a bad image never leaves a half-written cache that looks valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mamlpp.data.files import atomic_write, create_temp, file_stat, one_line
+from mamlpp.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+SPLIT_DIRS = ("train", "val", "test")
+_FORMAT_VERSION = 1
+_CHUNK = 500
+_PARALLEL_MIN_IMAGES = 4000
+_MAX_WORKERS = 8
+_LANCZOS = Image.Resampling.LANCZOS if hasattr(Image, "Resampling") else Image.LANCZOS
+
+
+@dataclass
+class ImageListing:
+    """Every image of a dataset, class by class, before decoding.
+
+    `kind` is "dir" (paths relative to `root`) or "zip" (member names of the zip at `root`).
+    `split_sizes` is set when the layout fixes the split: classes are then ordered train, val,
+    test. `fingerprint` changes whenever a listed file (or the zip) changes.
+    """
+
+    name: str
+    kind: str
+    root: Path
+    classes: list[str]
+    files: list[list[str]]
+    split_sizes: list[int] | None = None
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(f) for f in self.files)
+
+
+def is_image(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _require_dir(name: str, path: Path, what: str) -> None:
+    if not path.is_dir():
+        raise DataError(f"{name}: {what} {path} does not exist or is not a folder")
+
+
+def dir_fingerprint(root: Path, rel_paths: Sequence[str]) -> dict[str, Any]:
+    """Hash of (path, size, mtime) of every listed file: any edit, addition or removal shows."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    for rel in rel_paths:
+        st = (root / rel).stat()
+        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return {"root": str(root.resolve()), "files": len(rel_paths), "sha1": digest.hexdigest()}
+
+
+def _class_folder(name: str, root: Path, class_dir: Path) -> list[str]:
+    files = sorted(p.name for p in class_dir.iterdir() if p.is_file() and is_image(p.name))
+    if not files:
+        raise DataError(f"{name}: class folder {class_dir} holds no images ({_ext_hint()})")
+    rel = class_dir.relative_to(root).as_posix()
+    return [f"{rel}/{f}" for f in files]
+
+
+def _ext_hint() -> str:
+    return "allowed extensions: " + " ".join(sorted(IMAGE_EXTENSIONS))
+
+
+def list_presplit_folder(root: str | Path, name: str = "image_folder") -> ImageListing:
+    """`<root>/{train,val,test}/<class>/<image>`; the folders fix the split."""
+    root = Path(root).expanduser()
+    _require_dir(name, root, "dataset.source")
+    classes, files, sizes = [], [], []
+    for split in SPLIT_DIRS:
+        split_dir = root / split
+        _require_dir(name, split_dir, f"pre-split layout needs {'/'.join(SPLIT_DIRS)};")
+        class_dirs = _subdirs(split_dir)
+        if not class_dirs:
+            raise DataError(f"{name}: split folder {split_dir} has no class folders")
+        for class_dir in class_dirs:
+            classes.append(f"{split}/{class_dir.name}")
+            files.append(_class_folder(name, root, class_dir))
+        sizes.append(len(class_dirs))
+    listing = ImageListing(name, "dir", root, classes, files, sizes)
+    listing.fingerprint = dir_fingerprint(root, [f for fs in files for f in fs])
+    return listing
+
+
+def list_unsplit_folder(root: str | Path, name: str = "image_folder") -> ImageListing:
+    """`<root>/<class>/<image>`; the caller splits the classes by seeded ratios."""
+    root = Path(root).expanduser()
+    _require_dir(name, root, "dataset.source")
+    class_dirs = _subdirs(root)
+    if not class_dirs:
+        raise DataError(f"{name}: {root} has no class folders (expected <root>/<class>/<image>)")
+    files = [_class_folder(name, root, d) for d in class_dirs]
+    listing = ImageListing(name, "dir", root, [d.name for d in class_dirs], files)
+    listing.fingerprint = dir_fingerprint(root, [f for fs in files for f in fs])
+    return listing
+
+
+def detect_folder_layout(root: str | Path) -> str:
+    """'presplit' when <root> has train/val/test folders, 'unsplit' when it has none of them."""
+    root = Path(root).expanduser()
+    present = [s for s in SPLIT_DIRS if (root / s).is_dir()]
+    if len(present) == len(SPLIT_DIRS):
+        return "presplit"
+    if not present:
+        return "unsplit"
+    raise DataError(
+        f"image_folder: {root} has {'/'.join(present)} but not all of {'/'.join(SPLIT_DIRS)}; "
+        "use <root>/{train,val,test}/<class>/<image> or <root>/<class>/<image>"
+    )
+
+
+def list_miniimagenet(root: str | Path) -> ImageListing:
+    """Ravi & Larochelle layout: `<root>/images/` and `<root>/{train,val,test}.csv`."""
+    name = "miniimagenet"
+    root = Path(root).expanduser()
+    images = root / "images"
+    _require_dir(name, images, "image folder")
+    present = {e.name for e in os.scandir(images) if e.is_file()}
+    classes: list[str] = []
+    files: list[list[str]] = []
+    sizes: list[int] = []
+    csv_stats = {}
+    for split in SPLIT_DIRS:
+        path = root / f"{split}.csv"
+        if not path.is_file():
+            raise DataError(
+                f"{name}: {path} not found; copy the Ravi & Larochelle {split}.csv next to images/"
+            )
+        csv_stats[path.name] = file_stat(path)
+        per_class: dict[str, list[str]] = {}
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or [h.strip() for h in header[:2]] != ["filename", "label"]:
+                raise DataError(f"{name}: {path} must start with the header 'filename,label'")
+            for line_no, row in enumerate(reader, start=2):
+                if not row:
+                    continue
+                if len(row) < 2:
+                    raise DataError(f"{name}: {path} line {line_no} is not 'filename,label'")
+                file_name, label = row[0].strip(), row[1].strip()
+                if file_name not in present:
+                    raise DataError(
+                        f"{name}: {path.name} line {line_no} names {file_name}, which is not in "
+                        f"{images}"
+                    )
+                per_class.setdefault(label, []).append(f"images/{file_name}")
+        if not per_class:
+            raise DataError(f"{name}: {path} lists no images")
+        taken = set(per_class) & set(classes)
+        if taken:
+            raise DataError(f"{name}: {path.name} reuses class {sorted(taken)[0]} of another split")
+        for label in sorted(per_class):
+            classes.append(label)
+            files.append(sorted(per_class[label]))
+        sizes.append(len(per_class))
+    listing = ImageListing(name, "dir", root, classes, files, sizes)
+    listing.fingerprint = {
+        **dir_fingerprint(root, [f for fs in files for f in fs]),
+        "csv": csv_stats,
+    }
+    return listing
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_image(data: bytes, image_size: int, where: str, name: str) -> np.ndarray:
+    """Bytes of any PIL-readable image -> uint8 [3, S, S] (RGB, LANCZOS-resized when needed)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            rgb = im.convert("RGB")
+        if rgb.size != (image_size, image_size):
+            rgb = rgb.resize((image_size, image_size), _LANCZOS)
+        return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad data
+        raise DataError(f"{name}: cannot decode image {where} ({one_line(e)})") from e
+
+
+_worker_zips: dict[str, zipfile.ZipFile] = {}
+
+
+def _read(kind: str, root: str, member: str) -> bytes:
+    if kind == "dir":
+        return (Path(root) / member).read_bytes()
+    zf = _worker_zips.get(root)
+    if zf is None:
+        zf = _worker_zips[root] = zipfile.ZipFile(root)
+    return zf.read(member)
+
+
+def _decode_chunk(
+    kind: str, root: str, members: Sequence[str], image_size: int, name: str
+) -> np.ndarray:
+    out = np.empty((len(members), 3, image_size, image_size), dtype=np.uint8)
+    for i, member in enumerate(members):
+        where = f"{root}/{member}" if kind == "dir" else f"{member} in {root}"
+        try:
+            data = _read(kind, root, member)
+        except (OSError, KeyError, zipfile.BadZipFile) as e:
+            raise DataError(f"{name}: cannot read {where} ({one_line(e)})") from e
+        out[i] = decode_image(data, image_size, where, name)
+    return out
+
+
+def _workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(_MAX_WORKERS, cores))
+
+
+def decode_chunks(listing: ImageListing, image_size: int) -> Iterator[np.ndarray]:
+    """Decoded images [n, 3, S, S] in listing order, a chunk at a time.
+
+    JPEG/PNG decoding holds the GIL, so large listings use a process pool (one worker per core,
+    chunks still yielded in order); small ones stay serial because a pool costs more than it saves.
+    """
+    members = [f for fs in listing.files for f in fs]
+    chunks = [members[i : i + _CHUNK] for i in range(0, len(members), _CHUNK)]
+    args = (listing.kind, str(listing.root))
+    if len(members) < _PARALLEL_MIN_IMAGES or _workers() == 1:
+        for chunk in chunks:
+            yield _decode_chunk(*args, chunk, image_size, listing.name)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    with ProcessPoolExecutor(max_workers=_workers(), mp_context=ctx) as ex:
+        futures = [
+            ex.submit(_decode_chunk, *args, chunk, image_size, listing.name) for chunk in chunks
+        ]
+        for fut in futures:
+            yield fut.result()
+
+
+def _write_npy(path: Path, shape: list[int], chunks: Iterator[np.ndarray]) -> None:
+    """Stream uint8 chunks into a .npy file (header first), so only one chunk is in memory."""
+    written = 0
+    with open(path, "wb") as f:
+        header = {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)}
+        np.lib.format.write_array_header_1_0(f, header)
+        for chunk in chunks:
+            f.write(np.ascontiguousarray(chunk, dtype=np.uint8).tobytes())
+            written += len(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    if written != shape[0]:  # pragma: no cover - a listing/decoder mismatch is a bug
+        raise DataError(f"cache {path}: wrote {written} images, expected {shape[0]}")
+
+
+# --------------------------------------------------------------------------- cache
+
+
+@dataclass
+class CachedImages:
+    """A decoded listing: read-only memory map [N, 3, S, S] plus per-class counts."""
+
+    pixels: np.ndarray
+    counts: np.ndarray
+    manifest: dict[str, Any]
+
+
+def _cache_paths(data_dir: Path, listing: ImageListing, image_size: int) -> tuple[Path, Path]:
+    key = hashlib.sha1(
+        f"{listing.name}\0{listing.fingerprint.get('root', listing.root)}".encode(),
+        usedforsecurity=False,
+    ).hexdigest()[:10]
+    stem = f"{listing.name}_{image_size}_{key}"
+    return data_dir / "cache" / f"{stem}.npy", data_dir / "cache" / f"{stem}.json"
+
+
+def _expected_manifest(listing: ImageListing, image_size: int) -> dict[str, Any]:
+    return {
+        "format_version": _FORMAT_VERSION,
+        "dataset": listing.name,
+        "image_size": image_size,
+        "source": listing.fingerprint,
+        "classes": listing.classes,
+        "counts": [len(f) for f in listing.files],
+        "split_sizes": listing.split_sizes,
+        "shape": [listing.num_images, 3, image_size, image_size],
+    }
+
+
+def _read_cache(npy: Path, manifest_path: Path, expected: dict[str, Any]) -> CachedImages | None:
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    if any(manifest.get(k) != v for k, v in expected.items()):
+        logger.info("%s: cache %s is stale; rebuilding", expected["dataset"], manifest_path)
+        return None
+    try:
+        if manifest.get("array") != file_stat(npy):
+            return None
+        pixels = np.load(npy, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if pixels.dtype != np.uint8 or list(pixels.shape) != expected["shape"]:
+        return None
+    return CachedImages(pixels, np.asarray(expected["counts"], dtype=np.int64), manifest)
+
+
+def channel_stats(pixels: np.ndarray, rows: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of pixels/255 over `rows`, read in chunks (float64 sums)."""
+    total = np.zeros(pixels.shape[1])
+    total_sq = np.zeros(pixels.shape[1])
+    rows = np.sort(rows)
+    for i in range(0, len(rows), 2048):
+        block = pixels[rows[i : i + 2048]].astype(np.float64) / 255.0
+        total += block.sum(axis=(0, 2, 3))
+        total_sq += np.square(block).sum(axis=(0, 2, 3))
+    n = len(rows) * pixels.shape[2] * pixels.shape[3]
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+    return mean.tolist(), std.tolist()
+
+
+def load_cached(listing: ImageListing, data_dir: str | Path, image_size: int) -> CachedImages:
+    """The decoded images of `listing` from the cache, decoding and caching them on a miss."""
+    data_dir = Path(data_dir).expanduser()
+    npy, manifest_path = _cache_paths(data_dir, listing, image_size)
+    expected = _expected_manifest(listing, image_size)
+    cached = _read_cache(npy, manifest_path, expected)
+    if cached is not None:
+        return cached
+    try:
+        npy.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{listing.name}: cannot create {npy.parent} ({one_line(e)})") from e
+    start = time.perf_counter()
+    fd, tmp = create_temp(npy, ".npy")
+    os.close(fd)
+    try:
+        _write_npy(Path(tmp), expected["shape"], decode_chunks(listing, image_size))
+        os.replace(tmp, npy)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    manifest = {**expected, "array": file_stat(npy)}
+    text = json.dumps(manifest, indent=1) + "\n"
+    atomic_write(manifest_path, lambda f: f.write(text.encode("utf-8")))
+    logger.info(
+        "%s: decoded %d images in %.1fs into %s",
+        listing.name,
+        listing.num_images,
+        time.perf_counter() - start,
+        npy,
+    )
+    cached = _read_cache(npy, manifest_path, expected)
+    if cached is None:  # pragma: no cover - only if the files changed under us
+        raise DataError(f"{listing.name}: cache {npy} changed while it was written; run again")
+    return cached

@@ -1,0 +1,91 @@
+"""dataset.name -> a FewShotDataset: the one place that knows every supported dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mamlpp.config import DatasetConfig, split_sizes_of
+from mamlpp.data.dataset import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClassImages,
+    FewShotDataset,
+    fixed_splits,
+    split_by_ratios,
+)
+from mamlpp.data.episodes import Augmentation
+from mamlpp.data.image_folder import (
+    ImageListing,
+    channel_stats,
+    detect_folder_layout,
+    list_miniimagenet,
+    list_presplit_folder,
+    list_unsplit_folder,
+    load_cached,
+)
+from mamlpp.data.omniglot import load_omniglot
+from mamlpp.data.splits import omniglot_splits
+from mamlpp.data.tiny_imagenet import find_source, list_tiny_imagenet
+from mamlpp.errors import ConfigError
+
+
+def load_dataset(cfg: DatasetConfig) -> FewShotDataset:
+    """Load (decode or read from the cache) the configured dataset and its class split."""
+    if cfg.name == "omniglot":
+        data = _omniglot(cfg)
+    else:
+        listing = _listing(cfg)
+        cached = load_cached(listing, cfg.data_dir, cfg.image_size)
+        counts = cached.counts
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+        if listing.split_sizes is not None:
+            splits = fixed_splits(np.arange(len(counts)), listing.split_sizes)
+        else:
+            splits = split_by_ratios(len(counts), tuple(cfg.split_ratios), cfg.split_seed)
+        images = ClassImages(cached.pixels, starts, counts)
+        data = FewShotDataset(cfg.name, images, listing.classes, splits)
+    if cfg.normalization == "imagenet":
+        if data.images.channels != 3:
+            raise ConfigError(
+                "config key 'dataset.normalization' = 'imagenet' needs RGB images: use none|dataset"
+            )
+        data.mean, data.std = IMAGENET_MEAN, IMAGENET_STD
+    elif cfg.normalization == "dataset":
+        img = data.images
+        train = data.splits["train"].chars
+        rows = np.concatenate([img.starts[c] + np.arange(img.counts[c]) for c in train])
+        pixels = img.pixels.numpy() if hasattr(img.pixels, "numpy") else img.pixels
+        mean, std = channel_stats(pixels, rows)
+        data.mean, data.std = tuple(mean), tuple(max(s, 1e-6) for s in std)
+    return data
+
+
+def augmentation(cfg: DatasetConfig) -> Augmentation:
+    return Augmentation(cfg.augment_crop_padding, cfg.augment_flip)
+
+
+def _omniglot(cfg: DatasetConfig) -> FewShotDataset:
+    images = load_omniglot(cfg.data_dir, cfg.source, cfg.image_size)
+    splits = omniglot_splits(
+        images.shape[0], split_sizes_of(cfg), cfg.split_seed, cfg.protocol, cfg.train_rotation
+    )
+    names = [f"character {i}" for i in range(images.shape[0])]
+    return FewShotDataset("omniglot", ClassImages.from_class_major(images), names, splits)
+
+
+def _listing(cfg: DatasetConfig) -> ImageListing:
+    if cfg.name == "tiny_imagenet":
+        return list_tiny_imagenet(find_source(cfg.data_dir, cfg.source))
+    if cfg.name == "miniimagenet":
+        return list_miniimagenet(Path(cfg.source or cfg.data_dir))
+    if cfg.source is None:
+        raise ConfigError(
+            "config key 'dataset.source' is null: name the image folder "
+            "(<root>/{train,val,test}/<class>/<image> or <root>/<class>/<image>)"
+        )
+    layout = detect_folder_layout(cfg.source) if cfg.layout == "auto" else cfg.layout
+    if layout == "presplit":
+        return list_presplit_folder(cfg.source)
+    return list_unsplit_folder(cfg.source)
