@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -15,14 +16,18 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO_ROOT, TINY_ARGS, Cli
+from conftest import REPO_ROOT, TINY_ARGS, Cli, result_accuracies
 
 FAST = ("eval.val_tasks=5", "eval.test_tasks=10", "eval.top_k=2")
 
 
-def multirun(cli: Cli, *args: str) -> subprocess.CompletedProcess:
+def multirun_args(cli: Cli, *args: str) -> tuple[str, ...]:
     """Hydra wants -m before the overrides."""
-    return cli.run("-m", *TINY_ARGS, *cli.data_args, *FAST, *args, tiny=False, timeout=600)
+    return ("-m", *TINY_ARGS, *cli.data_args, *FAST, *args)
+
+
+def multirun(cli: Cli, *args: str) -> subprocess.CompletedProcess:
+    return cli.run(*multirun_args(cli, *args), tiny=False, timeout=600)
 
 
 def results_under(root: Path) -> dict[Path, dict]:
@@ -101,18 +106,115 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(cli: Cli, tmp_path: Pat
     assert len(results_under(tmp_path)) == 2
 
 
-def test_submitit_local_launcher_runs_a_job(cli: Cli, tmp_path: Path):
-    done = multirun(
-        cli,
-        "hydra/launcher=submitit_local",
-        "hydra.launcher.timeout_min=10",
-        "seed=0",
-        f"hydra.sweep.dir={tmp_path}",
-    )
+# One job through submitit's local executor, which mirrors Slurm: the job is a worker process
+# (`python -m submitit.core._submit`) under a controller (`python -m submitit.local._local`, whose
+# pid is the job id) that restarts the worker when it exits with submitit's requeue code.
+SUBMITIT_LOCAL = (
+    "hydra/launcher=submitit_local",
+    "hydra.launcher.timeout_min=10",
+    "run.checkpoint_every_iters=1",
+    "seed=0",
+)
+
+
+@pytest.fixture(scope="module")
+def submitit_reference(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """An uninterrupted SUBMITIT_LOCAL multirun."""
+    root = tmp_path_factory.mktemp("submitit_reference")
+    done = multirun(cli, *SUBMITIT_LOCAL, f"hydra.sweep.dir={root}")
     assert done.returncode == 0, done.stderr
-    runs = results_under(tmp_path)
-    assert len(runs) == 1
-    assert (tmp_path / ".submitit").is_dir()
+    return {"root": root, "results": results_under(root)}
+
+
+def test_submitit_local_launcher_runs_a_job(submitit_reference: dict):
+    assert len(submitit_reference["results"]) == 1
+    assert (submitit_reference["root"] / ".submitit").is_dir()
+
+
+def _children(pid: int, pattern: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid), "-f", pattern], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
+def _signal_submitit_job(cli: Cli, root: Path, signum: int) -> subprocess.Popen:
+    """Start the SUBMITIT_LOCAL multirun into `root`; once its job has checkpointed a trained
+    iteration, send `signum` to the job's worker alone, as Slurm signals a job step."""
+    command = cli.command(
+        *multirun_args(cli, *SUBMITIT_LOCAL, f"hydra.sweep.dir={root}"), tiny=False
+    )
+    with open(root / "multirun.out", "w") as out, open(root / "multirun.err", "w") as err:
+        proc = subprocess.Popen(
+            command,
+            cwd=cli.cwd,
+            env=cli.env,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,  # its own process group: the test can always clean it up
+        )
+    deadline = time.monotonic() + 120
+    worker = None
+    while worker is None or not list(root.glob("*/checkpoints/latest.pt")):
+        assert proc.poll() is None, (root / "multirun.err").read_text()
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        for controller in _children(proc.pid, "submitit.local._local"):
+            workers = _children(controller, "submitit.core._submit")
+            if workers:
+                assert (root / ".submitit" / str(controller)).is_dir()  # the job id
+                worker = workers[0]
+        time.sleep(0.05)
+    os.kill(worker, signum)
+    return proc
+
+
+def _finish(proc: subprocess.Popen) -> int:
+    try:
+        return proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _job_logs(root: Path) -> str:
+    return "".join(p.read_text() for p in sorted((root / ".submitit").rglob("*_log.*")))
+
+
+def test_submitit_local_sigusr2_checkpoints_then_submitit_requeues_and_resumes(
+    cli: Cli, submitit_reference: dict, tmp_path: Path
+):
+    """Slurm's timeout signal (--signal=USR2@signal_delay_s): mamlpp checkpoints at once, then
+    passes the signal on to submitit, which requeues the job; it resumes where it stopped."""
+    rc = _finish(_signal_submitit_job(cli, tmp_path, signal.SIGUSR2))
+    logs = _job_logs(tmp_path)
+    assert rc == 0, (tmp_path / "multirun.err").read_text() + logs
+    stopped = re.search(r"interrupted by SIGUSR2 at iteration (\d+)", logs)
+    assert stopped, logs  # our checkpoint, not only submitit's abrupt exit mid-iteration
+    assert "Requeued job" in logs
+    assert re.search(rf"resumed from \S+ at iteration {stopped[1]}\n", logs), logs
+    (results,) = results_under(tmp_path).values()
+    (reference,) = submitit_reference["results"].values()
+    assert result_accuracies(results) == result_accuracies(reference)
+
+
+def test_submitit_local_sigterm_checkpoints_and_same_multirun_resumes(
+    cli: Cli, submitit_reference: dict, tmp_path: Path
+):
+    """SIGTERM (scancel, or preemption without the user signal) checkpoints and exits 75.
+    Submitit does not requeue it (on Slurm only PreemptMode=REQUEUE would), so the sweep fails;
+    running the same multirun again resumes the job from that checkpoint."""
+    rc = _finish(_signal_submitit_job(cli, tmp_path, signal.SIGTERM))
+    err = (tmp_path / "multirun.err").read_text()
+    assert rc != 0, err
+    stopped = re.search(r"interrupted by SIGTERM at iteration (\d+)", err)
+    assert stopped, err + _job_logs(tmp_path)
+    assert "Requeued job" not in _job_logs(tmp_path)
+    assert not results_under(tmp_path)
+    again = multirun(cli, *SUBMITIT_LOCAL, f"hydra.sweep.dir={tmp_path}")
+    assert again.returncode == 0, again.stderr
+    logs = _job_logs(tmp_path)
+    assert re.search(rf"resumed from \S+ at iteration {stopped[1]}\n", logs), logs
+    (results,) = results_under(tmp_path).values()
+    (reference,) = submitit_reference["results"].values()
+    assert result_accuracies(results) == result_accuracies(reference)
 
 
 def test_generated_scripts_are_up_to_date_and_parse():

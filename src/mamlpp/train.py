@@ -1,9 +1,11 @@
 """`mamlpp-train` / `python -m mamlpp.train`: the Hydra entry point of one experiment.
 
 Exit codes: 0 done (or already finished), 2 a user error printed as one `mamlpp: error:` line
-(a full traceback with debug=true), 75 (EXIT_RESUMABLE) stopped by SIGTERM/SIGUSR1/SIGINT after
-a checkpoint: run the same command again to resume. Hydra's own composition errors (unknown
-key or config group option) exit with 1.
+(a full traceback with debug=true), 75 (EXIT_RESUMABLE) stopped by SIGTERM/SIGUSR1/SIGUSR2/SIGINT
+after a checkpoint: run the same command again to resume. Hydra's own composition errors
+(unknown key or config group option) exit with 1. In a hydra-submitit-launcher job, SIGUSR2
+(submitit's timeout/preemption signal) is then passed on to submitit, which requeues the job
+and exits itself; the requeued job resumes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mamlpp.config import register_configs, to_config
 from mamlpp.errors import MamlppError
-from mamlpp.experiment.signals import EXIT_RESUMABLE, StopRequested
+from mamlpp.experiment.signals import EXIT_RESUMABLE, StopRequested, pass_on
 
 
 def _conf_dir() -> str:
@@ -50,6 +52,7 @@ def _run(dcfg: DictConfig) -> float:
             file=sys.stderr,
             flush=True,
         )
+        pass_on(stop.signal_name)  # e.g. to submitit, which requeues the job and exits
         sys.exit(EXIT_RESUMABLE)
     except MamlppError as err:
         if debug:

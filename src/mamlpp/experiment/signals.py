@@ -1,9 +1,16 @@
-"""Graceful interruption: SIGTERM/SIGUSR1/SIGINT ask the run to checkpoint and exit.
+"""Graceful interruption: SIGTERM/SIGUSR1/SIGUSR2/SIGINT ask the run to checkpoint and exit.
 
 The handler only records the signal; the training loop finishes the current iteration (or the
 current validation), writes a checkpoint and raises `StopRequested`, and the CLI exits with
 EXIT_RESUMABLE. A second SIGINT interrupts at once (KeyboardInterrupt), losing at most the work
 since the last checkpoint.
+
+Our handlers displace the ones installed before them while the run trains. Once the checkpoint
+is written, `pass_on` hands the signal to the displaced Python handler. In a submitit job
+(hydra-submitit-launcher) that is submitit's SIGUSR2 handler (Slurm sends SIGUSR2
+`signal_delay_s` before the time limit): it requeues the job, which then resumes from our
+checkpoint. Submitit only logs SIGTERM: a preempted job is requeued by Slurm's
+PreemptMode=REQUEUE, if at all.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from types import FrameType
 
 # EX_TEMPFAIL: "interrupted, resumable". Generated scripts and launchers re-run on this code.
 EXIT_RESUMABLE = 75
-HANDLED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+HANDLED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
 
 class StopRequested(Exception):
@@ -53,3 +60,18 @@ class SignalFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+def pass_on(signal_name: str) -> None:
+    """Call the Python handler of `signal_name` now installed (the one ours displaced), if any.
+
+    For after `SignalFlag.restore()` and the checkpoint. Submitit's SIGUSR2 handler requeues the
+    job and exits (SystemExit) instead of returning. SIGINT is never passed on: its default
+    handler would raise KeyboardInterrupt over a clean stop.
+    """
+    signum = getattr(signal, signal_name, None)
+    if not isinstance(signum, signal.Signals) or signum == signal.SIGINT:
+        return
+    handler = signal.getsignal(signum)
+    if callable(handler):
+        handler(signum, None)
