@@ -200,6 +200,12 @@ def validate(cfg: Config) -> Config:
     )
     _check(d.layout in LAYOUTS, "dataset.layout", d.layout, f"one of {LAYOUTS}")
     _check(
+        d.name != "image_folder" or d.source is not None,
+        "dataset.source",
+        d.source,
+        "the image folder (<root>/{train,val,test}/<class>/<image> or <root>/<class>/<image>)",
+    )
+    _check(
         len(d.split_ratios) == 3 and all(r > 0 for r in d.split_ratios),
         "dataset.split_ratios",
         d.split_ratios,

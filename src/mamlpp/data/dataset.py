@@ -58,7 +58,7 @@ class ClassImages:
             return ClassImages(self.pixels.to(device), self.starts, self.counts)
         out = torch.empty(self.pixels.shape, dtype=torch.uint8, device=device)
         for i in range(0, len(out), chunk):
-            out[i : i + chunk] = torch.from_numpy(np.ascontiguousarray(self.pixels[i : i + chunk]))
+            out[i : i + chunk] = torch.from_numpy(np.array(self.pixels[i : i + chunk]))
         return ClassImages(out, self.starts, self.counts)
 
     def gather(self, flat_index: np.ndarray, device: torch.device) -> Tensor:

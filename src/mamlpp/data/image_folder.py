@@ -171,6 +171,8 @@ def list_miniimagenet(root: str | Path) -> ImageListing:
             raise DataError(
                 f"{name}: {path} not found; copy the Ravi & Larochelle {split}.csv next to images/"
             )
+    for split in SPLIT_DIRS:
+        path = root / f"{split}.csv"
         csv_stats[path.name] = file_stat(path)
         per_class: dict[str, list[str]] = {}
         with open(path, newline="", encoding="utf-8") as f:

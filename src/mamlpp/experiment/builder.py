@@ -37,6 +37,7 @@ from mamlpp.experiment.checkpoints import (
     set_rng_state,
 )
 from mamlpp.experiment.evaluation import ensemble, mean_ci95, predict_tasks
+from mamlpp.experiment.gpu_claim import GpuClaim, claim_free_gpu, cuda_ids
 from mamlpp.experiment.lock import RunLock
 from mamlpp.experiment.metrics import open_tensorboard, write_metrics_csv
 from mamlpp.experiment.run_state import (
@@ -63,6 +64,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def place_on_free_gpu(device: torch.device) -> tuple[torch.device, GpuClaim | None]:
+    """With several visible GPUs, the first one no other mamlpp run holds (else cuda:0)."""
+    if device.type != "cuda" or device.index is not None or torch.cuda.device_count() < 2:
+        return device, None
+    claim = claim_free_gpu(cuda_ids())
+    if claim is None:
+        log("every visible GPU is held by another mamlpp run; sharing cuda:0")
+        return torch.device("cuda", 0), None
+    log(f"using cuda:{claim.index}, the first visible GPU no other mamlpp run holds")
+    return torch.device("cuda", claim.index), claim
+
+
 def log(msg: str) -> None:
     print(f"[mamlpp] {msg}", file=sys.stderr, flush=True)
 
@@ -80,6 +93,9 @@ class ExperimentBuilder:
     # ------------------------------------------------------------------ setup
     def _build(self) -> None:
         cfg = self.cfg
+        self.device, self._gpu_claim = place_on_free_gpu(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # denormal gradients slow CPU kernels by 10x+
         random.seed(cfg.seed)
@@ -159,6 +175,8 @@ class ExperimentBuilder:
                     self.writer.close()
             finally:
                 self.signals.restore()
+                if getattr(self, "_gpu_claim", None) is not None:
+                    self._gpu_claim.release()
             atomic_write_text(results_path, json.dumps(results, indent=2))
             done: dict[str, Any] = {
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -1,0 +1,69 @@
+"""Every experiment preset composes, validates, and carries the published hyperparameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import mamlpp.train  # noqa: F401  (registers the schema and the resolver)
+from conftest import REPO_ROOT
+from mamlpp.config import Config, to_config
+from mamlpp.errors import ConfigError
+
+PRESETS = sorted(p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def load(preset: str | None, *overrides: str) -> tuple[Config, DictConfig]:
+    chosen = [f"experiment={preset}"] if preset else []
+    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
+        dcfg = compose("config", [*chosen, *overrides])
+    return to_config(dcfg), dcfg
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_composes_and_validates(preset: str) -> None:
+    cfg, _ = load(preset)
+    assert cfg.experiment_name == preset or preset in ("quick", "smoke")
+
+
+@pytest.mark.parametrize("ways_shots", ["5w1s", "5w5s"])
+def test_miniimagenet_presets_follow_the_papers(ways_shots: str) -> None:
+    pp, _ = load(f"miniimagenet_{ways_shots}_mamlpp")
+    maml, _ = load(f"miniimagenet_{ways_shots}_maml")
+    for cfg in (pp, maml):
+        d = cfg.dataset
+        assert (d.name, d.image_size, d.normalization) == ("miniimagenet", 84, "imagenet")
+        assert not d.augment_flip and d.augment_crop_padding == 0
+        assert cfg.task.targets == 15 and cfg.algorithm.inner_lr == 0.01
+        assert cfg.algorithm.grad_clip == 10
+        assert (cfg.train.epochs, cfg.train.iters_per_epoch) == (100, 500)
+    assert pp.model.filters == 48 and pp.train.meta_batch_size == 2
+    assert pp.algorithm.msl_epochs == 15 and pp.algorithm.min_meta_lr < pp.algorithm.meta_lr
+    assert maml.model.filters == 32 and maml.algorithm.inner_steps_eval == 10
+    assert maml.train.meta_batch_size == (4 if ways_shots == "5w1s" else 2)
+
+
+def test_tiny_imagenet_presets_share_one_budget() -> None:
+    cfgs = {a: load(f"tiny_imagenet_5w1s_{a}")[0] for a in ("mamlpp", "fomaml", "maml")}
+    budgets = {
+        (c.train.epochs, c.train.iters_per_epoch, c.train.meta_batch_size, c.task.targets)
+        for c in cfgs.values()
+    }
+    assert len(budgets) == 1
+    assert cfgs["fomaml"].algorithm.second_order is False
+    assert cfgs["maml"].algorithm.second_order and not cfgs["maml"].algorithm.multi_step_loss
+    assert cfgs["mamlpp"].algorithm.learn_inner_lr
+
+
+def test_image_folder_needs_a_source() -> None:
+    with pytest.raises(ConfigError, match="dataset.source"):
+        load(None, "dataset=image_folder")
+    cfg, _ = load(None, "dataset=image_folder", "dataset.source=/data/x")
+    assert (cfg.dataset.name, cfg.dataset.normalization) == ("image_folder", "dataset")
+
+
+def test_conf_dir_is_the_checkout() -> None:
+    assert Path(mamlpp.train._conf_dir()) == REPO_ROOT / "conf"
