@@ -67,3 +67,15 @@ def test_image_folder_needs_a_source() -> None:
 
 def test_conf_dir_is_the_checkout() -> None:
     assert Path(mamlpp.train._conf_dir()) == REPO_ROOT / "conf"
+
+
+@pytest.mark.parametrize("device,ok", [("cuda:1", True), ("cpu", True), ("gpu", False)])
+def test_device_values(device: str, ok: bool) -> None:
+    from mamlpp.config import validate
+
+    cfg = Config(device=device)
+    if ok:
+        validate(cfg)
+    else:
+        with pytest.raises(ConfigError, match="cuda:<index>"):
+            validate(cfg)

@@ -7,6 +7,7 @@ checks ranges and cross-field constraints and raises a one-line `ConfigError` na
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,7 +189,12 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 def validate(cfg: Config) -> Config:
     """Range and cross-field checks; the schema already checked names and types."""
     d, t, m, a, tr, ev = cfg.dataset, cfg.task, cfg.model, cfg.algorithm, cfg.train, cfg.eval
-    _check(cfg.device in DEVICES, "device", cfg.device, f"one of {DEVICES}")
+    _check(
+        cfg.device in DEVICES or re.fullmatch(r"cuda:\d+", cfg.device) is not None,
+        "device",
+        cfg.device,
+        f"one of {DEVICES} or cuda:<index>",
+    )
     _check(d.name in DATASETS, "dataset.name", d.name, f"one of {DATASETS}")
     _check(d.protocol in PROTOCOLS, "dataset.protocol", d.protocol, f"one of {PROTOCOLS}")
     _check(d.image_size >= 8, "dataset.image_size", d.image_size, ">= 8")

@@ -57,11 +57,16 @@ DONE_MARKER = "done"
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            "config key 'device' = 'cuda' but no CUDA device is available: use auto|cpu"
+            f"config key 'device' = '{name}' but no CUDA device is available: use auto|cpu"
         )
-    return torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"config key 'device' = '{name}' but only {torch.cuda.device_count()} GPUs are visible"
+        )
+    return device
 
 
 def place_on_free_gpu(device: torch.device) -> tuple[torch.device, GpuClaim | None]:
