@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import secrets
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import numpy as np
 
 from mamlpp.errors import DataError
 
@@ -123,3 +126,32 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def load_cached_array(
+    npy: Path, manifest_path: Path, expected: dict[str, Any], mmap: bool = False
+) -> np.ndarray | None:
+    """The cached uint8 array if its manifest matches `expected` key by key, else None.
+
+    The manifest also records the .npy's size and mtime, so a .npy replaced by a racing writer
+    (or by hand) never passes for the one the manifest describes. `mmap`: a read-only map.
+    """
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    stale = [k for k, v in expected.items() if manifest.get(k) != v]
+    if stale:
+        logger.info("cache %s is stale (%s changed); rebuilding", manifest_path, stale[0])
+        return None
+    try:
+        if manifest.get("array") != file_stat(npy):
+            return None
+        arr = np.load(npy, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if arr.dtype != np.uint8 or list(arr.shape) != expected["shape"]:
+        return None
+    return arr

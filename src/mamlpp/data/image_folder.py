@@ -36,7 +36,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mamlpp.data.files import atomic_write, create_temp, file_stat, one_line
+from mamlpp.data.files import (
+    atomic_write,
+    create_temp,
+    file_stat,
+    load_cached_array,
+    one_line,
+)
 from mamlpp.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -331,24 +337,10 @@ def _expected_manifest(listing: ImageListing, image_size: int) -> dict[str, Any]
 
 
 def _read_cache(npy: Path, manifest_path: Path, expected: dict[str, Any]) -> CachedImages | None:
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    pixels = load_cached_array(npy, manifest_path, expected, mmap=True)
+    if pixels is None:
         return None
-    if not isinstance(manifest, dict):
-        return None
-    if any(manifest.get(k) != v for k, v in expected.items()):
-        logger.info("%s: cache %s is stale; rebuilding", expected["dataset"], manifest_path)
-        return None
-    try:
-        if manifest.get("array") != file_stat(npy):
-            return None
-        pixels = np.load(npy, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return None
-    if pixels.dtype != np.uint8 or list(pixels.shape) != expected["shape"]:
-        return None
-    return CachedImages(pixels, np.asarray(expected["counts"], dtype=np.int64), manifest)
+    return CachedImages(pixels, np.asarray(expected["counts"], dtype=np.int64), expected)
 
 
 def channel_stats(pixels: np.ndarray, rows: np.ndarray) -> tuple[list[float], list[float]]:

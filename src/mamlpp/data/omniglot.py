@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from mamlpp.data.files import atomic_write as _atomic_write
-from mamlpp.data.files import download, md5_file
+from mamlpp.data.files import download, load_cached_array, md5_file
 from mamlpp.data.files import file_stat as _file_stat
 from mamlpp.data.files import one_line as _one_line
 from mamlpp.errors import ConfigError, DataError
@@ -405,30 +405,6 @@ def _cache_paths(data_dir: Path, image_size: int) -> tuple[Path, Path]:
     return cache_dir / f"omniglot_{image_size}.npy", cache_dir / f"omniglot_{image_size}.json"
 
 
-def _read_cache(npy: Path, manifest_path: Path, expected: dict[str, Any]) -> np.ndarray | None:
-    """Return the cached array if the manifest matches ``expected`` exactly, else None."""
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict):
-        return None
-    for key, value in expected.items():
-        if manifest.get(key) != value:
-            logger.info("omniglot: cache %s is stale (%s changed); rebuilding", manifest_path, key)
-            return None
-    try:
-        # The .npy must be the very file this manifest was written for (guards a racing writer).
-        if manifest.get("array") != _file_stat(npy):
-            return None
-        arr = np.load(npy, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return None
-    if arr.dtype != np.uint8 or list(arr.shape) != expected["shape"]:
-        return None
-    return arr
-
-
 def _write_cache(npy: Path, manifest_path: Path, arr: np.ndarray, meta: dict[str, Any]) -> None:
     """Write the .npy first, then the manifest naming it, so the pair is never half-written."""
     npy.parent.mkdir(parents=True, exist_ok=True)
@@ -467,7 +443,7 @@ def _load_omniglot(
         "sources": [_fingerprint(s) for s in sources],
     }
     npy, manifest_path = _cache_paths(data_dir, image_size)
-    cached = _read_cache(npy, manifest_path, meta)
+    cached = load_cached_array(npy, manifest_path, meta)
     if cached is not None:
         logger.info("omniglot: loaded cached %s", npy)
         return cached
