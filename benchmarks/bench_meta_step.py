@@ -107,12 +107,26 @@ def main() -> None:
         print(json.dumps(measure(*args.worker, args.device, args.warmup, args.repeats)))
         return
     results = []
-    print(f"{'setting':18} {'impl':8} {'s/iter':>8} {'tasks/s':>8} {'images/s':>9} {'peak MB':>8} {'vs loop':>7}")
+    print(
+        f"{'setting':18} {'impl':8} {'s/iter':>8} {'tasks/s':>8} {'images/s':>9} "
+        f"{'peak MB':>8} {'vs loop':>7}"
+    )
     for setting in args.setting:
         rows = {}
         for impl in args.impl:
-            cmd = [sys.executable, __file__, "--worker", setting, impl, "--device", args.device,
-                   "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                setting,
+                impl,
+                "--device",
+                args.device,
+                "--warmup",
+                str(args.warmup),
+                "--repeats",
+                str(args.repeats),
+            ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows[impl] = json.loads(out.strip().splitlines()[-1])
         for impl, r in rows.items():

@@ -424,6 +424,35 @@ def test_real_tiny_imagenet_cache_reused_and_deterministic(
     assert abs(batch.xt.mean().item()) < 0.5  # normalised
 
 
+def test_real_tiny_imagenet_cache_invalidated_when_the_zip_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy of the real zip: cached once, reused, rebuilt after the zip is replaced."""
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy2(TINY_ZIP, src / TINY_ZIP.name)
+    c = cfg("tiny_imagenet", src, tmp_path / "data", image_size=8)
+    calls: list[int] = []
+    real_chunks = imf.decode_chunks
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real_chunks(*args, **kwargs)
+
+    monkeypatch.setattr(imf, "decode_chunks", counting)
+    first = load_dataset(c)
+    load_dataset(c)
+    assert len(calls) == 1  # the second load is a cache hit
+    stamp = (src / TINY_ZIP.name).stat().st_mtime_ns + 10**9
+    os.utime(src / TINY_ZIP.name, ns=(stamp, stamp))  # e.g. the zip re-downloaded
+    again = load_dataset(c)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(first.images.pixels, again.images.pixels)
+    assert len(_cache_files(tmp_path / "data")) == 2
+
+
 def test_tiny_imagenet_missing_source_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         load_dataset(cfg("tiny_imagenet", tmp_path, tmp_path / "data"))
