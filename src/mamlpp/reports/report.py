@@ -98,9 +98,11 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        # One seed has no spread across seeds: say so instead of printing +- 0.00.
+        spread = f"+- {r['test_acc_std']:.2f}" if r["seeds"] > 1 else "(1 seed)"
         lines.append(
             f"| {r['dataset']} | {r['ways']} | {r['shots']} | {r['algorithm']} | "
-            f"{r['test_acc_mean']:.2f} +- {r['test_acc_std']:.2f} | {r['ci95_mean']:.2f} | "
+            f"{r['test_acc_mean']:.2f} {spread} | {r['ci95_mean']:.2f} | "
             f"{r['seeds']} | {r['best_val_acc']:.2f} | {r['train_hours']:.2f} | {r['paper']} |"
         )
     md_path.write_text("\n".join(lines) + "\n")
