@@ -320,13 +320,9 @@ def split_sizes_of(dataset: DatasetConfig) -> tuple[int, int, int]:
     return tuple(sizes) if sizes is not None else PROTOCOL_SPLITS[dataset.protocol]
 
 
-def split_sizes(cfg: Config) -> tuple[int, int, int]:
-    return split_sizes_of(cfg.dataset)
-
-
 def split_class_counts(cfg: Config) -> tuple[int, int, int]:
     """Number of classes a task can draw from in each split (rotations count under 'maml')."""
-    train, val, test = split_sizes(cfg)
+    train, val, test = split_sizes_of(cfg.dataset)
     if cfg.dataset.protocol == "maml":
         return train * 4, val * 4, test * 4
     return train, val, test

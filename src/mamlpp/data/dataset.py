@@ -44,6 +44,17 @@ class ClassImages:
         starts = np.arange(classes, dtype=np.int64) * per_class
         return cls(flat, starts, np.full(classes, per_class, dtype=np.int64))
 
+    @classmethod
+    def from_counts(cls, pixels: Tensor | np.ndarray, counts: np.ndarray) -> ClassImages:
+        """Classes stored back to back with `counts` images each."""
+        counts = np.asarray(counts, dtype=np.int64)
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+        return cls(pixels, starts, counts)
+
+    def rows(self, classes: np.ndarray) -> np.ndarray:
+        """Global rows of every image of `classes`, class by class."""
+        return np.concatenate([self.starts[c] + np.arange(self.counts[c]) for c in classes])
+
     @property
     def channels(self) -> int:
         return int(self.pixels.shape[1])

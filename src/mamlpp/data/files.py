@@ -1,4 +1,5 @@
-"""File plumbing shared by the dataset loaders: atomic writes, downloads with md5, one-line errors.
+"""Plumbing shared by the dataset loaders: atomic writes, downloads with md5, one-line errors,
+the cache reader, and the decoders' resampling filter and worker count.
 
 Why: a cache or download that is interrupted must never leave a plausible-looking file behind, so
 every write goes to a hidden temp file next to its target and is renamed into place when complete.
@@ -18,10 +19,24 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from PIL import Image
 
 from mamlpp.errors import DataError
 
 logger = logging.getLogger(__name__)
+
+# Image.Resampling exists since Pillow 9.1; older versions only have the module-level alias.
+LANCZOS = Image.Resampling.LANCZOS if hasattr(Image, "Resampling") else Image.LANCZOS
+MAX_DECODE_WORKERS = 8
+
+
+def decode_workers() -> int:
+    """Processes for image decoding: one per usable core, capped (decoding holds the GIL)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_DECODE_WORKERS, cores))
 
 
 def one_line(exc: BaseException | str) -> str:

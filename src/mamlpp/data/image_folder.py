@@ -37,8 +37,10 @@ import numpy as np
 from PIL import Image
 
 from mamlpp.data.files import (
+    LANCZOS,
     atomic_write,
     create_temp,
+    decode_workers,
     file_stat,
     load_cached_array,
     one_line,
@@ -52,8 +54,6 @@ SPLIT_DIRS = ("train", "val", "test")
 _FORMAT_VERSION = 1
 _CHUNK = 500
 _PARALLEL_MIN_IMAGES = 4000
-_MAX_WORKERS = 8
-_LANCZOS = Image.Resampling.LANCZOS if hasattr(Image, "Resampling") else Image.LANCZOS
 
 
 @dataclass
@@ -224,7 +224,7 @@ def decode_image(data: bytes, image_size: int, where: str, name: str) -> np.ndar
         with Image.open(io.BytesIO(data)) as im:
             rgb = im.convert("RGB")
         if rgb.size != (image_size, image_size):
-            rgb = rgb.resize((image_size, image_size), _LANCZOS)
+            rgb = rgb.resize((image_size, image_size), LANCZOS)
         return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad data
         raise DataError(f"{name}: cannot decode image {where} ({one_line(e)})") from e
@@ -256,14 +256,6 @@ def _decode_chunk(
     return out
 
 
-def _workers() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, min(_MAX_WORKERS, cores))
-
-
 def decode_chunks(listing: ImageListing, image_size: int) -> Iterator[np.ndarray]:
     """Decoded images [n, 3, S, S] in listing order, a chunk at a time.
 
@@ -273,13 +265,13 @@ def decode_chunks(listing: ImageListing, image_size: int) -> Iterator[np.ndarray
     members = [f for fs in listing.files for f in fs]
     chunks = [members[i : i + _CHUNK] for i in range(0, len(members), _CHUNK)]
     args = (listing.kind, str(listing.root))
-    if len(members) < _PARALLEL_MIN_IMAGES or _workers() == 1:
+    if len(members) < _PARALLEL_MIN_IMAGES or decode_workers() == 1:
         for chunk in chunks:
             yield _decode_chunk(*args, chunk, image_size, listing.name)
         return
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with ProcessPoolExecutor(max_workers=_workers(), mp_context=ctx) as ex:
+    with ProcessPoolExecutor(max_workers=decode_workers(), mp_context=ctx) as ex:
         futures = [
             ex.submit(_decode_chunk, *args, chunk, image_size, listing.name) for chunk in chunks
         ]
@@ -311,7 +303,6 @@ class CachedImages:
 
     pixels: np.ndarray
     counts: np.ndarray
-    manifest: dict[str, Any]
 
 
 def _cache_paths(data_dir: Path, listing: ImageListing, image_size: int) -> tuple[Path, Path]:
@@ -340,7 +331,7 @@ def _read_cache(npy: Path, manifest_path: Path, expected: dict[str, Any]) -> Cac
     pixels = load_cached_array(npy, manifest_path, expected, mmap=True)
     if pixels is None:
         return None
-    return CachedImages(pixels, np.asarray(expected["counts"], dtype=np.int64), expected)
+    return CachedImages(pixels, np.asarray(expected["counts"], dtype=np.int64))
 
 
 def channel_stats(pixels: np.ndarray, rows: np.ndarray) -> tuple[list[float], list[float]]:

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mamlpp.data.files import LANCZOS, decode_workers, download, load_cached_array, md5_file
 from mamlpp.data.files import atomic_write as _atomic_write
-from mamlpp.data.files import download, load_cached_array, md5_file
 from mamlpp.data.files import file_stat as _file_stat
 from mamlpp.data.files import one_line as _one_line
 from mamlpp.errors import ConfigError, DataError
@@ -69,12 +69,8 @@ _SETS: tuple[str, ...] = ("images_background", "images_evaluation")
 _FORMAT_VERSION = 1
 _CHUNK = 1000  # images per pool task: small enough to balance load, big enough to amortise IPC
 _PARALLEL_MIN_IMAGES = 4000  # below this a process pool costs more than it saves
-_MAX_WORKERS = 8
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _FIX_HINT = "re-download it or set dataset.source"
-
-# Image.Resampling exists since Pillow 9.1; older versions only have the module-level alias.
-_LANCZOS = Image.Resampling.LANCZOS if hasattr(Image, "Resampling") else Image.LANCZOS
 
 
 # --------------------------------------------------------------------------- sources
@@ -280,7 +276,7 @@ def _check_structure(
 def _decode_png(data: bytes, image_size: int, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
-            small = im.convert("L").resize((image_size, image_size), _LANCZOS)
+            small = im.convert("L").resize((image_size, image_size), LANCZOS)
         return np.asarray(small, dtype=np.uint8)
     except Exception as e:  # PIL raises many types for bad data (OSError, SyntaxError, ...)
         raise DataError(f"omniglot: cannot decode PNG {where} ({_one_line(e)}); {_FIX_HINT}") from e
@@ -341,14 +337,6 @@ def _decode_chunk(kind: str, root: str, members: Sequence[str], image_size: int)
     return out
 
 
-def _default_workers() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(_MAX_WORKERS, cores))
-
-
 def _decode_all(plans: Sequence[_Plan], image_size: int, workers: int | None) -> np.ndarray:
     """Decode every planned image in order, serially or with a process pool.
 
@@ -358,7 +346,7 @@ def _decode_all(plans: Sequence[_Plan], image_size: int, workers: int | None) ->
     more than it saves). Falls back to serial decoding if a pool cannot be started.
     """
     total = sum(len(p.members) for p in plans)
-    n_workers = _default_workers() if workers is None else max(1, workers)
+    n_workers = decode_workers() if workers is None else max(1, workers)
     out = np.empty((total, image_size, image_size), dtype=np.uint8)
 
     def serial() -> None:

@@ -38,13 +38,12 @@ def load_dataset(cfg: DatasetConfig) -> FewShotDataset:
     else:
         listing = _listing(cfg)
         cached = load_cached(listing, cfg.data_dir, cfg.image_size)
-        counts = cached.counts
-        starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+        images = ClassImages.from_counts(cached.pixels, cached.counts)
+        num_classes = len(images.counts)
         if listing.split_sizes is not None:
-            splits = fixed_splits(np.arange(len(counts)), listing.split_sizes)
+            splits = fixed_splits(np.arange(num_classes), listing.split_sizes)
         else:
-            splits = split_by_ratios(len(counts), tuple(cfg.split_ratios), cfg.split_seed)
-        images = ClassImages(cached.pixels, starts, counts)
+            splits = split_by_ratios(num_classes, tuple(cfg.split_ratios), cfg.split_seed)
         data = FewShotDataset(cfg.name, images, listing.classes, splits)
     if cfg.normalization == "imagenet":
         if data.images.channels != 3:
@@ -53,11 +52,9 @@ def load_dataset(cfg: DatasetConfig) -> FewShotDataset:
             )
         data.mean, data.std = IMAGENET_MEAN, IMAGENET_STD
     elif cfg.normalization == "dataset":
-        img = data.images
-        train = data.splits["train"].chars
-        rows = np.concatenate([img.starts[c] + np.arange(img.counts[c]) for c in train])
-        pixels = img.pixels.numpy() if hasattr(img.pixels, "numpy") else img.pixels
-        mean, std = channel_stats(pixels, rows)
+        # Loaders return NumPy pixels (in memory or mapped); they move to the device later.
+        rows = data.images.rows(data.splits["train"].chars)
+        mean, std = channel_stats(data.images.pixels, rows)
         data.mean, data.std = tuple(mean), tuple(max(s, 1e-6) for s in std)
     return data
 

@@ -76,10 +76,10 @@ def list_tiny_imagenet(src: Path) -> ImageListing:
                 names = zf.namelist()
         except (zipfile.BadZipFile, OSError) as e:
             raise DataError(f"{NAME}: {src} is not a readable zip ({one_line(e)})") from e
-        kind, fingerprint = "zip", {"root": str(src.resolve()), **file_stat(src)}
+        kind = "zip"
     else:
         names = [p.relative_to(src).as_posix() for p in (src / "train").glob("*/images/*.JPEG")]
-        kind, fingerprint = "dir", {}
+        kind = "dir"
     for member in names:
         m = _MEMBER.match(member)
         if m and m.group(1) in per_class and int(m.group(2)) < IMAGES_PER_CLASS:
@@ -95,8 +95,9 @@ def list_tiny_imagenet(src: Path) -> ImageListing:
                 )
             classes.append(wnid)
             files.append([found[i] for i in range(IMAGES_PER_CLASS)])
-    listing = ImageListing(NAME, kind, src, classes, files, [len(split[s]) for s in split])
-    if kind == "dir":
+    if kind == "zip":
+        fingerprint = {"root": str(src.resolve()), **file_stat(src)}
+    else:
         fingerprint = dir_fingerprint(src, [f for fs in files for f in fs])
-    listing.fingerprint = fingerprint
-    return listing
+    sizes = [len(split[s]) for s in split]
+    return ImageListing(NAME, kind, src, classes, files, sizes, fingerprint)
