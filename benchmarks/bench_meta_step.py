@@ -1,11 +1,14 @@
 """Seconds per meta-iteration, throughput and peak memory of each meta-step implementation.
 
     python benchmarks/bench_meta_step.py [--setting NAME ...] [--device cpu|cuda] [--impl NAME ...]
-                                         [--repeats N] [--warmup N] [--json FILE]
+                                         [--variant NAME ...] [--repeats N] [--warmup N]
+                                         [--json FILE]
 
-Each (setting, impl) runs in its own subprocess so peak RSS belongs to that implementation alone.
+Each (setting, impl, variant) runs in its own subprocess so peak RSS belongs to it alone.
 Inputs have Omniglot's shapes (1x28x28, binary pixels); 5 inner steps throughout. The ratio
-column is each implementation's speed-up over `loop` measured in the same invocation.
+column is each row's speed-up over `loop` (plain fp32) measured in the same invocation.
+Variants switch on `speed.*` options / `train.precision` for the batched implementation (see
+VARIANTS); `loop` always runs plain, as the reference.
 """
 
 from __future__ import annotations
@@ -27,6 +30,17 @@ SETTINGS = {
     "fomaml_5w1s_b16": ("fomaml", 5, 16),
 }
 IMPLS = ("batched", "loop")
+# name: (SpeedConfig fields, train.precision)
+VARIANTS = {
+    "base": ({}, "fp32"),
+    "ckpt": ({"checkpoint_inner_steps": True}, "fp32"),
+    "nhwc": ({"channels_last": True}, "fp32"),
+    "bf16": ({}, "bf16"),
+    "tf32": ({"tf32": True}, "fp32"),
+    "cudnn": ({"cudnn_benchmark": True}, "fp32"),
+    "graphs": ({"cuda_graphs": True}, "fp32"),
+    "graphs_tf32": ({"cuda_graphs": True, "tf32": True, "cudnn_benchmark": True}, "fp32"),
+}
 
 
 def _algorithm(name: str):
@@ -45,18 +59,26 @@ def _algorithm(name: str):
     return AlgorithmConfig(name=name, inner_lr=0.4, second_order=name == "maml")
 
 
-def measure(setting: str, impl: str, device: str, warmup: int, repeats: int) -> dict:
+def measure(setting: str, impl: str, variant: str, device: str, warmup: int, repeats: int) -> dict:
     import torch
 
     from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
-    from mamlpp.config import ModelConfig
+    from mamlpp.config import ModelConfig, SpeedConfig
+    from mamlpp.experiment.builder import configure_backends
 
     algo, ways, batch = SETTINGS[setting]
+    options, precision = VARIANTS[variant]
+    speed = SpeedConfig(**options)
     dev = torch.device(device)
     if dev.type == "cpu":
         torch.set_flush_denormal(True)
+    configure_backends(speed, dev)
     torch.manual_seed(0)
-    learner = MetaLearner(_algorithm(algo), ModelConfig(), 1, 28, ways, 10_000, impl=impl).to(dev)
+    learner = MetaLearner(
+        _algorithm(algo), ModelConfig(), 1, 28, ways, 10_000, impl, precision, speed
+    ).to(dev)
+    if speed.cuda_graphs:
+        learner.use_cuda_graphs()
     g = torch.Generator().manual_seed(0)
 
     def images() -> torch.Tensor:
@@ -85,6 +107,8 @@ def measure(setting: str, impl: str, device: str, warmup: int, repeats: int) -> 
     return {
         "setting": setting,
         "impl": impl,
+        "variant": variant,
+        "options": {**options, "precision": precision},
         "device": device,
         "median_s_per_iter": med,
         "tasks_per_s": batch / med,
@@ -97,29 +121,38 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--setting", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--impl", nargs="*", default=list(IMPLS), choices=list(IMPLS))
+    p.add_argument("--variant", nargs="*", default=["base"], choices=list(VARIANTS))
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default=None, help="write {'results': [...]} here")
-    p.add_argument("--worker", nargs=2, metavar=("SETTING", "IMPL"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--worker", nargs=3, metavar=("SETTING", "IMPL", "VARIANT"), help=argparse.SUPPRESS
+    )
     args = p.parse_args()
     if args.worker:
         print(json.dumps(measure(*args.worker, args.device, args.warmup, args.repeats)))
         return
     results = []
     print(
-        f"{'setting':18} {'impl':8} {'s/iter':>8} {'tasks/s':>8} {'images/s':>9} "
+        f"{'setting':18} {'impl':8} {'variant':12} {'s/iter':>8} {'tasks/s':>8} {'images/s':>9} "
         f"{'peak MB':>8} {'vs loop':>7}"
     )
+    runs = [
+        (impl, variant)
+        for impl in args.impl
+        for variant in (["base"] if impl == "loop" else args.variant)
+    ]
     for setting in args.setting:
-        rows = {}
-        for impl in args.impl:
+        rows = []
+        for impl, variant in runs:
             cmd = [
                 sys.executable,
                 __file__,
                 "--worker",
                 setting,
                 impl,
+                variant,
                 "--device",
                 args.device,
                 "--warmup",
@@ -128,14 +161,16 @@ def main() -> None:
                 str(args.repeats),
             ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            rows[impl] = json.loads(out.strip().splitlines()[-1])
-        for impl, r in rows.items():
-            if "loop" in rows:
-                r["speedup_vs_loop"] = rows["loop"]["median_s_per_iter"] / r["median_s_per_iter"]
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+        loop = next((r for r in rows if r["impl"] == "loop"), None)
+        for r in rows:
+            if loop is not None:
+                r["speedup_vs_loop"] = loop["median_s_per_iter"] / r["median_s_per_iter"]
             ratio = f"{r['speedup_vs_loop']:.2f}x" if "speedup_vs_loop" in r else "-"
             print(
-                f"{setting:18} {impl:8} {r['median_s_per_iter']:8.3f} {r['tasks_per_s']:8.1f} "
-                f"{r['images_per_s']:9.0f} {r['peak_mem_mb']:8.0f} {ratio:>7}",
+                f"{setting:18} {r['impl']:8} {r['variant']:12} {r['median_s_per_iter']:8.4f} "
+                f"{r['tasks_per_s']:8.1f} {r['images_per_s']:9.0f} {r['peak_mem_mb']:8.0f} "
+                f"{ratio:>7}",
                 flush=True,
             )
             results.append(r)

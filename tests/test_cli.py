@@ -181,6 +181,21 @@ def test_same_command_lands_in_deterministic_dir_and_reproduces(
 _EXCLUDED = {"experiment", "device", "progress_bar", "dataset.source", "dataset.data_dir"}
 
 
+def test_speed_switches_keep_the_run_and_its_numbers(
+    cli: Cli, reference_run: dict, tmp_path: Path
+) -> None:
+    """speed.* keys do not name the run directory and do not change the numbers: checkpointed
+    inner steps recompute exactly; CUDA-only switches say that they do nothing on CPU."""
+    done = cli.run("speed.checkpoint_inner_steps=true", "speed.tf32=true", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "speed.tf32: CUDA-only, no effect on cpu" in done.stderr
+    experiment_overrides = sorted(a for a in TINY_ARGS if a.split("=")[0] not in _EXCLUDED)
+    run_dir = tmp_path / "runs" / "smoke" / ",".join(experiment_overrides)
+    assert (run_dir / "done").exists()
+    ref_dir = reference_run["dir"]
+    assert read_metric_rows(run_dir / "metrics.csv") == read_metric_rows(ref_dir / "metrics.csv")
+
+
 def _assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> None:
     assert done.returncode not in (0, None), done.stderr
     assert "Traceback" not in done.stderr, done.stderr
@@ -196,8 +211,10 @@ def _assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> 
         (("algorithm.meta_lr=-1",), ("algorithm.meta_lr", "> 0")),
         (("algorithm=foo",), ("algorithm/foo", "maml", "fomaml", "mamlpp")),
         (("algorithm.inner_stepz=3",), ("algorithm.inner_stepz",)),
+        (("train.precision=fp16",), ("train.precision", "fp16", "NaN")),
+        (("speed.cuda_graphs=true",), ("speed.cuda_graphs", "CUDA device")),
     ],
-    ids=["ways", "shots_targets", "negative_lr", "unknown_algorithm", "typo_key"],
+    ids=["ways", "shots_targets", "negative_lr", "unknown_algorithm", "typo_key", "fp16", "graphs"],
 )
 def test_config_errors_are_one_line(
     cli: Cli, tmp_path: Path, args: tuple[str, ...], needles: tuple[str, ...]

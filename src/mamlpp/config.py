@@ -20,6 +20,7 @@ ALGORITHMS = ("maml", "fomaml", "mamlpp")
 PROTOCOLS = ("mamlpp", "maml")
 DEVICES = ("auto", "cpu", "cuda")
 IMPLS = ("auto", "batched", "loop")
+PRECISIONS = ("fp32", "bf16")
 PROTOCOL_SPLITS = {"mamlpp": (1150, 50, 423), "maml": (1100, 100, 423)}
 DATASETS = ("omniglot", "miniimagenet", "image_folder", "tiny_imagenet")
 NORMALIZATIONS = ("none", "imagenet", "dataset")
@@ -111,6 +112,9 @@ class TrainConfig:
     meta_batch_size: int = 8
     # auto: batched on every device; loop: one task at a time (reference implementation).
     impl: str = "auto"
+    # fp32 | bf16 (autocast of the network's forward passes; losses and weights stay fp32).
+    # fp16 is refused: its double backward overflows to NaN.
+    precision: str = "fp32"
 
 
 @dataclass
@@ -122,6 +126,25 @@ class EvalConfig:
     batch_size: int = 50
     # Seed of the fixed validation/test tasks: the same for every model and training seed.
     task_seed: int = 0
+
+
+@dataclass
+class SpeedConfig:
+    """How the meta-step is computed. None of these keys changes the experiment beyond float
+    rounding, so a run may resume with different values."""
+
+    # Recompute each inner step's graph during the meta-backward instead of keeping it: peak
+    # memory grows with one inner step rather than all of them, for about one extra forward.
+    checkpoint_inner_steps: bool = False
+    # Channels-last activations (NHWC) for the convolutions.
+    channels_last: bool = False
+    # CUDA only (no effect on CPU): TF32 matmuls and convolutions (false: strict fp32, also for
+    # cuDNN, whose PyTorch default is TF32), and cuDNN autotuning of convolution algorithms.
+    tf32: bool = False
+    cudnn_benchmark: bool = False
+    # CUDA only: capture the batched forward+backward of a meta-step once per phase (derivative
+    # order, multi-step loss on/off) as a CUDA graph and replay it every iteration.
+    cuda_graphs: bool = False
 
 
 RESUME_MODES = ("auto", "never", "must")
@@ -156,6 +179,7 @@ NEUTRAL_KEYS = (
     "dataset.data_dir",
     "train.impl",
     "eval.batch_size",
+    "speed.",
 )
 
 
@@ -172,6 +196,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -286,6 +311,18 @@ def validate(cfg: Config) -> Config:
     _check(tr.iters_per_epoch >= 1, "train.iters_per_epoch", tr.iters_per_epoch, ">= 1")
     _check(tr.meta_batch_size >= 1, "train.meta_batch_size", tr.meta_batch_size, ">= 1")
     _check(tr.impl in IMPLS, "train.impl", tr.impl, f"one of {IMPLS}")
+    _check(
+        tr.precision in PRECISIONS,
+        "train.precision",
+        tr.precision,
+        f"one of {PRECISIONS} (fp16 overflows to NaN in MAML's double backward)",
+    )
+    _check(
+        not cfg.speed.cuda_graphs or tr.impl != "loop",
+        "speed.cuda_graphs",
+        True,
+        "false with train.impl=loop (graphs capture the batched meta-step)",
+    )
     _check(ev.val_tasks >= 1, "eval.val_tasks", ev.val_tasks, ">= 1")
     _check(ev.test_tasks >= 1, "eval.test_tasks", ev.test_tasks, ">= 1")
     _check(ev.top_k >= 1, "eval.top_k", ev.top_k, ">= 1")

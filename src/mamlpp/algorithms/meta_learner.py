@@ -7,12 +7,16 @@ code one task at a time as the reference the batched path is tested against.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
+from mamlpp.algorithms.cuda_graph import GraphedMetaStep
 from mamlpp.algorithms.inner_lr import InnerLearningRates
 from mamlpp.algorithms.schedules import (
     meta_lr_at,
@@ -20,7 +24,7 @@ from mamlpp.algorithms.schedules import (
     use_multi_step_loss,
     use_second_order,
 )
-from mamlpp.config import AlgorithmConfig, ModelConfig
+from mamlpp.config import AlgorithmConfig, ModelConfig, SpeedConfig
 from mamlpp.nn.conv4 import Conv4
 from mamlpp.nn.layers import BatchStats, apply_batch_stats
 
@@ -63,6 +67,11 @@ def task_losses(logits: Tensor, labels: Tensor) -> Tensor:
     )
 
 
+def _widen(logits: Tensor) -> Tensor:
+    """Losses of autocast (bf16) logits are computed in fp32; other dtypes pass unchanged."""
+    return logits.float() if logits.dtype == torch.bfloat16 else logits
+
+
 def task_accuracies(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits.argmax(-1) == labels).float().mean(1)
 
@@ -77,10 +86,16 @@ class MetaLearner(nn.Module):
         ways: int,
         total_iterations: int,
         impl: str = "batched",
+        precision: str = "fp32",
+        speed: SpeedConfig | None = None,
     ) -> None:
         super().__init__()
+        speed = speed or SpeedConfig()
         self.cfg = algorithm
         self.impl = impl
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        self.checkpoint_inner_steps = speed.checkpoint_inner_steps
+        self.graphed_step: GraphedMetaStep | None = None
         self.total_iterations = total_iterations
         steps = algorithm.inner_steps
         self.net = Conv4(
@@ -95,6 +110,7 @@ class MetaLearner(nn.Module):
             bn_weight_steps=steps if algorithm.per_step_bn_weights else 1,
             bn_stat_steps=steps if algorithm.per_step_bn_stats else 1,
             bn_momentum=model.bn_momentum,
+            channels_last=speed.channels_last,
         )
         self.adapted_names = [
             n
@@ -107,6 +123,12 @@ class MetaLearner(nn.Module):
         self.optimizer = torch.optim.Adam(
             [p for p in self.parameters() if p.requires_grad], lr=algorithm.meta_lr
         )
+
+    def use_cuda_graphs(self) -> None:
+        """Replay the batched forward+backward as a CUDA graph (see algorithms.cuda_graph)."""
+        if self.impl == "loop":
+            raise ValueError("CUDA graphs capture the batched meta-step, not impl='loop'")
+        self.graphed_step = GraphedMetaStep(self)
 
     # ----------------------------------------------------------------- inner loop
     def _initial_fast_weights(self, b: int, track_graph: bool) -> dict[str, Tensor]:
@@ -126,7 +148,7 @@ class MetaLearner(nn.Module):
         num_steps: int,
         training: bool,
         second_order: bool = True,
-        step_weights: list[float] | None = None,
+        step_weights: Sequence[float] | Tensor | None = None,
         sink: list[BatchStats] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Run the inner loop on every task of the batch at once.
@@ -136,30 +158,67 @@ class MetaLearner(nn.Module):
         With `training=False` no graph to the meta-parameters is kept and batch-norm may use
         the running statistics (algorithm.use_running_stats_eval).
         """
-        use_running = not training and self.cfg.use_running_stats_eval
-        create_graph = training and second_order
         fast = self._initial_fast_weights(len(batch), track_graph=training)
         losses: list[Tensor] = []
         logits_t = None
         for step in range(num_steps):
-            with torch.enable_grad():
-                logits_s = self.net(batch.xs, fast, step, use_running, sink)
-                support_loss = task_losses(logits_s, batch.ys).sum()
-                grads = torch.autograd.grad(
-                    support_loss, list(fast.values()), create_graph=create_graph
+            want_target = step == num_steps - 1 or step_weights is not None
+
+            def inner_step(
+                fast: dict[str, Tensor],
+                sink: list[BatchStats] | None,
+                step: int = step,
+                want_target: bool = want_target,
+            ) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
+                return self._inner_step(
+                    batch, fast, step, training, second_order, want_target, sink
                 )
-            fast = {
-                n: w - self._rate(n, step, training) * g for (n, w), g in zip(fast.items(), grads)
-            }
-            if not training:
-                fast = {n: w.detach().requires_grad_() for n, w in fast.items()}
-            last = step == num_steps - 1
-            if last or step_weights is not None:
-                with torch.set_grad_enabled(training):
-                    logits_t = self.net(batch.xt, fast, step, use_running, sink)
-                    loss_t = task_losses(logits_t, batch.yt)
+
+            if training and self.checkpoint_inner_steps:
+                fast, loss_t, logits = _checkpointed(inner_step, fast, sink)
+            else:
+                fast, loss_t, logits = inner_step(fast, sink)
+            if want_target:
+                logits_t = logits
                 losses.append(loss_t if step_weights is None else step_weights[step] * loss_t)
         return torch.stack(losses).sum(0), logits_t
+
+    def _inner_step(
+        self,
+        batch: EpisodeBatch,
+        fast: dict[str, Tensor],
+        step: int,
+        training: bool,
+        second_order: bool,
+        want_target: bool,
+        sink: list[BatchStats] | None,
+    ) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
+        """One SGD step on the support loss, then (if wanted) the target loss/logits after it."""
+        use_running = not training and self.cfg.use_running_stats_eval
+        with torch.enable_grad():
+            with self._autocast(batch.xs.device):
+                logits_s = self.net(batch.xs, fast, step, use_running, sink)
+            support_loss = task_losses(_widen(logits_s), batch.ys).sum()
+            grads = torch.autograd.grad(
+                support_loss, list(fast.values()), create_graph=training and second_order
+            )
+        fast = {n: w - self._rate(n, step, training) * g for (n, w), g in zip(fast.items(), grads)}
+        if not training:
+            fast = {n: w.detach().requires_grad_() for n, w in fast.items()}
+        if not want_target:
+            return fast, None, None
+        with torch.set_grad_enabled(training):
+            with self._autocast(batch.xt.device):
+                logits_t = _widen(self.net(batch.xt, fast, step, use_running, sink))
+            return fast, task_losses(logits_t, batch.yt), logits_t
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """bf16 autocast of the network's forward (train.precision); the caller computes losses
+        and inner gradients outside it, as autocast prescribes. The weight-cast cache stays off:
+        fast weights change every step, and a CUDA graph cannot hold it."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype, cache_enabled=False)
 
     def _rate(self, name: str, step: int, training: bool) -> Tensor:
         rate = self.inner_lrs.rate(name, step)
@@ -171,41 +230,58 @@ class MetaLearner(nn.Module):
         cfg = self.cfg
         second = use_second_order(cfg.second_order, cfg.first_order_epochs, epoch)
         msl = use_multi_step_loss(cfg.multi_step_loss, cfg.msl_epochs, epoch)
-        weights = msl_weights(cfg.inner_steps, cfg.msl_epochs, epoch) if msl else None
+        weights = None
+        if msl:
+            weights = torch.tensor(
+                msl_weights(cfg.inner_steps, cfg.msl_epochs, epoch), device=batch.xs.device
+            )
         lr = meta_lr_at(
             iteration, self.total_iterations, cfg.meta_lr, cfg.min_meta_lr, cfg.cosine_meta_lr
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        sink: list[BatchStats] = []
-        b = len(batch)
-        if self.impl == "loop":
-            loss_sum, acc_sum = 0.0, 0.0
-            for i in range(b):
-                task = batch.select(slice(i, i + 1))
-                loss, logits = self.adapt_and_predict(
-                    task, cfg.inner_steps, True, second, weights, sink
-                )
-                (loss.sum() / b).backward()
-                loss_sum += loss.item()
-                acc_sum += task_accuracies(logits.detach(), task.yt).sum().item()
-            mean_loss, mean_acc = loss_sum / b, acc_sum / b
+        if self.graphed_step is not None:
+            # The graph writes the gradients into the .grad tensors it captured: never reset them.
+            loss_sum, acc_sum, sink = self.graphed_step(batch, second, weights)
         else:
-            loss, logits = self.adapt_and_predict(
-                batch, cfg.inner_steps, True, second, weights, sink
-            )
-            loss.mean().backward()
-            mean_loss = loss.mean().item()
-            mean_acc = task_accuracies(logits.detach(), batch.yt).mean().item()
+            self.optimizer.zero_grad(set_to_none=True)
+            sink = []
+            loss_sum, acc_sum = self.forward_backward(batch, second, weights, sink)
         if cfg.grad_clip is not None:
             for p in self.parameters():
                 if p.grad is not None:
                     p.grad.clamp_(-cfg.grad_clip, cfg.grad_clip)
         self.optimizer.step()
         apply_batch_stats(sink)
-        return StepResult(mean_loss, mean_acc, second, msl, lr)
+        b = len(batch)
+        return StepResult(loss_sum.item() / b, acc_sum.item() / b, second, msl, lr)
+
+    def forward_backward(
+        self,
+        batch: EpisodeBatch,
+        second_order: bool,
+        step_weights: Tensor | None,
+        sink: list[BatchStats],
+    ) -> tuple[Tensor, Tensor]:
+        """Accumulate d mean-task-meta-loss / d parameters into .grad; return the summed task
+        losses and accuracies as tensors (no host synchronisation, so it can be graph-captured)."""
+        b = len(batch)
+        steps = self.cfg.inner_steps
+        if self.impl == "loop":
+            loss_sum = acc_sum = torch.zeros((), device=batch.xs.device)
+            for i in range(b):
+                task = batch.select(slice(i, i + 1))
+                loss, logits = self.adapt_and_predict(
+                    task, steps, True, second_order, step_weights, sink
+                )
+                (loss.sum() / b).backward()
+                loss_sum = loss_sum + loss.detach().sum()
+                acc_sum = acc_sum + task_accuracies(logits.detach(), task.yt).sum()
+            return loss_sum, acc_sum
+        loss, logits = self.adapt_and_predict(batch, steps, True, second_order, step_weights, sink)
+        loss.mean().backward()
+        return loss.detach().sum(), task_accuracies(logits.detach(), batch.yt).sum()
 
     def predict(self, batch: EpisodeBatch, num_steps: int | None = None) -> Tensor:
         """Adapt to each task's support set and return target logits [B, M, N] (no meta-update)."""
@@ -213,3 +289,26 @@ class MetaLearner(nn.Module):
         steps = num_steps or self.cfg.inner_steps_eval
         _, logits = self.adapt_and_predict(batch, steps, training=False)
         return logits.detach()
+
+
+def _checkpointed(
+    inner_step: Callable[..., tuple[dict[str, Tensor], Tensor | None, Tensor | None]],
+    fast: dict[str, Tensor],
+    sink: list[BatchStats] | None,
+) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
+    """Run one inner step under activation checkpointing: its graph (second-order terms
+    included) is rebuilt during the meta-backward instead of being kept. The rebuild reports
+    batch statistics again, also nested inside the first run (the inner autograd.grad unpacks
+    the support forward's tensors); only the outermost first run's reach `sink`."""
+    first = True
+
+    def run(fast: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
+        nonlocal first
+        report, first = first, False
+        local: list[BatchStats] | None = [] if sink is not None else None
+        out = inner_step(fast, local)
+        if report and sink is not None:
+            sink.extend(local)
+        return out
+
+    return checkpoint(run, fast, use_reentrant=False, preserve_rng_state=False)

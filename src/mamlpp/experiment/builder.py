@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from mamlpp.algorithms.meta_learner import MetaLearner
-from mamlpp.config import Config, experiment_keys
+from mamlpp.config import Config, SpeedConfig, experiment_keys
 from mamlpp.data.episodes import EpisodeSampler
 from mamlpp.data.registry import augmentation, load_dataset
 from mamlpp.errors import ConfigError, MamlppError
@@ -81,6 +81,24 @@ def place_on_free_gpu(device: torch.device) -> tuple[torch.device, GpuClaim | No
     return torch.device("cuda", claim.index), claim
 
 
+def configure_backends(speed: SpeedConfig, device: torch.device) -> None:
+    """Apply the CUDA backend switches of `speed`; on CPU say that they have no effect."""
+    cuda_only = {k: getattr(speed, k) for k in ("tf32", "cudnn_benchmark", "cuda_graphs")}
+    if device.type != "cuda":
+        if speed.cuda_graphs:
+            raise ConfigError(
+                f"config key 'speed.cuda_graphs' = True needs a CUDA device, but the run is on "
+                f"{device}: set speed.cuda_graphs=false or device=cuda"
+            )
+        on = [k for k, v in cuda_only.items() if v]
+        if on:
+            log(f"speed.{', speed.'.join(on)}: CUDA-only, no effect on {device}")
+        return
+    torch.backends.cuda.matmul.allow_tf32 = speed.tf32
+    torch.backends.cudnn.allow_tf32 = speed.tf32
+    torch.backends.cudnn.benchmark = speed.cudnn_benchmark
+
+
 def log(msg: str) -> None:
     print(f"[mamlpp] {msg}", file=sys.stderr, flush=True)
 
@@ -103,6 +121,7 @@ class ExperimentBuilder:
             torch.cuda.set_device(self.device)
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # denormal gradients slow CPU kernels by 10x+
+        configure_backends(cfg.speed, self.device)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -138,8 +157,12 @@ class ExperimentBuilder:
             ways=cfg.task.ways,
             total_iterations=self.total_iterations,
             impl=impl,
-        )
-        return learner.to(self.device)
+            precision=cfg.train.precision,
+            speed=cfg.speed,
+        ).to(self.device)
+        if cfg.speed.cuda_graphs:
+            learner.use_cuda_graphs()
+        return learner
 
     # ------------------------------------------------------------------ entry point
     def run(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -28,9 +29,11 @@ class Conv4(nn.Module):
         bn_weight_steps: int = 1,
         bn_stat_steps: int = 1,
         bn_momentum: float = 0.1,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.pooling, self.activation = pooling, activation
+        self.channels_last = channels_last
         stride = 2 if pooling == "stride" else 1
         self.convs = nn.ModuleList()
         self.norms = nn.ModuleList()
@@ -57,6 +60,8 @@ class Conv4(nn.Module):
         """x: [B, M, C, H, W] -> logits [B, M, num_classes]."""
         b, m = x.shape[:2]
         h = to_grouped(x)
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
         for i, conv in enumerate(self.convs):
             h = conv(h, params[f"convs.{i}.weight"], params[f"convs.{i}.bias"])
             if self.norms:

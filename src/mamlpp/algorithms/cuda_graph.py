@@ -1,0 +1,88 @@
+"""CUDA-graph replay of the batched meta-step's forward and backward.
+
+A MAML++ meta-step launches thousands of small kernels (every inner step runs a forward, a
+backward with create_graph, and the target forward; the meta-backward runs through all of it
+twice over). On a GPU the step is launch-bound, so the whole forward + backward is captured once
+and replayed. The shapes are static and the step has no host synchronisation
+(`MetaLearner.forward_backward`). The switches that change the graph (derivative order,
+multi-step loss on/off) select a capture; the multi-step-loss weights and the inputs are copied
+into static tensors before each replay. The optimizer step, gradient clipping and the
+running-statistics update stay eager: a handful of kernels, so Adam needs no capturable state
+and checkpoints keep their format.
+
+torch.compile cannot replace this: it does not support double backward (autograd.grad with
+create_graph=True inside the compiled region), which second-order MAML needs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from mamlpp.nn.layers import BatchStats
+
+if TYPE_CHECKING:
+    from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
+
+WARMUP_STEPS = 3
+
+
+class GraphedMetaStep:
+    """Callable (batch, second_order, step_weights) -> (loss sum, accuracy sum, batch stats).
+
+    Gradients are written into the parameters' .grad tensors allocated during capture; the
+    caller must not reset them between replays (MetaLearner.train_step does not in graph mode).
+    """
+
+    def __init__(self, learner: MetaLearner) -> None:
+        self.learner = learner
+        self.key: tuple | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def __call__(
+        self, batch: EpisodeBatch, second_order: bool, step_weights: Tensor | None
+    ) -> tuple[Tensor, Tensor, list[BatchStats]]:
+        key = (
+            second_order,
+            step_weights is not None,
+            tuple(t.shape for t in vars(batch).values()),
+        )
+        if key != self.key:
+            self._capture(batch, second_order, step_weights)
+            self.key = key
+        for static, new in zip(vars(self.inputs).values(), vars(batch).values()):
+            static.copy_(new)
+        if step_weights is not None:
+            self.weights.copy_(step_weights)
+        self.graph.replay()
+        return self.loss_sum, self.acc_sum, self.sink
+
+    def _capture(
+        self, batch: EpisodeBatch, second_order: bool, step_weights: Tensor | None
+    ) -> None:
+        """Warm up on a side stream (cuDNN/cuBLAS set-up must not be captured), then capture.
+
+        Neither warm-up nor capture changes the model: the optimizer does not step and the
+        batch statistics they report are dropped.
+        """
+        learner = self.learner
+        self.graph = None  # frees the previous phase's memory pool with its tensors
+        self.inputs = type(batch)(*(t.clone() for t in vars(batch).values()))
+        self.weights = None if step_weights is None else step_weights.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                learner.optimizer.zero_grad(set_to_none=True)
+                learner.forward_backward(self.inputs, second_order, self.weights, [])
+        torch.cuda.current_stream().wait_stream(side)
+        learner.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        self.sink: list[BatchStats] = []
+        with torch.cuda.graph(graph):
+            self.loss_sum, self.acc_sum = learner.forward_backward(
+                self.inputs, second_order, self.weights, self.sink
+            )
+        self.graph = graph

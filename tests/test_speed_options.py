@@ -1,0 +1,262 @@
+"""The `speed` switches and train.precision: each computes the same meta-step as the default.
+
+CPU tests cover inner-step checkpointing, channels-last and bf16 autocast; the CUDA-only paths
+(CUDA graphs, TF32, cuDNN autotuning) are tested at the bottom when a GPU is present.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
+from mamlpp.config import (
+    Config,
+    ModelConfig,
+    SpeedConfig,
+    TrainConfig,
+    experiment_keys,
+    validate,
+)
+from mamlpp.errors import ConfigError
+from mamlpp.experiment.builder import configure_backends
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+MAMLPP_ALL = dict(
+    second_order=True,
+    multi_step_loss=True,
+    msl_epochs=10,
+    learn_inner_lr=True,
+    per_step_bn_stats=True,
+    per_step_bn_weights=True,
+    inner_adapt_bn=True,
+    cosine_meta_lr=True,
+    inner_steps=3,
+)
+CASES = {
+    "mamlpp_all": MAMLPP_ALL,
+    "maml": dict(second_order=True),
+    "fomaml": dict(name="fomaml", second_order=False),
+}
+
+
+def _variant(learner: MetaLearner, **speed: object) -> MetaLearner:
+    """A copy of `learner` (same weights) built with other speed settings / precision."""
+    precision = str(speed.pop("precision", "fp32"))
+    other = MetaLearner(
+        learner.cfg,
+        ModelConfig(filters=4, stages=2),
+        1,
+        8,
+        3,
+        learner.total_iterations,
+        impl=learner.impl,
+        precision=precision,
+        speed=SpeedConfig(**speed),
+    )
+    other.load_state_dict(learner.state_dict())
+    other.optimizer.load_state_dict(learner.optimizer.state_dict())
+    return other
+
+
+def _step(learner: MetaLearner, batch: EpisodeBatch) -> tuple[float, dict, dict, dict]:
+    """One train_step at epoch 1; returns loss, gradients, updated parameters and buffers."""
+    result = learner.train_step(batch, epoch=1, iteration=3)
+    grads = {n: p.grad.clone() for n, p in learner.named_parameters() if p.requires_grad}
+    params = {n: p.detach().clone() for n, p in learner.named_parameters()}
+    buffers = {n: b.clone() for n, b in learner.named_buffers()}
+    return result.loss, grads, params, buffers
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_checkpointed_inner_steps_give_identical_meta_steps(make_learner, make_batch, case):
+    base = make_learner(inner_lr=0.3, **CASES[case])
+    ckpt = _variant(base, checkpoint_inner_steps=True)
+    assert ckpt.checkpoint_inner_steps and not base.checkpoint_inner_steps
+    batch = make_batch(tasks=3, seed=2)
+    before = {n: b.clone() for n, b in base.named_buffers()}
+    loss_a, grads_a, params_a, bufs_a = _step(base, batch)
+    loss_b, grads_b, params_b, bufs_b = _step(ckpt, batch)
+    assert loss_a == loss_b
+    for n in grads_a:
+        assert grads_a[n].abs().max() > 0 or n.endswith("bias"), n
+        torch.testing.assert_close(grads_b[n], grads_a[n], rtol=1e-6, atol=1e-9, msg=n)
+        torch.testing.assert_close(params_b[n], params_a[n], rtol=1e-6, atol=1e-9, msg=n)
+    # The recomputation in the backward must not report batch statistics a second time.
+    for n in bufs_a:
+        assert not torch.equal(bufs_a[n], before[n]), n
+        torch.testing.assert_close(bufs_b[n], bufs_a[n], rtol=0, atol=0, msg=n)
+
+
+def test_checkpointing_recomputes_inside_the_meta_backward(make_learner, make_batch) -> None:
+    """The saving is real: the checkpointed forward keeps fewer tensors for the backward."""
+    base = make_learner(inner_lr=0.3, **MAMLPP_ALL)
+    ckpt = _variant(base, checkpoint_inner_steps=True)
+    batch = make_batch(tasks=3, seed=2)
+
+    def saved_bytes(learner: MetaLearner) -> int:
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, _ = learner.adapt_and_predict(batch, 3, True, True, [0.2, 0.3, 0.5])
+        loss.mean().backward()
+        return total
+
+    plain, checkpointed = saved_bytes(base), saved_bytes(ckpt)
+    assert checkpointed < plain / 2, (checkpointed, plain)
+
+
+@pytest.mark.parametrize("case", ["mamlpp_all", "fomaml"])
+def test_channels_last_matches_contiguous(make_learner, make_batch, case: str) -> None:
+    base = make_learner(inner_lr=0.3, **CASES[case])
+    nhwc = _variant(base, channels_last=True)
+    assert nhwc.net.channels_last
+    batch = make_batch(tasks=3, seed=2)
+    loss_a, grads_a, _, bufs_a = _step(base, batch)
+    loss_b, grads_b, _, bufs_b = _step(nhwc, batch)
+    assert loss_b == pytest.approx(loss_a, rel=1e-5)
+    for n in grads_a:
+        torch.testing.assert_close(grads_b[n], grads_a[n], rtol=1e-4, atol=1e-6, msg=n)
+    for n in bufs_a:
+        torch.testing.assert_close(bufs_b[n], bufs_a[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_bf16_autocast_is_close_to_fp32(make_learner, make_batch) -> None:
+    """bf16 keeps 8 mantissa bits: the meta-gradient direction survives, the digits do not."""
+    base = make_learner(inner_lr=0.05, **MAMLPP_ALL)
+    bf16 = _variant(base, precision="bf16")
+    batch = make_batch(tasks=3, seed=2)
+    seen: list[torch.dtype] = []
+    hook = bf16.net.convs[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    loss_a, grads_a, _, _ = _step(base, batch)
+    loss_b, grads_b, params_b, bufs_b = _step(bf16, batch)
+    hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}  # the autocast really ran in bf16
+    assert loss_b == pytest.approx(loss_a, rel=0.05)
+    assert loss_b != loss_a
+    flat_a = torch.cat([g.flatten() for g in grads_a.values()])
+    flat_b = torch.cat([g.flatten() for g in grads_b.values()])
+    assert torch.isfinite(flat_b).all()
+    assert torch.nn.functional.cosine_similarity(flat_a, flat_b, dim=0) > 0.95
+    # Parameters, their gradients and the running statistics stay fp32.
+    assert all(p.dtype == torch.float32 for p in params_b.values())
+    assert all(g.dtype == torch.float32 for g in grads_b.values())
+    assert all(b.dtype == torch.float32 for b in bufs_b.values())
+
+
+def test_bf16_evaluation_predicts_fp32_logits(make_learner, make_batch) -> None:
+    base = make_learner(inner_lr=0.05, **MAMLPP_ALL)
+    bf16 = _variant(base, precision="bf16")
+    batch = make_batch(tasks=3, seed=2)
+    want, got = base.predict(batch), bf16.predict(batch)
+    assert got.dtype == torch.float32
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.8
+    torch.testing.assert_close(got, want, rtol=0.1, atol=0.1)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _cfg(**train: object) -> Config:
+    return Config(train=dataclasses.replace(TrainConfig(), **train))
+
+
+def test_fp16_is_refused_with_the_reason() -> None:
+    with pytest.raises(ConfigError, match=r"train.precision.*fp16.*NaN"):
+        validate(_cfg(precision="fp16"))
+    validate(_cfg(precision="bf16"))
+
+
+def test_cuda_graphs_refuse_the_loop_impl() -> None:
+    cfg = _cfg(impl="loop")
+    cfg.speed.cuda_graphs = True
+    with pytest.raises(ConfigError, match="speed.cuda_graphs"):
+        validate(cfg)
+
+
+def test_cuda_only_switches_on_cpu(capsys) -> None:
+    with pytest.raises(ConfigError, match=r"speed.cuda_graphs.*CUDA device.*cpu"):
+        configure_backends(SpeedConfig(cuda_graphs=True), torch.device("cpu"))
+    configure_backends(SpeedConfig(tf32=True, cudnn_benchmark=True), torch.device("cpu"))
+    err = capsys.readouterr().err
+    assert "speed.tf32, speed.cudnn_benchmark: CUDA-only, no effect on cpu" in err
+    configure_backends(SpeedConfig(), torch.device("cpu"))
+    assert "CUDA-only" not in capsys.readouterr().err
+
+
+def test_speed_keys_do_not_define_the_experiment_but_precision_does() -> None:
+    keys = experiment_keys(Config())
+    assert not [k for k in keys if k.startswith("speed.")]
+    assert keys["train.precision"] == "fp32"
+
+
+def test_loop_impl_rejects_cuda_graphs(make_learner) -> None:
+    learner = make_learner(impl="loop")
+    with pytest.raises(ValueError, match="loop"):
+        learner.use_cuda_graphs()
+
+
+# --------------------------------------------------------------------------- CUDA
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+def test_cuda_graph_replay_matches_eager_steps(make_learner, make_batch) -> None:
+    """Three iterations across a phase change (MSL on -> off, new capture) equal eager ones."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    cfg = dict(MAMLPP_ALL, msl_epochs=2)
+    eager = make_learner(inner_lr=0.3, **cfg).cuda()
+    graphed = copy.deepcopy(eager)
+    graphed.use_cuda_graphs()
+    before = [b.clone() for b in graphed.buffers()]
+    for it, epoch in enumerate((1, 1, 2)):
+        batch = make_batch(tasks=3, seed=10 + it)
+        batch = EpisodeBatch(*(t.cuda() for t in vars(batch).values()))
+        ra = eager.train_step(batch, epoch, it)
+        rb = graphed.train_step(batch, epoch, it)
+        assert (ra.multi_step_loss, rb.multi_step_loss) == (epoch < 2, epoch < 2)
+        assert rb.loss == pytest.approx(ra.loss, rel=1e-4)
+        assert rb.accuracy == pytest.approx(ra.accuracy, abs=1e-6)
+        for (n, pa), pb in zip(eager.named_parameters(), graphed.parameters()):
+            torch.testing.assert_close(pb, pa, rtol=1e-4, atol=1e-5, msg=n)
+        for (n, ba), bb in zip(eager.named_buffers(), graphed.buffers()):
+            torch.testing.assert_close(bb, ba, rtol=1e-4, atol=1e-5, msg=n)
+    assert any(not torch.equal(b, a) for a, b in zip(before, graphed.buffers()))
+    assert graphed.graphed_step.key[1] is False  # the last capture is the MSL-off phase
+
+
+@cuda
+def test_cuda_backend_switches_are_applied() -> None:
+    configure_backends(SpeedConfig(tf32=True, cudnn_benchmark=True), torch.device("cuda"))
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert torch.backends.cudnn.benchmark
+    configure_backends(SpeedConfig(), torch.device("cuda"))
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    assert not torch.backends.cudnn.benchmark
+
+
+@cuda
+@pytest.mark.parametrize("speed", [dict(precision="bf16"), dict(channels_last=True)])
+def test_cuda_variants_match_eager_fp32(make_learner, make_batch, speed: dict) -> None:
+    base = make_learner(inner_lr=0.05, **MAMLPP_ALL)
+    other = _variant(base, **speed).cuda()
+    base = base.cuda()
+    batch = make_batch(tasks=3, seed=2)
+    batch = EpisodeBatch(*(t.cuda() for t in vars(batch).values()))
+    loss_a, grads_a, _, _ = _step(base, batch)
+    loss_b, grads_b, _, _ = _step(other, batch)
+    flat_a = torch.cat([g.flatten() for g in grads_a.values()])
+    flat_b = torch.cat([g.flatten() for g in grads_b.values()])
+    assert torch.nn.functional.cosine_similarity(flat_a, flat_b, dim=0) > 0.95
+    assert loss_b == pytest.approx(loss_a, rel=0.05)
