@@ -244,3 +244,19 @@ def test_torch_gather_matches_an_independent_numpy_host_sampler():
         np.testing.assert_array_equal(batch.xt[b].numpy(), target)
         np.testing.assert_array_equal(batch.ys[b].numpy(), np.repeat(np.arange(4), 2))
         np.testing.assert_array_equal(batch.yt[b].numpy(), np.repeat(np.arange(4), 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_sampler_builds_the_same_tasks_as_the_cpu_sampler(images) -> None:
+    """Images on the GPU: gather, rotation, crop/flip and normalisation happen there, equally."""
+    from mamlpp.data.episodes import Augmentation
+
+    splits = omniglot_splits(CLASSES, SIZES, SPLIT_SEED, "mamlpp")
+    kw = dict(mean=(0.3,), std=(0.2,), augmentation=Augmentation(crop_padding=2, flip=True))
+    cpu = EpisodeSampler(images, splits, WAYS, SHOTS, TARGETS, **kw)
+    gpu = EpisodeSampler(images.cuda(), splits, WAYS, SHOTS, TARGETS, **kw)
+    for split in ("train", "test"):
+        a, b = cpu.batch(split, 3, 0, 4), gpu.batch(split, 3, 0, 4)
+        for want, got in zip(vars(a).values(), vars(b).values(), strict=True):
+            assert got.device.type == "cuda"
+            torch.testing.assert_close(got.cpu(), want, rtol=1e-6, atol=1e-6)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Run on the GPU machine (device tool, carry .gpu from gpu_prepare.sh); results go to $OUT.
+#   bash benchmarks/gpu_suite.sh [tests] [bench] [train]
+# tests: the CUDA tests (graph replay == eager, bf16/channels-last, device sampler == CPU).
+# bench: bench_meta_step.py on every setting with every speed variant (bench.json, bench.txt).
+# train: a real Omniglot MAML++ 5w1s run, 2 epochs x 500 iterations, with the speed switches.
+# DEVICE=cpu PYTHON=.venv/bin/python runs the same steps here, as a dry run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/.gpu/site:$PWD/src" PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+device=${DEVICE:-cuda}
+out=${OUT:-/tmp/mamlpp_gpu_suite}
+mkdir -p "$out"
+status=0
+"$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available() and torch.cuda.get_device_name())' | tee -a "$out/machine.txt"
+for step in "$@"; do
+  case $step in
+    tests)
+      "$py" -m pytest -q -p no:cacheprovider -ra tests/test_speed_options.py tests/test_episodes.py \
+        tests/test_meta_gradients.py 2>&1 | tee "$out/tests.txt" || status=1 ;;
+    bench)
+      variants=(base tf32 cudnn nhwc bf16 graphs graphs_tf32 ckpt)
+      [ "$device" = cpu ] && variants=(base ckpt)
+      "$py" benchmarks/bench_meta_step.py --device "$device" --variant "${variants[@]}" \
+        ${BENCH_ARGS:-} --json "$out/bench.json" 2>&1 | tee "$out/bench.txt" || status=1 ;;
+    train)
+      speed=(speed.cuda_graphs=true speed.tf32=true speed.cudnn_benchmark=true)
+      [ "$device" = cpu ] && speed=()
+      "$py" -m mamlpp.train experiment=omniglot_5w1s_mamlpp device="$device" progress_bar=false \
+        dataset.source="$PWD/.gpu/omniglot" dataset.data_dir=/tmp/mamlpp_omniglot \
+        train.epochs=${TRAIN_EPOCHS:-2} ${TRAIN_ARGS:-} "${speed[@]}" \
+        hydra.run.dir="$out/train_run" 2>&1 | tee "$out/train.txt" || status=1
+      cp "$out/train_run/metrics.csv" "$out/train_run/results.json" "$out/" 2>/dev/null
+      rm -rf "$out/train_run" ;;
+    *) echo "unknown step '$step': use tests, bench or train" >&2; exit 2 ;;
+  esac
+done
+exit $status
