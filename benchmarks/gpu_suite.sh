@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run on the GPU machine (device tool, carry .gpu from gpu_prepare.sh); results go to $OUT.
-#   bash benchmarks/gpu_suite.sh [tests] [bench] [train]
+#   bash benchmarks/gpu_suite.sh [tests] [bench] [train] [train_bf16]
 # tests: the CUDA tests (graph replay == eager, bf16/channels-last, device sampler == CPU).
 # bench: bench_meta_step.py on every setting with every speed variant (bench.json, bench.txt).
-# train: a real Omniglot MAML++ 5w1s run, 2 epochs x 500 iterations, with the speed switches.
+# train: a real Omniglot MAML++ 5w1s run, 2 epochs x 500 iterations, with the speed switches;
+# train_bf16: the same with train.precision=bf16 (the accuracy impact of bf16).
 # DEVICE=cpu PYTHON=.venv/bin/python runs the same steps here, as a dry run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,16 +25,18 @@ for step in "$@"; do
       [ "$device" = cpu ] && variants=(base ckpt)
       "$py" benchmarks/bench_meta_step.py --device "$device" --variant "${variants[@]}" \
         ${BENCH_ARGS:-} --json "$out/bench.json" 2>&1 | tee "$out/bench.txt" || status=1 ;;
-    train)
+    train|train_bf16)
       speed=(speed.cuda_graphs=true speed.tf32=true speed.cudnn_benchmark=true)
       [ "$device" = cpu ] && speed=()
+      [ "$step" = train_bf16 ] && speed+=(train.precision=bf16)
       "$py" -m mamlpp.train experiment=omniglot_5w1s_mamlpp device="$device" progress_bar=false \
         dataset.source="$PWD/.gpu/omniglot" dataset.data_dir=/tmp/mamlpp_omniglot \
         train.epochs=${TRAIN_EPOCHS:-2} ${TRAIN_ARGS:-} "${speed[@]}" \
-        hydra.run.dir="$out/train_run" 2>&1 | tee "$out/train.txt" || status=1
-      cp "$out/train_run/metrics.csv" "$out/train_run/results.json" "$out/" 2>/dev/null
-      rm -rf "$out/train_run" ;;
-    *) echo "unknown step '$step': use tests, bench or train" >&2; exit 2 ;;
+        hydra.run.dir="$out/$step" 2>&1 | tee "$out/$step.txt" || status=1
+      cp "$out/$step/metrics.csv" "$out/$step.metrics.csv" 2>/dev/null
+      cp "$out/$step/results.json" "$out/$step.results.json" 2>/dev/null
+      rm -rf "${out:?}/$step" ;;
+    *) echo "unknown step '$step': use tests, bench, train or train_bf16" >&2; exit 2 ;;
   esac
 done
 exit $status
