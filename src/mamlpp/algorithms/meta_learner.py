@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -164,16 +165,7 @@ class MetaLearner(nn.Module):
         for step in range(num_steps):
             want_target = step == num_steps - 1 or step_weights is not None
 
-            def inner_step(
-                fast: dict[str, Tensor],
-                sink: list[BatchStats] | None,
-                step: int = step,
-                want_target: bool = want_target,
-            ) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
-                return self._inner_step(
-                    batch, fast, step, training, second_order, want_target, sink
-                )
-
+            inner_step = partial(self._inner_step, batch, step, training, second_order, want_target)
             if training and self.checkpoint_inner_steps:
                 fast, loss_t, logits = _checkpointed(inner_step, fast, sink)
             else:
@@ -186,11 +178,11 @@ class MetaLearner(nn.Module):
     def _inner_step(
         self,
         batch: EpisodeBatch,
-        fast: dict[str, Tensor],
         step: int,
         training: bool,
         second_order: bool,
         want_target: bool,
+        fast: dict[str, Tensor],
         sink: list[BatchStats] | None,
     ) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
         """One SGD step on the support loss, then (if wanted) the target loss/logits after it."""
