@@ -12,6 +12,19 @@ from mamlpp.config import AlgorithmConfig, ModelConfig
 
 WAYS = 3
 IMAGE_SIZE = 8
+# Every MAML++ switch on (AlgorithmConfig overrides), 3 inner steps.
+MAMLPP_ALL = dict(
+    second_order=True,
+    multi_step_loss=True,
+    msl_epochs=10,
+    learn_inner_lr=True,
+    per_step_bn_stats=True,
+    per_step_bn_weights=True,
+    inner_adapt_bn=True,
+    use_running_stats_eval=True,
+    cosine_meta_lr=True,
+    inner_steps=3,
+)
 
 
 def _make_learner(

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from conftest import MAMLPP_ALL
 from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -266,18 +267,7 @@ def test_first_order_is_target_gradient_at_adapted_weights(make_learner, make_ba
 IMPL_CASES = {
     "maml": dict(second_order=True),
     "fomaml": dict(name="fomaml", second_order=False),
-    "mamlpp_all": dict(
-        second_order=True,
-        multi_step_loss=True,
-        msl_epochs=10,
-        learn_inner_lr=True,
-        per_step_bn_stats=True,
-        per_step_bn_weights=True,
-        inner_adapt_bn=True,
-        use_running_stats_eval=True,
-        cosine_meta_lr=True,
-        inner_steps=3,
-    ),
+    "mamlpp_all": MAMLPP_ALL,
 }
 
 

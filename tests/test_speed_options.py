@@ -12,6 +12,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import MAMLPP_ALL
 from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
 from mamlpp.config import (
     Config,
@@ -26,17 +27,6 @@ from mamlpp.experiment.builder import configure_backends
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-MAMLPP_ALL = dict(
-    second_order=True,
-    multi_step_loss=True,
-    msl_epochs=10,
-    learn_inner_lr=True,
-    per_step_bn_stats=True,
-    per_step_bn_weights=True,
-    inner_adapt_bn=True,
-    cosine_meta_lr=True,
-    inner_steps=3,
-)
 CASES = {
     "mamlpp_all": MAMLPP_ALL,
     "maml": dict(second_order=True),
