@@ -296,6 +296,24 @@ def test_train_step_sets_meta_lr(make_learner, make_batch) -> None:
         assert all(g["lr"] == 1e-2 for g in constant.optimizer.param_groups)
 
 
+def test_grad_clip_clamps_each_meta_gradient_element(make_learner, make_batch) -> None:
+    """algorithm.grad_clip clamps every element to [-c, c] before Adam; smaller ones are kept."""
+    clipped = make_learner(inner_lr=0.3, grad_clip=1e-3)
+    free = copy.deepcopy(clipped)
+    free.cfg = AlgorithmConfig(**{**vars(clipped.cfg), "grad_clip": None})
+    batch = make_batch(seed=4)
+    clipped.train_step(batch, epoch=0, iteration=0)
+    free.train_step(batch, epoch=0, iteration=0)
+    n_clipped = 0
+    for (n, p), q in zip(clipped.named_parameters(), free.parameters()):
+        if p.grad is None:
+            continue
+        want = q.grad.clamp(-1e-3, 1e-3)
+        torch.testing.assert_close(p.grad, want, rtol=0, atol=0, msg=n)
+        n_clipped += int((q.grad.abs() > 1e-3).sum())
+    assert n_clipped > 0  # the bound really bit somewhere
+
+
 def test_first_adam_step_uses_the_scheduled_lr(make_learner, make_batch) -> None:
     """Adam's first update is ~lr * sign(grad): the optimizer really runs at the scheduled lr."""
     learner = make_learner(cosine_meta_lr=True, meta_lr=1e-2, min_meta_lr=1e-4, total_iterations=10)

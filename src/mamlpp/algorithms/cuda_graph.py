@@ -6,9 +6,9 @@ twice over). On a GPU the step is launch-bound, so the whole forward + backward 
 and replayed. The shapes are static and the step has no host synchronisation
 (`MetaLearner.forward_backward`). The switches that change the graph (derivative order,
 multi-step loss on/off) select a capture; the multi-step-loss weights and the inputs are copied
-into static tensors before each replay. The optimizer step, gradient clipping and the
-running-statistics update stay eager: a handful of kernels, so Adam needs no capturable state
-and checkpoints keep their format.
+into static tensors before each replay. The running-statistics update (hundreds of tiny
+kernels) is captured with them. The optimizer step and gradient clipping stay eager: a handful
+of foreach kernels, so Adam needs no capturable state and checkpoints keep their format.
 
 torch.compile cannot replace this: it does not support double backward (autograd.grad with
 create_graph=True inside the compiled region), which second-order MAML needs.
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from mamlpp.nn.layers import BatchStats
+from mamlpp.nn.layers import BatchStats, apply_batch_stats
 
 if TYPE_CHECKING:
     from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
@@ -30,7 +30,7 @@ WARMUP_STEPS = 3
 
 
 class GraphedMetaStep:
-    """Callable (batch, second_order, step_weights) -> (loss sum, accuracy sum, batch stats).
+    """Callable (batch, second_order, step_weights) -> (loss sum, accuracy sum, []).
 
     Gradients are written into the parameters' .grad tensors allocated during capture; the
     caller must not reset them between replays (MetaLearner.train_step does not in graph mode).
@@ -44,6 +44,8 @@ class GraphedMetaStep:
     def __call__(
         self, batch: EpisodeBatch, second_order: bool, step_weights: Tensor | None
     ) -> tuple[Tensor, Tensor, list[BatchStats]]:
+        """Replay for this batch; the running statistics are updated inside the graph, so the
+        returned list of statistics still to apply is empty."""
         key = (
             second_order,
             step_weights is not None,
@@ -57,7 +59,7 @@ class GraphedMetaStep:
         if step_weights is not None:
             self.weights.copy_(step_weights)
         self.graph.replay()
-        return self.loss_sum, self.acc_sum, self.sink
+        return self.loss_sum, self.acc_sum, []
 
     def _capture(
         self, batch: EpisodeBatch, second_order: bool, step_weights: Tensor | None
@@ -80,9 +82,10 @@ class GraphedMetaStep:
         torch.cuda.current_stream().wait_stream(side)
         learner.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        self.sink: list[BatchStats] = []
+        sink: list[BatchStats] = []
         with torch.cuda.graph(graph):
             self.loss_sum, self.acc_sum = learner.forward_backward(
-                self.inputs, second_order, self.weights, self.sink
+                self.inputs, second_order, self.weights, sink
             )
+            apply_batch_stats(sink)  # in place on the buffers; independent of the Adam step
         self.graph = graph

@@ -241,9 +241,7 @@ class MetaLearner(nn.Module):
             sink = []
             loss_sum, acc_sum = self.forward_backward(batch, second, weights, sink)
         if cfg.grad_clip is not None:
-            for p in self.parameters():
-                if p.grad is not None:
-                    p.grad.clamp_(-cfg.grad_clip, cfg.grad_clip)
+            nn.utils.clip_grad_value_(self.parameters(), cfg.grad_clip)
         self.optimizer.step()
         apply_batch_stats(sink)
         b = len(batch)
