@@ -250,3 +250,37 @@ def test_cuda_variants_match_eager_fp32(make_learner, make_batch, speed: dict) -
     flat_b = torch.cat([g.flatten() for g in grads_b.values()])
     assert torch.nn.functional.cosine_similarity(flat_a, flat_b, dim=0) > 0.95
     assert loss_b == pytest.approx(loss_a, rel=0.05)
+
+
+def test_forward_backward_never_waits_for_the_host(make_learner, make_batch) -> None:
+    """What a CUDA graph captures must not read tensor values on the host (.item(), nonzero,
+    data-dependent shapes): checked on CPU by watching every ATen call, backward included."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from mamlpp.nn.layers import apply_batch_stats
+
+    syncing = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default}
+
+    class Watch(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(str(func.overloadpacket))
+            assert func not in syncing, f"{func} reads a tensor value on the host"
+            return func(*args, **(kwargs or {}))
+
+    learner = make_learner(inner_lr=0.3, **MAMLPP_ALL)
+    batch = make_batch(tasks=3, seed=2)
+    weights = torch.tensor([0.2, 0.3, 0.5])
+    sink: list = []
+    with Watch() as watch:
+        learner.forward_backward(batch, True, weights, sink)
+        apply_batch_stats(sink)
+    assert "aten.convolution_backward" in watch.seen  # the backward ran under the watch
+    assert "aten.native_batch_norm_backward" in watch.seen
+    assert all(p.grad is not None for p in learner.parameters() if p.requires_grad)
+    # The watch itself catches a sync.
+    with pytest.raises(AssertionError, match="host"), Watch():
+        weights.sum().item()
