@@ -72,10 +72,8 @@ class Conv4(nn.Module):
                 w = bn.weight[slot] if w is None else w[:, slot]
                 bias = bn.bias[slot] if bias is None else bias[:, slot]
                 h = bn(h, w, bias, step, use_running_stats, sink)
-            # Max-pooling first is exact (the activation is monotonic, so both orders pick the
-            # same element) and runs the activation and its two derivatives on 4x fewer values.
+            h = F.leaky_relu(h) if self.activation == "leaky_relu" else F.relu(h)
             if self.pooling == "max":
                 h = F.max_pool2d(h, 2)
-            h = F.leaky_relu(h) if self.activation == "leaky_relu" else F.relu(h)
         features = h.reshape(m, b, self.feature_dim)
         return self.head(features, params["head.weight"], params["head.bias"])
