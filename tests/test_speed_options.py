@@ -227,6 +227,24 @@ def test_cuda_graph_replay_matches_eager_steps(make_learner, make_batch) -> None
 
 
 @cuda
+def test_a_failed_capture_is_a_one_line_config_error(make_learner, make_batch, monkeypatch):
+    learner = make_learner(inner_lr=0.3).cuda()
+    learner.use_cuda_graphs()
+    forward_backward = learner.forward_backward
+
+    def syncing(*args, **kwargs):
+        loss_sum, acc_sum = forward_backward(*args, **kwargs)
+        loss_sum.item()  # a host sync: not allowed while capturing
+        return loss_sum, acc_sum
+
+    monkeypatch.setattr(learner, "forward_backward", syncing)
+    batch = make_batch(tasks=2, seed=1)
+    batch = EpisodeBatch(*(t.cuda() for t in vars(batch).values()))
+    with pytest.raises(ConfigError, match=r"speed.cuda_graphs.*capturing the meta-step failed"):
+        learner.train_step(batch, 0, 0)
+
+
+@cuda
 def test_cuda_backend_switches_are_applied() -> None:
     configure_backends(SpeedConfig(tf32=True, cudnn_benchmark=True), torch.device("cuda"))
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32

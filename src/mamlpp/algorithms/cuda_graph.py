@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from mamlpp.errors import ConfigError
 from mamlpp.nn.layers import BatchStats, apply_batch_stats
 
 if TYPE_CHECKING:
@@ -83,9 +84,16 @@ class GraphedMetaStep:
         learner.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         sink: list[BatchStats] = []
-        with torch.cuda.graph(graph):
-            self.loss_sum, self.acc_sum = learner.forward_backward(
-                self.inputs, second_order, self.weights, sink
-            )
-            apply_batch_stats(sink)  # in place on the buffers; independent of the Adam step
+        try:
+            with torch.cuda.graph(graph):
+                self.loss_sum, self.acc_sum = learner.forward_backward(
+                    self.inputs, second_order, self.weights, sink
+                )
+                apply_batch_stats(sink)  # in place on the buffers; independent of the Adam step
+        except RuntimeError as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(
+                f"config key 'speed.cuda_graphs' = True: capturing the meta-step failed "
+                f"({first}); set speed.cuda_graphs=false"
+            ) from err
         self.graph = graph
