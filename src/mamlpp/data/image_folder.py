@@ -23,13 +23,12 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing
 import os
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,8 @@ from mamlpp.data.files import (
     file_stat,
     load_cached_array,
     one_line,
+    ordered_map,
+    zip_for_chunk,
 )
 from mamlpp.errors import DataError
 
@@ -230,29 +231,29 @@ def decode_image(data: bytes, image_size: int, where: str, name: str) -> np.ndar
         raise DataError(f"{name}: cannot decode image {where} ({one_line(e)})") from e
 
 
-_worker_zips: dict[str, zipfile.ZipFile] = {}
-
-
-def _read(kind: str, root: str, member: str) -> bytes:
-    if kind == "dir":
-        return (Path(root) / member).read_bytes()
-    zf = _worker_zips.get(root)
-    if zf is None:
-        zf = _worker_zips[root] = zipfile.ZipFile(root)
-    return zf.read(member)
+def _open_zip(name: str, root: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(root)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise DataError(f"{name}: {root} is not a readable zip file ({one_line(e)})") from e
 
 
 def _decode_chunk(
     kind: str, root: str, members: Sequence[str], image_size: int, name: str
 ) -> np.ndarray:
+    """Decode `members` of one source to uint8 [n, 3, S, S]; also runs in pool workers."""
     out = np.empty((len(members), 3, image_size, image_size), dtype=np.uint8)
-    for i, member in enumerate(members):
-        where = f"{root}/{member}" if kind == "dir" else f"{member} in {root}"
-        try:
-            data = _read(kind, root, member)
-        except (OSError, KeyError, zipfile.BadZipFile) as e:
-            raise DataError(f"{name}: cannot read {where} ({one_line(e)})") from e
-        out[i] = decode_image(data, image_size, where, name)
+    with contextlib.ExitStack() as stack:
+        zf = None
+        if kind == "zip":
+            zf = stack.enter_context(zip_for_chunk(root, partial(_open_zip, name)))
+        for i, member in enumerate(members):
+            where = f"{root}/{member}" if zf is None else f"{member} in {root}"
+            try:
+                data = (Path(root) / member).read_bytes() if zf is None else zf.read(member)
+            except (OSError, KeyError, zipfile.BadZipFile) as e:
+                raise DataError(f"{name}: cannot read {where} ({one_line(e)})") from e
+            out[i] = decode_image(data, image_size, where, name)
     return out
 
 
@@ -263,20 +264,12 @@ def decode_chunks(listing: ImageListing, image_size: int) -> Iterator[np.ndarray
     chunks still yielded in order); small ones stay serial because a pool costs more than it saves.
     """
     members = [f for fs in listing.files for f in fs]
-    chunks = [members[i : i + _CHUNK] for i in range(0, len(members), _CHUNK)]
-    args = (listing.kind, str(listing.root))
-    if len(members) < _PARALLEL_MIN_IMAGES or decode_workers() == 1:
-        for chunk in chunks:
-            yield _decode_chunk(*args, chunk, image_size, listing.name)
-        return
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with ProcessPoolExecutor(max_workers=decode_workers(), mp_context=ctx) as ex:
-        futures = [
-            ex.submit(_decode_chunk, *args, chunk, image_size, listing.name) for chunk in chunks
-        ]
-        for fut in futures:
-            yield fut.result()
+    tasks = [
+        (listing.kind, str(listing.root), members[i : i + _CHUNK], image_size, listing.name)
+        for i in range(0, len(members), _CHUNK)
+    ]
+    workers = 1 if len(members) < _PARALLEL_MIN_IMAGES else decode_workers()
+    return ordered_map(_decode_chunk, tasks, workers, listing.name)
 
 
 def _write_npy(path: Path, shape: list[int], chunks: Iterator[np.ndarray]) -> None:

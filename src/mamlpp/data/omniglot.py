@@ -14,19 +14,15 @@ the official URLs.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
-import multiprocessing
 import os
 import re
 import sys
 import time
 import zipfile
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +30,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mamlpp.data.files import LANCZOS, decode_workers, download, load_cached_array, md5_file
+from mamlpp.data.files import (
+    LANCZOS,
+    decode_workers,
+    download,
+    load_cached_array,
+    md5_file,
+    ordered_map,
+    zip_for_chunk,
+)
 from mamlpp.data.files import atomic_write as _atomic_write
 from mamlpp.data.files import file_stat as _file_stat
 from mamlpp.data.files import one_line as _one_line
@@ -282,18 +286,6 @@ def _decode_png(data: bytes, image_size: int, where: str) -> np.ndarray:
         raise DataError(f"omniglot: cannot decode PNG {where} ({_one_line(e)}); {_FIX_HINT}") from e
 
 
-# Open zips of the current pool worker, keyed by path. Opening parses the whole central directory
-# (about 0.2 s for the 20k-entry background zip on a slow core), so a worker opens each zip once
-# instead of once per chunk. None outside pool workers (set by _init_worker after fork/spawn, so
-# no file handle is ever shared between processes).
-_worker_zips: dict[str, zipfile.ZipFile] | None = None
-
-
-def _init_worker() -> None:
-    global _worker_zips
-    _worker_zips = {}
-
-
 def _open_zip(root: str) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(root)
@@ -316,15 +308,7 @@ def _decode_chunk(kind: str, root: str, members: Sequence[str], image_size: int)
                 raise DataError(f"omniglot: cannot read {path} ({_one_line(e)})") from e
             out[i] = _decode_png(data, image_size, path)
         return out
-    if _worker_zips is not None:
-        zf = _worker_zips.get(root)
-        if zf is None:
-            zf = _worker_zips[root] = _open_zip(root)
-        ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    else:
-        zf = _open_zip(root)
-        ctx = zf
-    with ctx:
+    with zip_for_chunk(root, _open_zip) as zf:
         for i, member in enumerate(members):
             try:
                 data = zf.read(member)
@@ -347,41 +331,20 @@ def _decode_all(plans: Sequence[_Plan], image_size: int, workers: int | None) ->
     """
     total = sum(len(p.members) for p in plans)
     n_workers = decode_workers() if workers is None else max(1, workers)
-    out = np.empty((total, image_size, image_size), dtype=np.uint8)
-
-    def serial() -> None:
-        pos = 0
-        for p in plans:
-            n = len(p.members)
-            out[pos : pos + n] = _decode_chunk(
-                p.source.kind, str(p.source.path), p.members, image_size
-            )
-            pos += n
-
     if n_workers <= 1 or total < _PARALLEL_MIN_IMAGES:
-        serial()
-        return out
+        n_workers, chunk = 1, total  # serial: one task per source, so each zip opens once
+    else:
+        chunk = _CHUNK
     tasks = [
-        (p.source.kind, str(p.source.path), p.members[i : i + _CHUNK])
+        (p.source.kind, str(p.source.path), p.members[i : i + chunk], image_size)
         for p in plans
-        for i in range(0, len(p.members), _CHUNK)
+        for i in range(0, len(p.members), max(chunk, 1))
     ]
-    # fork (where available) avoids re-importing the user's __main__ in the workers.
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    try:
-        with ProcessPoolExecutor(
-            max_workers=min(n_workers, len(tasks)), mp_context=ctx, initializer=_init_worker
-        ) as ex:
-            futures = [ex.submit(_decode_chunk, k, r, m, image_size) for k, r, m in tasks]
-            pos = 0
-            for fut in futures:
-                chunk = fut.result()
-                out[pos : pos + len(chunk)] = chunk
-                pos += len(chunk)
-    except (BrokenProcessPool, OSError) as e:
-        logger.warning("omniglot: process pool unavailable (%s); decoding serially", e)
-        serial()
+    out = np.empty((total, image_size, image_size), dtype=np.uint8)
+    pos = 0
+    for decoded in ordered_map(_decode_chunk, tasks, n_workers, "omniglot"):
+        out[pos : pos + len(decoded)] = decoded
+        pos += len(decoded)
     return out
 
 
