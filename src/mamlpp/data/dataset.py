@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mamlpp.data.splits import SPLITS, SplitClasses
+from mamlpp.data.splits import SPLITS, SplitClasses, fixed_splits
 from mamlpp.errors import DataError
 
 # torchvision's ImageNet statistics, on pixels scaled to [0, 1] (the MAML++ Mini-ImageNet setup).
@@ -127,13 +127,3 @@ def split_by_ratios(
             f"(sizes {sizes}); every split needs at least one class"
         )
     return fixed_splits(np.random.default_rng(seed).permutation(num_classes), sizes)
-
-
-def fixed_splits(order: np.ndarray, sizes: list[int]) -> dict[str, SplitClasses]:
-    """Consecutive runs of `order` of the given sizes become train, val and test (no rotation)."""
-    bounds = np.cumsum((0, *sizes))
-    out = {}
-    for i, name in enumerate(SPLITS):
-        chars = np.asarray(order[bounds[i] : bounds[i + 1]], dtype=np.int64)
-        out[name] = SplitClasses(chars, np.zeros(len(chars), dtype=np.int64))
-    return out

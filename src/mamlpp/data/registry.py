@@ -12,7 +12,6 @@ from mamlpp.data.dataset import (
     IMAGENET_STD,
     ClassImages,
     FewShotDataset,
-    fixed_splits,
     split_by_ratios,
 )
 from mamlpp.data.episodes import Augmentation
@@ -26,7 +25,7 @@ from mamlpp.data.image_folder import (
     load_cached,
 )
 from mamlpp.data.omniglot import load_omniglot
-from mamlpp.data.splits import omniglot_splits
+from mamlpp.data.splits import fixed_splits, omniglot_splits
 from mamlpp.data.tiny_imagenet import find_source, list_tiny_imagenet
 from mamlpp.errors import ConfigError
 

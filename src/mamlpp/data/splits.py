@@ -1,4 +1,4 @@
-"""Class splits of Omniglot for the MAML++ and the original MAML protocols."""
+"""Train/val/test class splits: Omniglot's MAML++ and original-MAML protocols, fixed runs."""
 
 from __future__ import annotations
 
@@ -34,13 +34,22 @@ def omniglot_splits(
     maml (Finn et al.): a class is a (character, rotation) pair, so every split has 4x classes.
     """
     perm = np.random.default_rng(split_seed).permutation(num_chars)
-    bounds = np.cumsum((0, *sizes))
     out = {}
-    for i, name in enumerate(SPLITS):
-        chars = perm[bounds[i] : bounds[i + 1]]
+    for name, split in fixed_splits(perm, list(sizes)).items():
+        chars = split.chars
         if protocol == "maml":
             out[name] = SplitClasses(np.repeat(chars, 4), np.tile(np.arange(4), len(chars)))
         else:
             rot = RANDOM_ROTATION if (name == "train" and train_rotation) else 0
             out[name] = SplitClasses(chars, np.full(len(chars), rot))
+    return out
+
+
+def fixed_splits(order: np.ndarray, sizes: list[int]) -> dict[str, SplitClasses]:
+    """Consecutive runs of `order` of the given sizes become train, val and test (no rotation)."""
+    bounds = np.cumsum((0, *sizes))
+    out = {}
+    for i, name in enumerate(SPLITS):
+        chars = np.asarray(order[bounds[i] : bounds[i + 1]], dtype=np.int64)
+        out[name] = SplitClasses(chars, np.zeros(len(chars), dtype=np.int64))
     return out

@@ -83,14 +83,13 @@ def place_on_free_gpu(device: torch.device) -> tuple[torch.device, GpuClaim | No
 
 def configure_backends(speed: SpeedConfig, device: torch.device) -> None:
     """Apply the CUDA backend switches of `speed`; on CPU say that they have no effect."""
-    cuda_only = {k: getattr(speed, k) for k in ("tf32", "cudnn_benchmark", "cuda_graphs")}
     if device.type != "cuda":
         if speed.cuda_graphs:
             raise ConfigError(
                 f"config key 'speed.cuda_graphs' = True needs a CUDA device, but the run is on "
                 f"{device}: set speed.cuda_graphs=false or device=cuda"
             )
-        on = [k for k, v in cuda_only.items() if v]
+        on = [k for k in ("tf32", "cudnn_benchmark") if getattr(speed, k)]
         if on:
             log(f"speed.{', speed.'.join(on)}: CUDA-only, no effect on {device}")
         return
@@ -111,6 +110,7 @@ class ExperimentBuilder:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.device = resolve_device(cfg.device)
+        self._gpu_claim: GpuClaim | None = None
         self.signals = SignalFlag()
 
     # ------------------------------------------------------------------ setup
@@ -203,7 +203,7 @@ class ExperimentBuilder:
                     self.writer.close()
             finally:
                 self.signals.restore()
-                if getattr(self, "_gpu_claim", None) is not None:
+                if self._gpu_claim is not None:
                     self._gpu_claim.release()
             atomic_write_text(results_path, json.dumps(results, indent=2))
             done: dict[str, Any] = {

@@ -30,10 +30,6 @@ PAPER = {
     ("miniimagenet", 5, 5, "maml"): "63.11 +- 0.92",
     ("miniimagenet", 5, 1, "mamlpp"): "52.15 +- 0.26",
     ("miniimagenet", 5, 5, "mamlpp"): "68.32 +- 0.44",
-    ("mini_imagenet", 5, 1, "maml"): "48.70 +- 1.84",
-    ("mini_imagenet", 5, 5, "maml"): "63.11 +- 0.92",
-    ("mini_imagenet", 5, 1, "mamlpp"): "52.15 +- 0.26",
-    ("mini_imagenet", 5, 5, "mamlpp"): "68.32 +- 0.44",
 }
 COLUMNS = (
     "dataset",
