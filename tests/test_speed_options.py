@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import MAMLPP_ALL
+from conftest import IMAGE_SIZE, MAMLPP_ALL, WAYS
 from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
 from mamlpp.config import (
     Config,
@@ -35,14 +35,14 @@ CASES = {
 
 
 def _variant(learner: MetaLearner, **speed: object) -> MetaLearner:
-    """A copy of `learner` (same weights) built with other speed settings / precision."""
+    """A copy of a conftest learner (same weights) built with other speed settings/precision."""
     precision = str(speed.pop("precision", "fp32"))
     other = MetaLearner(
         learner.cfg,
-        ModelConfig(filters=4, stages=2),
+        ModelConfig(filters=4, stages=2),  # conftest's _make_learner defaults
         1,
-        8,
-        3,
+        IMAGE_SIZE,
+        WAYS,
         learner.total_iterations,
         impl=learner.impl,
         precision=precision,
