@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 import mamlpp.train  # noqa: F401  (registers the schema and the resolver)
 from conftest import REPO_ROOT
-from mamlpp.config import Config, to_config
+from mamlpp.config import Config, conf_dir, to_config
 from mamlpp.errors import ConfigError
 
 PRESETS = sorted(p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -66,7 +66,7 @@ def test_image_folder_needs_a_source() -> None:
 
 
 def test_conf_dir_is_the_checkout() -> None:
-    assert Path(mamlpp.train._conf_dir()) == REPO_ROOT / "conf"
+    assert Path(conf_dir()) == REPO_ROOT / "conf"
 
 
 @pytest.mark.parametrize("device,ok", [("cuda:1", True), ("cpu", True), ("gpu", False)])

@@ -1,0 +1,14 @@
+"""mamlpp: MAML and MAML++ few-shot learning experiments (Hydra + PyTorch).
+
+The Python API (`mamlpp.compose`, `mamlpp.train`, `mamlpp.load`) is imported lazily, so that
+`import mamlpp` and the command-line entry points stay quick.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("mamlpp")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -198,6 +199,15 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+def conf_dir() -> str:
+    """conf/ of a source checkout, or the copy packaged inside a wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parents[1] / "conf", here / "conf"):
+        if (candidate / "config.yaml").exists():
+            return str(candidate)
+    raise RuntimeError(f"mamlpp: no conf/config.yaml next to {here}")
 
 
 def register_configs() -> None:

@@ -17,26 +17,16 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mamlpp.config import register_configs, to_config
+from mamlpp.config import conf_dir, register_configs, to_config
 from mamlpp.errors import MamlppError
 from mamlpp.experiment.signals import EXIT_RESUMABLE, StopRequested, pass_on
-
-
-def _conf_dir() -> str:
-    """conf/ of a source checkout, or the copy packaged inside a wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parents[1] / "conf", here / "conf"):
-        if (candidate / "config.yaml").exists():
-            return str(candidate)
-    raise RuntimeError(f"mamlpp: no conf/config.yaml next to {here}")
-
 
 register_configs()
 if not OmegaConf.has_resolver("or_default"):
     OmegaConf.register_new_resolver("or_default", lambda value, default: value or default)
 
 
-@hydra.main(version_base="1.3", config_path=_conf_dir(), config_name="config")
+@hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def _run(dcfg: DictConfig) -> float:
     debug = bool(dcfg.get("debug", False))
     try:

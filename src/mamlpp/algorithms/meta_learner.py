@@ -273,6 +273,26 @@ class MetaLearner(nn.Module):
         loss.mean().backward()
         return loss.detach().sum(), task_accuracies(logits.detach(), batch.yt).sum()
 
+    def adapt(self, xs: Tensor, ys: Tensor, num_steps: int) -> dict[str, Tensor]:
+        """Fast weights after `num_steps` inner steps on support sets xs [B, M, C, H, W] / ys
+        [B, M], as evaluation adapts (no graph to the meta-parameters). With `predict_adapted`
+        this is `predict` split in two, for callers that bring their own query images."""
+        self.eval()
+        batch = EpisodeBatch(xs, ys, xs, ys)  # the targets are not read: want_target=False
+        fast = self._initial_fast_weights(len(batch), track_graph=False)
+        for step in range(num_steps):
+            fast, _, _ = self._inner_step(batch, step, False, True, False, fast, None)
+        return fast
+
+    @torch.no_grad()
+    def predict_adapted(self, fast: dict[str, Tensor], x: Tensor, num_steps: int) -> Tensor:
+        """Logits [B, M, N] of images x [B, M, C, H, W] under fast weights from `adapt`: the
+        forward of the last inner step, as `predict` makes it."""
+        self.eval()
+        with self._autocast(x.device):
+            logits = self.net(x, fast, num_steps - 1, self.cfg.use_running_stats_eval, None)
+        return _widen(logits)
+
     def predict(self, batch: EpisodeBatch, num_steps: int | None = None) -> Tensor:
         """Adapt to each task's support set and return target logits [B, M, N] (no meta-update)."""
         self.eval()

@@ -15,6 +15,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,12 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from mamlpp.algorithms.factory import build_learner
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.config import Config, SpeedConfig, experiment_keys
+from mamlpp.data.dataset import FewShotDataset
 from mamlpp.data.episodes import EpisodeSampler
+from mamlpp.data.preprocessing import Preprocessing
 from mamlpp.data.registry import augmentation, load_dataset
 from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.experiment.checkpoints import (
@@ -36,13 +40,16 @@ from mamlpp.experiment.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from mamlpp.experiment.evaluation import ensemble, mean_ci95, predict_tasks
+from mamlpp.experiment.evaluation import evaluate_ensemble, predict_tasks
 from mamlpp.experiment.gpu_claim import GpuClaim, claim_free_gpu, cuda_ids
 from mamlpp.experiment.lock import RunLock
+from mamlpp.experiment.members import load_learner_state, member_state
 from mamlpp.experiment.metrics import open_tensorboard, write_metrics_csv
 from mamlpp.experiment.run_state import (
+    ConfigDriftError,
     TrainingProgress,
     check_drift,
+    config_diffs,
     load_latest_valid,
     move_aside,
     save_state,
@@ -98,8 +105,62 @@ def configure_backends(speed: SpeedConfig, device: torch.device) -> None:
     torch.backends.cudnn.benchmark = speed.cudnn_benchmark
 
 
+def configure_device(device: torch.device, speed: SpeedConfig) -> None:
+    """Make `device` current and set the numerics every run on it uses (training and eval)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormal gradients slow CPU kernels by 10x+
+    configure_backends(speed, device)
+
+
+def make_sampler(cfg: Config, data: FewShotDataset, device: torch.device) -> EpisodeSampler:
+    """Episodes of `cfg.task` from `data`, built on `device` (training and evaluation alike)."""
+    images = data.images
+    if device.type != "cpu" or not isinstance(images.pixels, np.memmap):
+        images = images.to(device)  # in memory: episodes are built where they are used
+    t = cfg.task
+    return EpisodeSampler(
+        images,
+        data.splits,
+        t.ways,
+        t.shots,
+        t.targets,
+        mean=data.mean,
+        std=data.std,
+        augmentation=augmentation(cfg.dataset),
+        device=device,
+    )
+
+
 def log(msg: str) -> None:
     print(f"[mamlpp] {msg}", file=sys.stderr, flush=True)
+
+
+def config_summary(cfg: Config) -> dict[str, Any]:
+    """The experiment facts results.json (and mamlpp-report) name a result by."""
+    a, t = cfg.algorithm, cfg.task
+    return {
+        "experiment": cfg.experiment_name,
+        "dataset": cfg.dataset.name,
+        "protocol": cfg.dataset.protocol,
+        "ways": t.ways,
+        "shots": t.shots,
+        "targets": t.targets,
+        "algorithm": a.name,
+        "second_order": a.second_order,
+        "first_order_epochs": a.first_order_epochs,
+        "multi_step_loss": a.multi_step_loss,
+        "learn_inner_lr": a.learn_inner_lr,
+        "per_step_bn_stats": a.per_step_bn_stats,
+        "per_step_bn_weights": a.per_step_bn_weights,
+        "use_running_stats_eval": a.use_running_stats_eval,
+        "cosine_meta_lr": a.cosine_meta_lr,
+        "inner_steps": a.inner_steps,
+        "inner_steps_eval": a.inner_steps_eval,
+        "meta_batch_size": cfg.train.meta_batch_size,
+        "seed": cfg.seed,
+    }
 
 
 class ExperimentBuilder:
@@ -117,52 +178,21 @@ class ExperimentBuilder:
     def _build(self) -> None:
         cfg = self.cfg
         self.device, self._gpu_claim = place_on_free_gpu(self.device)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        if self.device.type == "cpu":
-            torch.set_flush_denormal(True)  # denormal gradients slow CPU kernels by 10x+
-        configure_backends(cfg.speed, self.device)
+        configure_device(self.device, cfg.speed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         data = load_dataset(cfg.dataset)
         t = cfg.task
         data.check_task_fits(t.ways, t.shots, t.targets)
-        images = data.images
-        if self.device.type != "cpu" or not isinstance(images.pixels, np.memmap):
-            images = images.to(self.device)  # in memory: episodes are built where they train
-        self.in_channels = images.channels
-        self.sampler = EpisodeSampler(
-            images,
-            data.splits,
-            t.ways,
-            t.shots,
-            t.targets,
-            mean=data.mean,
-            std=data.std,
-            augmentation=augmentation(cfg.dataset),
-            device=self.device,
-        )
+        self.in_channels = data.images.channels
+        self.preprocessing = Preprocessing.of(data)
+        self.sampler = make_sampler(cfg, data, self.device)
         self.total_iterations = cfg.train.epochs * cfg.train.iters_per_epoch
         self.learner = self._new_learner()
 
     def _new_learner(self) -> MetaLearner:
-        cfg = self.cfg
-        impl = "batched" if cfg.train.impl == "auto" else cfg.train.impl
-        learner = MetaLearner(
-            cfg.algorithm,
-            cfg.model,
-            in_channels=self.in_channels,
-            image_size=cfg.dataset.image_size,
-            ways=cfg.task.ways,
-            total_iterations=self.total_iterations,
-            impl=impl,
-            precision=cfg.train.precision,
-            speed=cfg.speed,
-        ).to(self.device)
-        if cfg.speed.cuda_graphs:
-            learner.use_cuda_graphs()
-        return learner
+        return build_learner(self.cfg, self.in_channels, self.device)
 
     # ------------------------------------------------------------------ entry point
     def run(self) -> dict[str, Any]:
@@ -227,11 +257,20 @@ class ExperimentBuilder:
             saved = json.loads(done.read_text()).get("experiment")
         except (ValueError, AttributeError):  # an old plain-text marker: nothing to compare
             saved = None
-        if saved is not None:
-            check_drift(saved, self.cfg)
         if self.cfg.run.retest:
+            # A re-test rewrites results.json and done: only with the run's own settings, so
+            # that the command that made the run keeps finding it.
+            diffs = config_diffs(saved, self.cfg) if saved is not None else ""
+            if diffs:
+                raise ConfigDriftError(
+                    f"run.retest=true re-tests a finished run with its own settings only, but "
+                    f"the config differs in {diffs}; to evaluate with other settings, run "
+                    f"mamlpp-eval {self.run_dir} <key=value ...> (writes eval/, keeps results.json)"
+                )
             log("run.retest=true: testing the finished run again")
             return None
+        if saved is not None:
+            check_drift(saved, self.cfg)
         results = json.loads(results_path.read_text())
         log(f"run already finished: {results_path} (run.retest=true tests again)")
         print(format_results(results))
@@ -257,7 +296,7 @@ class ExperimentBuilder:
             if found is not None:
                 state, path = found
                 check_drift(state["experiment"], self.cfg)
-                self.learner.load_state_dict(state["learner"])
+                load_learner_state(self.learner, state["learner"], path)
                 self.learner.optimizer.load_state_dict(state["optimizer"])
                 set_rng_state(state["rng"])
                 progress = TrainingProgress(**state["progress"])
@@ -397,7 +436,9 @@ class ExperimentBuilder:
         keep_every = cfg.run.keep_every_epochs
         snapshot = keep_every > 0 and (epoch + 1) % keep_every == 0
         if kept or snapshot:
-            member = {"learner": self.learner.state_dict()}
+            member = member_state(
+                self.learner.state_dict(), cfg, self.preprocessing, epoch, val_acc
+            )
             save_checkpoint(self.ckpt_dir / member_file(epoch), member)
         progress.history.append(row)
         progress.epoch_loss_sum = progress.epoch_acc_sum = progress.epoch_seconds = 0.0
@@ -412,12 +453,43 @@ class ExperimentBuilder:
     # ------------------------------------------------------------------ test phase
     def _test(self, progress: TrainingProgress) -> dict[str, Any]:
         cfg = self.cfg
-        members, per_model = [], []
         log(
             f"testing the top-{len(progress.top_k)} models and their ensemble on "
             f"{cfg.eval.test_tasks} tasks"
         )
         t_test = time.perf_counter()
+        tested = evaluate_ensemble(
+            self._top_k_members(progress),
+            self.sampler,
+            "test",
+            cfg.eval.task_seed,
+            cfg.eval.test_tasks,
+            cfg.eval.batch_size,
+        )
+        t_test = time.perf_counter() - t_test
+        mean, ci = tested["test_accuracy_mean"], tested["test_accuracy_ci95"]
+        # One step past training: a re-test or a resume in the test phase (purge_step =
+        # iterations + 1) replaces these instead of duplicating them.
+        self.writer.add_scalar("test/acc", mean, self.total_iterations + 1)
+        self.writer.add_scalar("test/ci95", ci, self.total_iterations + 1)
+        return {
+            "test_accuracy_mean": mean,
+            "test_accuracy_ci95": ci,
+            "num_test_tasks": cfg.eval.test_tasks,
+            "ensemble_size": tested["ensemble_size"],
+            "per_model": tested["per_model"],
+            "best_val_accuracy": max(e["val_acc"] for e in progress.top_k),
+            "train_seconds": round(progress.train_seconds, 2),
+            "test_seconds": round(t_test, 2),
+            "wall_time_s": round(progress.train_seconds + progress.eval_seconds + t_test, 2),
+            "epochs": cfg.train.epochs,
+            "iterations": self.total_iterations,
+            "device": str(self.device),
+            "config": config_summary(cfg),
+        }
+
+    def _top_k_members(self, progress: TrainingProgress) -> Iterator[tuple[dict, MetaLearner]]:
+        """The top-k members, loaded one at a time (a stop signal stops between them)."""
         for entry in progress.top_k:
             if self.signals.requested:
                 raise StopRequested(self.signals.signal_name, progress.next_iteration)
@@ -430,65 +502,5 @@ class ExperimentBuilder:
                     f"top-k member {path} (epoch {entry['epoch']}) is missing or unreadable "
                     f"({type(exc).__name__}); re-train with run.resume=never"
                 ) from exc
-            learner.load_state_dict(state["learner"])
-            preds = predict_tasks(
-                learner,
-                self.sampler,
-                "test",
-                cfg.eval.task_seed,
-                cfg.eval.test_tasks,
-                cfg.eval.batch_size,
-            )
-            mean, ci = mean_ci95(preds.accuracies())
-            members.append(preds)
-            per_model.append(
-                {
-                    "epoch": entry["epoch"],
-                    "val_accuracy": entry["val_acc"],
-                    "test_accuracy_mean": mean,
-                    "test_accuracy_ci95": ci,
-                }
-            )
-        t_test = time.perf_counter() - t_test
-        ens = ensemble(members)
-        mean, ci = mean_ci95(ens.accuracies())
-        # One step past training: a re-test or a resume in the test phase (purge_step =
-        # iterations + 1) replaces these instead of duplicating them.
-        self.writer.add_scalar("test/acc", mean, self.total_iterations + 1)
-        self.writer.add_scalar("test/ci95", ci, self.total_iterations + 1)
-        a, t = cfg.algorithm, cfg.task
-        return {
-            "test_accuracy_mean": mean,
-            "test_accuracy_ci95": ci,
-            "num_test_tasks": cfg.eval.test_tasks,
-            "ensemble_size": len(members),
-            "per_model": per_model,
-            "best_val_accuracy": max(e["val_acc"] for e in progress.top_k),
-            "train_seconds": round(progress.train_seconds, 2),
-            "test_seconds": round(t_test, 2),
-            "wall_time_s": round(progress.train_seconds + progress.eval_seconds + t_test, 2),
-            "epochs": cfg.train.epochs,
-            "iterations": self.total_iterations,
-            "device": str(self.device),
-            "config": {
-                "experiment": cfg.experiment_name,
-                "dataset": cfg.dataset.name,
-                "protocol": cfg.dataset.protocol,
-                "ways": t.ways,
-                "shots": t.shots,
-                "targets": t.targets,
-                "algorithm": a.name,
-                "second_order": a.second_order,
-                "first_order_epochs": a.first_order_epochs,
-                "multi_step_loss": a.multi_step_loss,
-                "learn_inner_lr": a.learn_inner_lr,
-                "per_step_bn_stats": a.per_step_bn_stats,
-                "per_step_bn_weights": a.per_step_bn_weights,
-                "use_running_stats_eval": a.use_running_stats_eval,
-                "cosine_meta_lr": a.cosine_meta_lr,
-                "inner_steps": a.inner_steps,
-                "inner_steps_eval": a.inner_steps_eval,
-                "meta_batch_size": cfg.train.meta_batch_size,
-                "seed": cfg.seed,
-            },
-        }
+            load_learner_state(learner, state["learner"], path)
+            yield {"epoch": entry["epoch"], "val_accuracy": entry["val_acc"]}, learner

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -53,3 +55,31 @@ def ensemble(predictions: list[TaskPredictions]) -> TaskPredictions:
     """Average the logits of several models on the same tasks."""
     stacked = torch.stack([p.logits for p in predictions])
     return TaskPredictions(stacked.mean(0), predictions[0].labels)
+
+
+def evaluate_ensemble(
+    members: Iterable[tuple[dict[str, Any], MetaLearner]],
+    sampler: EpisodeSampler,
+    split: str,
+    seed: int,
+    num_tasks: int,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Test each member on the same fixed tasks, then their ensemble (averaged logits).
+
+    `members` yields (info, learner) pairs one at a time, so only one model need be in memory;
+    each `per_model` entry is the member's info plus its test accuracy and CI.
+    """
+    predictions, per_model = [], []
+    for info, learner in members:
+        preds = predict_tasks(learner, sampler, split, seed, num_tasks, batch_size)
+        mean, ci = mean_ci95(preds.accuracies())
+        predictions.append(preds)
+        per_model.append({**info, "test_accuracy_mean": mean, "test_accuracy_ci95": ci})
+    mean, ci = mean_ci95(ensemble(predictions).accuracies())
+    return {
+        "test_accuracy_mean": mean,
+        "test_accuracy_ci95": ci,
+        "ensemble_size": len(predictions),
+        "per_model": per_model,
+    }

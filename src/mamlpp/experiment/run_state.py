@@ -119,12 +119,17 @@ def load_latest_valid(ckpt_dir: Path, report: Callable[[str], None]) -> tuple[di
     return None
 
 
-def check_drift(saved: dict[str, Any], cfg: Config) -> None:
-    """Refuse to resume when experiment keys differ; run.allow_config_change=true accepts."""
+def config_diffs(saved: dict[str, Any], cfg: Config) -> str:
+    """'key: old -> new' for every experiment key that differs ('' when none does)."""
     current = experiment_keys(cfg)
     keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    if keys and not cfg.run.allow_config_change:
-        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys)
+    return ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys)
+
+
+def check_drift(saved: dict[str, Any], cfg: Config) -> None:
+    """Refuse to resume when experiment keys differ; run.allow_config_change=true accepts."""
+    diffs = config_diffs(saved, cfg)
+    if diffs and not cfg.run.allow_config_change:
         raise ConfigDriftError(
             f"refusing to resume: config differs from the checkpoint in {diffs}; "
             "use a new run directory, or pass run.allow_config_change=true to resume anyway"

@@ -8,6 +8,7 @@ from typing import Any
 def format_results(results: dict[str, Any]) -> str:
     """Markdown table: the top-k ensemble first, then each member alone (accuracies in %)."""
     c = results.get("config", {})
+    best = results.get("best_val_accuracy")
     title = (
         f"{c.get('dataset', '?')} {c.get('ways', '?')}-way {c.get('shots', '?')}-shot, "
         f"{c.get('algorithm', '?')}, seed {c.get('seed', '?')}: "
@@ -19,13 +20,18 @@ def format_results(results: dict[str, Any]) -> str:
         "| model | val acc (%) | test acc (%) | 95% CI (%) |",
         "|---|---|---|---|",
         f"| ensemble of top-{results['ensemble_size']} "
-        f"| {100 * results['best_val_accuracy']:.2f} (best) "
+        f"| {_pct(best)} (best) "
         f"| {100 * results['test_accuracy_mean']:.2f} "
         f"| +- {100 * results['test_accuracy_ci95']:.2f} |",
     ]
     for m in results["per_model"]:
         lines.append(
-            f"| epoch {m['epoch']} | {100 * m['val_accuracy']:.2f} | "
+            f"| epoch {m['epoch']} | {_pct(m['val_accuracy'])} | "
             f"{100 * m['test_accuracy_mean']:.2f} | +- {100 * m['test_accuracy_ci95']:.2f} |"
         )
     return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    """A fraction as a percentage; '-' where it is unknown (e.g. a lone older checkpoint)."""
+    return "-" if value is None else f"{100 * value:.2f}"

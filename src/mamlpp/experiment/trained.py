@@ -1,0 +1,141 @@
+"""Find the trained models behind a run directory or a checkpoint file, and their config.
+
+`mamlpp-eval` and `mamlpp.load` both start here: a run directory gives its top-k members in the
+order training ensembled them (so a re-evaluation reproduces results.json to the last digit);
+one `.pt` gives itself. Nothing here writes anything.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from mamlpp.errors import MamlppError
+from mamlpp.experiment.checkpoints import load_checkpoint
+from mamlpp.experiment.members import Member, read_member
+from mamlpp.experiment.run_state import LATEST
+from mamlpp.experiment.topk import member_file
+
+MEMBER_CHOICES = "top-k (the run's ensemble), best, or epoch=N"
+
+
+@dataclass
+class TrainedRun:
+    """Members to evaluate (in ensemble order), each with its info for results.json, the
+    training config (plain dict) and where evaluation outputs go (`<out_root>/<name>/`)."""
+
+    members: list[Member]
+    infos: list[dict[str, Any]]
+    config: dict[str, Any]
+    out_root: Path
+    run_dir: Path | None
+
+
+def open_trained(target: str | Path, members: str = "top-k") -> TrainedRun:
+    """The members `members` selects from a run directory or a checkpoint file."""
+    target = Path(target)
+    if target.is_dir():
+        run_dir: Path | None = target
+        paths = _run_members(target, members)
+    elif target.is_file():
+        if members not in ("top-k", "topk", "best"):
+            raise MamlppError(f"members={members} needs a run directory, not the file {target}")
+        parent = target.parent
+        run_dir = parent.parent if parent.name == "checkpoints" else None
+        paths = [target]
+    else:
+        raise MamlppError(f"{target} does not exist: give a run directory or a checkpoint .pt")
+    loaded = [read_member(p) for p in paths]
+    infos = [
+        {"epoch": _epoch_of(m), "val_accuracy": m.val_acc, "checkpoint": str(m.path)}
+        for m in loaded
+    ]
+    if run_dir is not None:
+        _fill_from_history(run_dir, infos)
+    config = loaded[0].config
+    if config is None:
+        config = _config_beside(target, run_dir)
+    out_root = (run_dir if run_dir is not None else target.parent) / "eval"
+    return TrainedRun(loaded, infos, config, out_root, run_dir)
+
+
+def _run_members(run_dir: Path, spec: str) -> list[Path]:
+    ckpt = run_dir / "checkpoints"
+    if not ckpt.is_dir():
+        raise MamlppError(
+            f"{run_dir} is not a mamlpp run directory (it has no checkpoints/ folder)"
+        )
+    epoch = re.fullmatch(r"(?:epoch[=:_]?)?(\d+)", spec)
+    if epoch is not None:
+        path = ckpt / member_file(int(epoch.group(1)))
+        if not path.is_file():
+            have = sorted(int(p.stem.split("_")[1]) for p in ckpt.glob("epoch_*.pt"))
+            raise MamlppError(
+                f"members={spec}: {path} does not exist; this run keeps epochs {have or 'none'}"
+            )
+        return [path]
+    if spec not in ("top-k", "topk", "best"):
+        raise MamlppError(f"members={spec!r} is invalid: allowed {MEMBER_CHOICES}")
+    epochs = _ensemble_epochs(run_dir)
+    if spec == "best":
+        epochs = epochs[:1]  # top-k tables are ranked by validation accuracy, best first
+    return [ckpt / member_file(e) for e in epochs]
+
+
+def _ensemble_epochs(run_dir: Path) -> list[int]:
+    """The top-k epochs in ensemble order: results.json's members, else latest.pt's table."""
+    results = run_dir / "results.json"
+    if results.is_file():
+        try:
+            return [int(m["epoch"]) for m in json.loads(results.read_text())["per_model"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MamlppError(f"{results} is not a mamlpp results file ({exc})") from exc
+    latest = run_dir / "checkpoints" / LATEST
+    if latest.is_file():
+        try:
+            top_k = load_checkpoint(latest)["progress"]["top_k"]
+        except Exception as exc:  # truncated or foreign: either way no table to read
+            raise MamlppError(f"{latest} is unreadable ({type(exc).__name__})") from exc
+        if top_k:
+            return [int(e["epoch"]) for e in top_k]
+    raise MamlppError(
+        f"{run_dir} holds no trained model yet: no results.json and no validated epoch in "
+        f"checkpoints/{LATEST}"
+    )
+
+
+def _fill_from_history(run_dir: Path, infos: list[dict[str, Any]]) -> None:
+    """Validation accuracies of members saved before they carried their own."""
+    if all(i["val_accuracy"] is not None for i in infos):
+        return
+    results = run_dir / "results.json"
+    if results.is_file():
+        known = {
+            m["epoch"]: m["val_accuracy"] for m in json.loads(results.read_text())["per_model"]
+        }
+        for info in infos:
+            if info["val_accuracy"] is None:
+                info["val_accuracy"] = known.get(info["epoch"])
+
+
+def _config_beside(target: Path, run_dir: Path | None) -> dict[str, Any]:
+    path = run_dir / "config.yaml" if run_dir is not None else None
+    if path is None or not path.is_file():
+        raise MamlppError(
+            f"checkpoint {target} carries no config (written before checkpoints described "
+            "themselves) and no run directory with config.yaml holds it: evaluate the run directory"
+        )
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+def _epoch_of(member: Member) -> int | None:
+    """The member's epoch: saved in it, or (older members) read from its file name."""
+    if member.epoch is not None:
+        return member.epoch
+    match = re.fullmatch(r"epoch_(\d+)\.pt", member.path.name)
+    return int(match.group(1)) if match else None

@@ -1,0 +1,136 @@
+"""A trained meta-learner in Python: load it, adapt it to a support set, predict.
+
+    model = mamlpp.load("runs/smoke/base")              # or one checkpoints/epoch_NNNN.pt
+    xs = model.load_images(support_paths)                # decoded and normalised as in training
+    adapted = model.adapt(xs, support_labels)            # inner loop on the support set
+    probs = adapted.predict_proba(model.load_images(query_paths))
+
+With several members (a run's top-k) the logits are averaged, as the run's test phase does.
+Batch norm normalises with the batch's statistics (transductive, as MAML evaluates) unless the
+run used `algorithm.use_running_stats_eval`, so predict a task's queries together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor
+
+from mamlpp.algorithms.factory import build_learner
+from mamlpp.algorithms.meta_learner import MetaLearner
+from mamlpp.config import Config, to_config
+from mamlpp.data.preprocessing import Preprocessing
+from mamlpp.data.registry import load_dataset
+from mamlpp.errors import MamlppError
+from mamlpp.experiment.builder import resolve_device
+from mamlpp.experiment.members import load_learner_state
+from mamlpp.experiment.trained import TrainedRun, open_trained
+
+
+def config_of(trained: TrainedRun) -> Config:
+    """The validated training config of a trained run (its checkpoint's or config.yaml)."""
+    return to_config(OmegaConf.merge(OmegaConf.structured(Config), trained.config))
+
+
+def preprocessing_of(trained: TrainedRun, cfg: Config) -> Preprocessing:
+    """The members' preprocessing; members older than that record get it from their dataset."""
+    prep = trained.members[0].preprocessing
+    return prep if prep is not None else Preprocessing.of(load_dataset(cfg.dataset))
+
+
+def build_members(
+    trained: TrainedRun, cfg: Config, channels: int, device: torch.device
+) -> list[MetaLearner]:
+    learners = []
+    for member in trained.members:
+        learner = build_learner(cfg, channels, device)
+        load_learner_state(learner, member.learner, member.path)
+        learners.append(learner)
+    return learners
+
+
+@dataclass
+class AdaptedModel:
+    """Members adapted to one support set (fast weights), ready to predict its queries."""
+
+    model: TrainedModel
+    fast: list[dict[str, Tensor]]
+    steps: int
+
+    def predict(self, xq: Tensor) -> Tensor:
+        """Logits [M, N] of query images [M, C, S, S] (uint8 pixels or normalised floats)."""
+        x = self.model.as_input(xq)
+        logits = [
+            learner.predict_adapted(fast, x, self.steps)
+            for learner, fast in zip(self.model.learners, self.fast)
+        ]
+        return torch.stack(logits).mean(0)[0]
+
+    def predict_proba(self, xq: Tensor) -> Tensor:
+        """Class probabilities [M, N] (softmax of the averaged logits)."""
+        return self.predict(xq).softmax(-1)
+
+
+@dataclass
+class TrainedModel:
+    """A trained model (one member or a top-k ensemble) with its config and preprocessing."""
+
+    config: Config
+    preprocessing: Preprocessing
+    learners: list[MetaLearner]
+    device: torch.device
+
+    @property
+    def ways(self) -> int:
+        return self.config.task.ways
+
+    def load_images(self, paths: Sequence[str | Path]) -> Tensor:
+        """Image files -> float [M, C, S, S] on the model's device, exactly as in training."""
+        pixels = np.stack([self.preprocessing.decode_file(Path(p)) for p in paths])
+        return self.preprocessing.normalise(torch.from_numpy(pixels)).to(self.device)
+
+    def as_input(self, x: Tensor) -> Tensor:
+        """[M, C, S, S] images (uint8 pixels are normalised here) as one task [1, M, C, S, S]."""
+        p = self.preprocessing
+        if x.dim() != 4 or tuple(x.shape[1:]) != (p.channels, p.image_size, p.image_size):
+            raise MamlppError(
+                f"images of shape {tuple(x.shape)}: the model takes [M, {p.channels}, "
+                f"{p.image_size}, {p.image_size}] (load_images decodes files into that)"
+            )
+        if x.dtype == torch.uint8:
+            x = p.normalise(x)
+        return x.to(self.device, torch.float32).unsqueeze(0)
+
+    def adapt(
+        self, xs: Tensor, ys: Tensor | Sequence[int], steps: int | None = None
+    ) -> AdaptedModel:
+        """Run the inner loop on one support set: images [M, C, S, S], labels [M] in 0..ways-1.
+
+        `steps` defaults to the run's algorithm.inner_steps_eval."""
+        labels = torch.as_tensor(ys, dtype=torch.long)
+        if labels.dim() != 1 or labels.numel() != xs.shape[0]:
+            raise MamlppError(f"{labels.numel()} labels for {xs.shape[0]} support images")
+        if labels.numel() and not (int(labels.min()) >= 0 and int(labels.max()) < self.ways):
+            raise MamlppError(
+                f"support labels must lie in 0..{self.ways - 1} (a {self.ways}-way model)"
+            )
+        steps = steps or self.config.algorithm.inner_steps_eval
+        x = self.as_input(xs)
+        y = labels.to(self.device).unsqueeze(0)
+        fast = [learner.adapt(x, y, steps) for learner in self.learners]
+        return AdaptedModel(self, fast, steps)
+
+
+def load(path: str | Path, members: str = "top-k", device: str = "auto") -> TrainedModel:
+    """A trained model from a run directory (its top-k ensemble; members=best or epoch=N picks
+    one) or from a single checkpoint file, on `device` (auto: a GPU if there is one)."""
+    trained = open_trained(path, members)
+    cfg = config_of(trained)
+    prep = preprocessing_of(trained, cfg)
+    device = resolve_device(device)
+    return TrainedModel(cfg, prep, build_members(trained, cfg, prep.channels, device), device)
