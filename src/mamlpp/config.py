@@ -165,8 +165,11 @@ class RunConfig:
     keep_every_epochs: int = 0
     # Resume even if experiment keys differ from the checkpoint's config.
     allow_config_change: bool = False
-    # Re-run the test phase of a finished run.
+    # Re-run the test phase of a finished run (with the run's own settings only).
     retest: bool = False
+    # The run directory. Set by mamlpp.compose (the directory mamlpp-train would use) and by
+    # mamlpp-train itself (Hydra's run dir: move a CLI run with hydra.run.dir=DIR).
+    dir: str | None = None
 
 
 # Keys that may differ between a checkpoint and the resuming run.
@@ -211,9 +214,12 @@ def conf_dir() -> str:
 
 
 def register_configs() -> None:
-    """Register the schema so `conf/config.yaml` is type-checked against it."""
+    """Register the schema so `conf/config.yaml` is type-checked against it, and the resolver
+    that names run directories. Safe to call more than once."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
+    if not OmegaConf.has_resolver("or_default"):
+        OmegaConf.register_new_resolver("or_default", lambda value, default: value or default)
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:

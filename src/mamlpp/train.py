@@ -1,5 +1,8 @@
 """`mamlpp-train` / `python -m mamlpp.train`: the Hydra entry point of one experiment.
 
+A thin wrapper over `mamlpp.api.train`, which runs a validated config in-process. This module is
+callable, `mamlpp.train(cfg)`, so that the API name works whether or not it was imported.
+
 Exit codes: 0 done (or already finished), 2 a user error printed as one `mamlpp: error:` line
 (a full traceback with debug=true), 75 (EXIT_RESUMABLE) stopped by SIGTERM/SIGUSR1/SIGUSR2/SIGINT
 after a checkpoint: run the same command again to resume. Hydra's own composition errors
@@ -11,19 +14,19 @@ and exits itself; the requeued job resumes from the checkpoint.
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mamlpp.config import conf_dir, register_configs, to_config
-from mamlpp.errors import MamlppError
+from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.experiment.signals import EXIT_RESUMABLE, StopRequested, pass_on
 
 register_configs()
-if not OmegaConf.has_resolver("or_default"):
-    OmegaConf.register_new_resolver("or_default", lambda value, default: value or default)
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
@@ -31,10 +34,16 @@ def _run(dcfg: DictConfig) -> float:
     debug = bool(dcfg.get("debug", False))
     try:
         cfg = to_config(dcfg)  # before the slow torch import: config errors come back at once
-        from mamlpp.experiment.builder import ExperimentBuilder
+        from mamlpp.api import train
 
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        results = ExperimentBuilder(cfg, run_dir).run()
+        output_dir = HydraConfig.get().runtime.output_dir
+        if cfg.run.dir is not None and Path(cfg.run.dir).resolve() != Path(output_dir).resolve():
+            raise ConfigError(
+                f"config key 'run.dir' = {cfg.run.dir!r} is set by mamlpp.compose; on the "
+                "command line move the run with hydra.run.dir=DIR"
+            )
+        cfg.run.dir = output_dir
+        results = train(cfg)
     except StopRequested as stop:
         print(
             f"mamlpp: interrupted by {stop}; checkpoint written, run the same command to resume "
@@ -55,6 +64,15 @@ def _run(dcfg: DictConfig) -> float:
 def main() -> None:
     _run()
 
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
+        from mamlpp.api import train
+
+        return train(cfg, run_dir)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     main()
