@@ -1,0 +1,397 @@
+"""`mamlpp-eval`, self-describing checkpoints and the Python API (compose / train / load).
+
+The evaluations run on real Omniglot: the tiny reference run of conftest.py (a copy of it, since
+eval/ is written inside the run directory) and, where a prediction has to be right, a model
+trained for 80 iterations in `trained_run`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO_ROOT, TINY_ARGS, Cli, read_metric_rows, result_accuracies
+from mamlpp.data.preprocessing import Preprocessing, convert_channels
+from mamlpp.evaluate import main as eval_main
+from mamlpp.experiment.members import MEMBER_FORMAT
+from mamlpp.reports.results_table import format_results
+
+pytestmark = pytest.mark.slow
+
+
+def hashes(root: Path) -> dict[str, str]:
+    """md5 of every file under `root` (Hydra's log aside, which each process appends to)."""
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "train.log"
+    }
+
+
+def run_eval(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "mamlpp.evaluate", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def eval_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    """Run mamlpp-eval in-process on bad input: exit code 2 and exactly one stderr line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        eval_main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2, err
+    assert len(err) == 1 and err[0].startswith("mamlpp-eval: error: "), err
+    return err[0]
+
+
+@pytest.fixture
+def run_copy(reference_run: dict, tmp_path: Path) -> Path:
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run["dir"], run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def trained_run(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """smoke with 2 x 40 iterations (about 12 s here): a model whose predictions mean something
+    (top-2 test accuracy 68% on 40 tasks, against 52% for the 8-iteration smoke run)."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    args = ["experiment=smoke", "device=cpu", "progress_bar=false", "train.iters_per_epoch=40"]
+    done = cli.run(*args, *cli.data_args, f"hydra.run.dir={run_dir}", tiny=False)
+    assert done.returncode == 0, done.stderr
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def own_images(omniglot_source_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Support and query folders of real Omniglot PNGs: the first character of five alphabets
+    of the evaluation set, 3 support and 5 query drawings each (query/<class>/ so they score)."""
+    root = tmp_path_factory.mktemp("own_images")
+    by_char: dict[str, list[str]] = defaultdict(list)
+    with zipfile.ZipFile(omniglot_source_dir / "images_evaluation.zip") as z:
+        for name in z.namelist():
+            if name.endswith(".png"):
+                by_char[os.path.dirname(name)].append(name)
+        alphabets: dict[str, str] = {}
+        for char in sorted(by_char):
+            alphabets.setdefault(char.split("/")[1], char)
+        for char in list(alphabets.values())[:5]:
+            label = char.split("/")[1]
+            for i, member in enumerate(sorted(by_char[char])[:8]):
+                folder = root / ("support" if i < 3 else "query") / label
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / os.path.basename(member)).write_bytes(z.read(member))
+    return root
+
+
+# --------------------------------------------------------------------------- the run's own test
+
+
+def test_eval_reproduces_the_runs_test_exactly(run_copy: Path) -> None:
+    before = hashes(run_copy)
+    results = json.loads((run_copy / "results.json").read_text())
+
+    done = run_eval(str(run_copy))
+    assert done.returncode == 0, done.stderr
+    evaluated = json.loads((run_copy / "eval" / "default" / "results.json").read_text())
+    assert result_accuracies(evaluated) == {
+        **result_accuracies(results),
+        "per_model": [
+            {**m, "checkpoint": str(run_copy / "checkpoints" / f"epoch_{m['epoch']:04d}.pt")}
+            for m in results["per_model"]
+        ],
+    }
+    assert format_results(results) in done.stdout  # the same table as training printed
+    after = hashes(run_copy)
+    assert {k: v for k, v in after.items() if not k.startswith("eval/")} == before
+
+
+def test_eval_overrides(run_copy: Path) -> None:
+    results = json.loads((run_copy / "results.json").read_text())
+    done = run_eval(str(run_copy), "eval.test_tasks=2000")
+    assert done.returncode == 0, done.stderr
+    wide = json.loads((run_copy / "eval" / "eval.test_tasks=2000" / "results.json").read_text())
+    assert wide["num_test_tasks"] == 2000
+    assert wide["test_accuracy_ci95"] < results["test_accuracy_ci95"] / 3  # sqrt(50) narrower
+
+    best_epoch = results["per_model"][0]["epoch"]
+    worst_epoch = results["per_model"][-1]["epoch"]
+    done = run_eval(
+        str(run_copy),
+        "members=best",
+        "eval.task_seed=7",
+        "algorithm.inner_steps_eval=3",
+        "algorithm.use_running_stats_eval=true",
+        "--name",
+        "variant",
+    )
+    assert done.returncode == 0, done.stderr
+    variant = json.loads((run_copy / "eval" / "variant" / "results.json").read_text())
+    assert variant["ensemble_size"] == 1 and variant["per_model"][0]["epoch"] == best_epoch
+    assert variant["config"]["inner_steps_eval"] == 3
+    assert variant["config"]["use_running_stats_eval"] is True
+
+    done = run_eval(str(run_copy), f"members=epoch={worst_epoch}")
+    assert done.returncode == 0, done.stderr
+    single = json.loads(next((run_copy / "eval").glob("members=epoch*/results.json")).read_text())
+    assert single["test_accuracy_mean"] == results["per_model"][-1]["test_accuracy_mean"]
+
+
+def test_member_checkpoints_describe_themselves(run_copy: Path, tmp_path: Path) -> None:
+    """One copied .pt in an empty folder evaluates to its row of the run's results."""
+    results = json.loads((run_copy / "results.json").read_text())
+    member = results["per_model"][0]
+    source = run_copy / "checkpoints" / f"epoch_{member['epoch']:04d}.pt"
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    assert state["format"] == MEMBER_FORMAT
+    assert state["config"]["task"]["ways"] == 5 and state["config"]["experiment_name"] == "smoke"
+    assert state["preprocessing"] == {"image_size": 28, "channels": 1, "mean": None, "std": None}
+    assert state["mamlpp_version"] and state["epoch"] == member["epoch"]
+
+    lone = tmp_path / "elsewhere" / "model.pt"
+    lone.parent.mkdir()
+    shutil.copy(source, lone)
+    done = run_eval(str(lone), cwd=run_copy.parent.parent)  # the run's cwd: dataset.source paths
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in lone.parent.iterdir()) == ["eval", "model.pt"]
+    out = json.loads((lone.parent / "eval" / "default" / "results.json").read_text())
+    assert out["test_accuracy_mean"] == member["test_accuracy_mean"]
+    assert out["test_accuracy_ci95"] == member["test_accuracy_ci95"]
+    assert out["best_val_accuracy"] == member["val_accuracy"]
+
+
+def test_cross_domain_image_folder_converts_channels(
+    trained_run: Path, own_images: Path, tmp_path: Path
+) -> None:
+    """An Omniglot (grey) model on an RGB image folder: 3 -> 1 channels, same ways."""
+    root = tmp_path / "rgb"
+    for split in ("train", "val", "test"):  # the eval alphabets, one split each, tinted RGB
+        for cls in sorted((own_images / "query").iterdir()):
+            out = root / split / cls.name
+            out.mkdir(parents=True)
+            for i, png in enumerate(sorted(cls.iterdir())):
+                grey = np.asarray(Image.open(png).convert("L"))
+                tinted = np.stack([grey, grey, np.minimum(grey, 200)], -1).astype(np.uint8)
+                Image.fromarray(tinted).save(out / f"{i}.png")
+    model = tmp_path / "model.pt"
+    shutil.copy(next((trained_run / "checkpoints").glob("epoch_*.pt")), model)
+    done = run_eval(
+        str(model),
+        "dataset=image_folder",
+        f"dataset.source={root}",
+        f"dataset.data_dir={tmp_path / 'cache'}",
+        "task.targets=2",
+        "eval.test_tasks=60",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "converting the dataset's 3->1 channel images" in done.stderr
+    out = json.loads(next((tmp_path / "eval").glob("*/results.json")).read_text())
+    assert out["channels_converted"] == "3->1" and out["config"]["dataset"] == "image_folder"
+    assert out["num_test_tasks"] == 60
+    print(f"\ncross-domain (tinted RGB folder, 5-way 1-shot): {out['test_accuracy_mean']:.3f}")
+    assert out["test_accuracy_mean"] > 0.4  # chance is 0.2
+
+
+def test_convert_channels_matches_pil() -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 3, 9, 9), dtype=np.uint8)
+    grey = convert_channels(rgb, 1)
+    ref = [np.asarray(Image.fromarray(x.transpose(1, 2, 0)).convert("L")) for x in rgb]
+    assert np.array_equal(grey[:, 0], np.stack(ref))
+    assert np.array_equal(convert_channels(grey, 3), np.repeat(grey, 3, axis=1))
+    assert np.array_equal(convert_channels(convert_channels(grey, 3), 1), grey)  # lossless back
+
+
+# --------------------------------------------------------------------------- your own images
+
+
+def test_support_query_predicts_own_images(trained_run: Path, own_images: Path) -> None:
+    before = hashes(trained_run)
+    done = run_eval(
+        str(trained_run),
+        "--support",
+        str(own_images / "support"),
+        "--query",
+        str(own_images / "query"),
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if re.search(r"\.png\s", line)]
+    assert len(lines) == 25  # one line per query image: path, class, probability
+    summary = json.loads((trained_run / "eval" / "predict" / "predictions.json").read_text())
+    csv_rows = (trained_run / "eval" / "predict" / "predictions.csv").read_text().splitlines()
+    assert len(csv_rows) == 26 and csv_rows[0] == "image,predicted,probability,true"
+    assert summary["labelled_queries"] == 25 and summary["support_images"] == 15
+    print(f"\nown images: {summary['correct']}/25 right ({100 * summary['accuracy']:.0f}%)")
+    assert summary["accuracy"] >= 0.6  # chance is 0.2
+    assert f"{summary['correct']}/25 labelled queries right" in done.stdout
+    assert {k: v for k, v in hashes(trained_run).items() if not k.startswith("eval/")} == before
+
+
+def test_python_api_adapt_predict(trained_run: Path, own_images: Path) -> None:
+    import mamlpp
+
+    model = mamlpp.load(trained_run, device="cpu")
+    assert model.ways == 5 and len(model.learners) == 2
+    classes = sorted(p.name for p in (own_images / "support").iterdir())
+    support = sorted((own_images / "support").glob("*/*.png"))
+    labels = [classes.index(p.parent.name) for p in support]
+    query = sorted((own_images / "query").glob("*/*.png"))
+    adapted = model.adapt(model.load_images(support), labels)
+    probs = adapted.predict_proba(model.load_images(query))
+    assert probs.shape == (25, 5) and torch.allclose(probs.sum(1), torch.ones(25))
+    truth = torch.tensor([classes.index(p.parent.name) for p in query])
+    assert (probs.argmax(1) == truth).float().mean() >= 0.6
+    # uint8 pixels are normalised on the way in: the same logits as the decoded floats.
+    pixels = torch.from_numpy(np.stack([model.preprocessing.decode_file(p) for p in query]))
+    assert torch.equal(adapted.predict(pixels), adapted.predict(model.load_images(query)))
+
+
+def test_adapt_then_predict_equals_predict(make_learner, make_batch) -> None:
+    from conftest import MAMLPP_ALL
+
+    for options in ({}, MAMLPP_ALL):
+        learner, batch = make_learner(**options), make_batch()
+        fast = learner.adapt(batch.xs, batch.ys, 3)
+        assert torch.equal(learner.predict(batch, 3), learner.predict_adapted(fast, batch.xt, 3))
+
+
+def test_preprocessing_decodes_like_the_omniglot_loader(
+    omniglot_source_dir: Path, omniglot_data_dir: Path, tmp_path: Path
+) -> None:
+    from mamlpp.data.omniglot import load_omniglot
+
+    images = load_omniglot(omniglot_data_dir, source=omniglot_source_dir)
+    prep = Preprocessing(28, 1)
+    with zipfile.ZipFile(omniglot_source_dir / "images_background.zip") as z:
+        first = sorted(n for n in z.namelist() if n.endswith(".png"))[0]
+        (tmp_path / "drawing.png").write_bytes(z.read(first))
+    decoded = prep.decode_file(tmp_path / "drawing.png")
+    assert np.array_equal(decoded[0], images[0, 0])
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_fail_in_one_line(
+    run_copy: Path, own_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    before = hashes(run_copy)
+    ckpt = run_copy / "checkpoints" / "epoch_0001.pt"
+
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    assert "no checkpoints/ folder" in eval_error(capsys, str(empty))
+    assert "does not exist" in eval_error(capsys, str(tmp_path / "nowhere"))
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    assert "is not a mamlpp model" in eval_error(capsys, str(foreign))
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    assert "is unreadable" in eval_error(capsys, str(truncated))
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint\n")
+    assert "is unreadable" in eval_error(capsys, str(text))
+
+    line = eval_error(capsys, str(run_copy), "task.ways=20")
+    assert "task.ways=20" in line and "5 ways" in line
+    assert "did you mean eval.test_tasks" in eval_error(capsys, str(run_copy), "eval.test_taks=9")
+    assert "defines the trained model" in eval_error(capsys, str(run_copy), "model.filters=8")
+    assert "members=" in eval_error(capsys, str(run_copy), "members=worst")
+    assert "keeps epochs" in eval_error(capsys, str(run_copy), "members=epoch=99")
+
+    support, query = own_images / "support", own_images / "query"
+    one = tmp_path / "one_class"
+    shutil.copytree(next(support.iterdir()), one / "only")
+    line = eval_error(capsys, str(run_copy), "--support", str(one), "--query", str(query))
+    assert "has 1 class folder(s)" in line and "5 ways" in line
+    hollow = tmp_path / "hollow"
+    shutil.copytree(support, hollow)
+    for png in next(p for p in sorted(hollow.iterdir())).iterdir():
+        png.unlink()
+    line = eval_error(capsys, str(run_copy), "--support", str(hollow), "--query", str(query))
+    assert "holds no images" in line
+    broken = tmp_path / "broken_query"
+    broken.mkdir()
+    (broken / "drawing.png").write_bytes(b"\x89PNG not really")
+    line = eval_error(capsys, str(run_copy), "--support", str(support), "--query", str(broken))
+    assert "cannot decode image" in line and "drawing.png" in line
+
+    assert hashes(run_copy) == before  # nothing written, not even eval/
+
+
+# --------------------------------------------------------------------------- finished runs
+
+
+def _outputs(run_dir: Path) -> dict[str, str]:
+    """Hashes of a run's own outputs (Hydra's .hydra/ and the lock file are the CLI's)."""
+    return {k: v for k, v in hashes(run_dir).items() if not k.startswith((".hydra", ".lock"))}
+
+
+def test_retest_with_other_settings_is_refused(cli: Cli, run_copy: Path) -> None:
+    before = _outputs(run_copy)
+    arg = f"hydra.run.dir={run_copy}"
+    done = cli.run(arg, "run.retest=true", "run.allow_config_change=true", "eval.task_seed=7")
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("mamlpp: error:")]
+    assert len(errors) == 1 and "eval.task_seed: 0 -> 7" in errors[0] and "mamlpp-eval" in errors[0]
+    assert _outputs(run_copy) == before
+    done = cli.run(arg)  # the original command still finds its finished run
+    assert done.returncode == 0 and "run already finished" in done.stderr, done.stderr
+
+
+# --------------------------------------------------------------------------- compose / train
+
+
+def test_compose_and_train_in_process(
+    cli: Cli, reference_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mamlpp
+
+    monkeypatch.chdir(tmp_path)
+    cfg = mamlpp.compose(*TINY_ARGS, *cli.data_args, "seed=0")
+    assert (
+        cfg.run.dir
+        == "runs/smoke/algorithm.inner_steps=1,eval.top_k=3,seed=0,train.meta_batch_size=2"
+    )
+    try:
+        results = mamlpp.train(cfg)
+    finally:
+        torch.set_flush_denormal(False)  # the builder sets it for its CPU run
+    run_dir = tmp_path / cfg.run.dir
+    assert result_accuracies(results) == result_accuracies(reference_run["results"])
+    assert read_metric_rows(run_dir / "metrics.csv") == read_metric_rows(
+        reference_run["dir"] / "metrics.csv"
+    )
+    with pytest.raises(Exception, match="inner_lrr"):
+        mamlpp.compose("algorithm.inner_lrr=0.5")
+
+
+def test_readme_api_example_runs(omniglot_source_dir: Path, tmp_path: Path) -> None:
+    """The README's "Python API" block, executed as printed in a fresh directory."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = readme.split("<!-- api-example -->")[1].split("```python\n")[1].split("```")[0]
+    (tmp_path / "datasets" / "omniglot").mkdir(parents=True)
+    for name in ("images_background.zip", "images_evaluation.zip"):
+        os.symlink(omniglot_source_dir / name, tmp_path / "datasets" / "omniglot" / name)
+    script = tmp_path / "example.py"
+    script.write_text(block)
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "runs" / "smoke").is_dir()
+    assert "predicted" in done.stdout
