@@ -7,8 +7,9 @@ checks ranges and cross-field constraints and raises a one-line `ConfigError` na
 
 from __future__ import annotations
 
+import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,20 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+# Config's sections: field annotations are strings (postponed evaluation), so map them here.
+_SECTIONS: dict[str, type] = {
+    "dataset": DatasetConfig,
+    "task": TaskConfig,
+    "model": ModelConfig,
+    "algorithm": AlgorithmConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "speed": SpeedConfig,
+    "run": RunConfig,
+}
+_TOP_KEYS = tuple(f.name for f in fields(Config))
 
 
 def conf_dir() -> str:
@@ -399,9 +414,41 @@ def experiment_keys(cfg: Config) -> dict[str, Any]:
     return flat
 
 
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """Keys of a composed config that the schema does not declare (added with + or ++)."""
+    found = []
+    for key in cfg:
+        if key not in _TOP_KEYS:
+            found.append(str(key))
+        elif key in _SECTIONS and isinstance(cfg[key], DictConfig):
+            known = {f.name for f in fields(_SECTIONS[key])}
+            found += [f"{key}.{k}" for k in cfg[key] if k not in known]
+    return found
+
+
+def all_keys() -> list[str]:
+    """Every dotted key the schema declares."""
+    keys = [k for k in _TOP_KEYS if k not in _SECTIONS]
+    return keys + [f"{s}.{f.name}" for s, cls in _SECTIONS.items() for f in fields(cls)]
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """One line naming a key the schema does not know, and the key probably meant."""
+    unknown = unknown_keys(cfg)
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(
+            f"config key '{key}' is not a mamlpp setting{hint}; keys added with + or ++ are "
+            "refused too, since nothing would read them"
+        )
+
+
 def to_config(cfg: DictConfig | Config) -> Config:
     """Turn a composed DictConfig into validated dataclasses."""
     if isinstance(cfg, DictConfig):
+        check_known_keys(cfg)
         try:
             obj = OmegaConf.to_object(cfg)
         except Exception as exc:  # omegaconf reports missing/mistyped values here

@@ -35,11 +35,11 @@ from mamlpp.errors import ConfigError, DataError, MamlppError
 from mamlpp.experiment.builder import (
     config_summary,
     configure_device,
-    log,
     make_sampler,
     resolve_device,
 )
 from mamlpp.experiment.checkpoints import atomic_write_text
+from mamlpp.experiment.console import log
 from mamlpp.experiment.evaluation import evaluate_ensemble
 from mamlpp.experiment.trained import TrainedRun, open_trained
 from mamlpp.inference import TrainedModel, build_members, config_of, preprocessing_of

@@ -5,7 +5,8 @@ callable, `mamlpp.train(cfg)`, so that the API name works whether or not it was 
 
 Exit codes: 0 done (or already finished), 2 a user error printed as one `mamlpp: error:` line
 (a full traceback with debug=true), 75 (EXIT_RESUMABLE) stopped by SIGTERM/SIGUSR1/SIGUSR2/SIGINT
-after a checkpoint: run the same command again to resume. Hydra's own composition errors
+after a checkpoint: run the same command again to resume; 130 aborted by a second Ctrl-C (the
+checkpoints written before it are kept). Hydra's own composition errors
 (unknown key or config group option) exit with 1. In a hydra-submitit-launcher job, SIGUSR2
 (submitit's timeout/preemption signal) is then passed on to submitit, which requeues the job
 and exits itself; the requeued job resumes from the checkpoint.
@@ -20,11 +21,15 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mamlpp.config import conf_dir, register_configs, to_config
 from mamlpp.errors import ConfigError, MamlppError
+from mamlpp.experiment.console import setup_console
 from mamlpp.experiment.signals import EXIT_RESUMABLE, StopRequested, pass_on
+
+EXIT_ABORTED = 130  # a second Ctrl-C, as a shell reports an interrupted command
 
 register_configs()
 
@@ -36,7 +41,10 @@ def _run(dcfg: DictConfig) -> float:
         cfg = to_config(dcfg)  # before the slow torch import: config errors come back at once
         from mamlpp.api import train
 
-        output_dir = HydraConfig.get().runtime.output_dir
+        hydra_cfg = HydraConfig.get()
+        output_dir = hydra_cfg.runtime.output_dir
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # parallel jobs' lines must be told apart
+            setup_console(f"#{hydra_cfg.job.num} {Path(output_dir).name[:40]}")
         if cfg.run.dir is not None and Path(cfg.run.dir).resolve() != Path(output_dir).resolve():
             raise ConfigError(
                 f"config key 'run.dir' = {cfg.run.dir!r} is set by mamlpp.compose; on the "
@@ -44,15 +52,11 @@ def _run(dcfg: DictConfig) -> float:
             )
         cfg.run.dir = output_dir
         results = train(cfg)
-    except StopRequested as stop:
-        print(
-            f"mamlpp: interrupted by {stop}; checkpoint written, run the same command to resume "
-            f"(exit code {EXIT_RESUMABLE})",
-            file=sys.stderr,
-            flush=True,
-        )
+    except StopRequested as stop:  # the run has said so in its log
         pass_on(stop.signal_name)  # e.g. to submitit, which requeues the job and exits
         sys.exit(EXIT_RESUMABLE)
+    except KeyboardInterrupt:  # a second Ctrl-C: the run has said so in its log
+        sys.exit(EXIT_ABORTED)
     except MamlppError as err:
         if debug:
             raise

@@ -40,6 +40,7 @@ from mamlpp.experiment.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
+from mamlpp.experiment.console import log, log_file_only, run_log
 from mamlpp.experiment.evaluation import evaluate_ensemble, predict_tasks
 from mamlpp.experiment.gpu_claim import GpuClaim, claim_free_gpu, cuda_ids
 from mamlpp.experiment.lock import RunLock
@@ -54,7 +55,7 @@ from mamlpp.experiment.run_state import (
     move_aside,
     save_state,
 )
-from mamlpp.experiment.signals import SignalFlag, StopRequested
+from mamlpp.experiment.signals import EXIT_RESUMABLE, SignalFlag, StopRequested
 from mamlpp.experiment.topk import member_file, update_top_k
 from mamlpp.reports.results_table import format_results
 
@@ -133,10 +134,6 @@ def make_sampler(cfg: Config, data: FewShotDataset, device: torch.device) -> Epi
     )
 
 
-def log(msg: str) -> None:
-    print(f"[mamlpp] {msg}", file=sys.stderr, flush=True)
-
-
 def config_summary(cfg: Config) -> dict[str, Any]:
     """The experiment facts results.json (and mamlpp-report) name a result by."""
     a, t = cfg.algorithm, cfg.task
@@ -163,6 +160,20 @@ def config_summary(cfg: Config) -> dict[str, Any]:
     }
 
 
+def show_results(results: dict[str, Any]) -> None:
+    """The results table on stdout and in train.log."""
+    table = format_results(results)
+    print(table, flush=True)
+    log_file_only(table)
+
+
+def _acknowledge(signal_name: str) -> None:
+    log(
+        f"{signal_name} received: finishing this iteration, then checkpointing and exiting "
+        f"({EXIT_RESUMABLE}); Ctrl-C again aborts at once, keeping the last checkpoint"
+    )
+
+
 class ExperimentBuilder:
     """Owns one run directory: trains, validates, checkpoints, resumes and tests."""
 
@@ -172,7 +183,7 @@ class ExperimentBuilder:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.device = resolve_device(cfg.device)
         self._gpu_claim: GpuClaim | None = None
-        self.signals = SignalFlag()
+        self.signals = SignalFlag(on_first=_acknowledge)
 
     # ------------------------------------------------------------------ setup
     def _build(self) -> None:
@@ -204,6 +215,27 @@ class ExperimentBuilder:
         marker, are written. A stop signal raises StopRequested once the state is checkpointed.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        where = self.run_dir.resolve()
+        with run_log(self.run_dir):
+            log(f"run directory: {where}")
+            try:
+                results = self._run_locked()
+            except StopRequested as stop:
+                log(
+                    f"interrupted by {stop}; checkpoint written, run the same command to resume "
+                    f"(exit code {EXIT_RESUMABLE})"
+                )
+                raise
+            except KeyboardInterrupt:
+                log(
+                    "aborted by a second Ctrl-C: checkpoints written before it are kept; run the "
+                    "same command to resume from the last one"
+                )
+                raise
+            log(f"outputs are in {where}")
+        return results
+
+    def _run_locked(self) -> dict[str, Any]:
         results_path = self.run_dir / "results.json"
         with RunLock(self.run_dir) as lock:
             if lock.previous_holder:
@@ -241,7 +273,7 @@ class ExperimentBuilder:
                 "experiment": experiment_keys(self.cfg),  # checked when the run is re-run
             }
             atomic_write_text(self.run_dir / DONE_MARKER, json.dumps(done, indent=1))
-            print(format_results(results))
+            show_results(results)
             return results
 
     def _finished_results(self, results_path: Path) -> dict[str, Any] | None:
@@ -273,7 +305,7 @@ class ExperimentBuilder:
             check_drift(saved, self.cfg)
         results = json.loads(results_path.read_text())
         log(f"run already finished: {results_path} (run.retest=true tests again)")
-        print(format_results(results))
+        show_results(results)
         return results
 
     # ------------------------------------------------------------------ resume
@@ -341,7 +373,7 @@ class ExperimentBuilder:
         bar = tqdm(
             total=self.total_iterations,
             initial=progress.next_iteration,
-            disable=not cfg.progress_bar,
+            disable=not cfg.progress_bar or not sys.stderr.isatty(),  # a file gets log lines
             dynamic_ncols=True,
             file=sys.stderr,
         )
@@ -428,9 +460,10 @@ class ExperimentBuilder:
         w, s = self.writer, progress.next_iteration
         w.add_scalar("val/acc", val_acc, s)
         w.add_scalar("val/loss", val_loss, s)
-        for name, rates in self.learner.inner_lrs.as_dict().items():
-            for i, r in enumerate(rates.tolist()):
-                w.add_scalar(f"lslr/{name}/step{i}", r, s)
+        if cfg.algorithm.learn_inner_lr:  # fixed rates would only draw flat lines
+            for name, rates in self.learner.inner_lrs.as_dict().items():
+                for i, r in enumerate(rates.tolist()):
+                    w.add_scalar(f"lslr/{name}/step{i}", r, s)
         w.flush()
         progress.top_k, kept, _ = update_top_k(progress.top_k, epoch, val_acc, cfg.eval.top_k)
         keep_every = cfg.run.keep_every_epochs

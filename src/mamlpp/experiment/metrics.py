@@ -34,8 +34,13 @@ def write_metrics_csv(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: _short(v) for k, v in row.items()} for row in rows)
     atomic_write_text(path, buf.getvalue())
+
+
+def _short(value: object) -> object:
+    """Floats with 7 significant digits (float32's precision), not repr's 17."""
+    return f"{value:.7g}" if isinstance(value, float) else value
 
 
 def open_tensorboard(log_dir: Path, resume_step: int | None) -> SummaryWriter:

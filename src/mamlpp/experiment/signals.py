@@ -16,6 +16,7 @@ PreemptMode=REQUEUE, if at all.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from types import FrameType
 
 # EX_TEMPFAIL: "interrupted, resumable". Generated scripts and launchers re-run on this code.
@@ -36,16 +37,25 @@ class StopRequested(Exception):
 
 
 class SignalFlag:
-    """Records a stop signal; the training loop polls it between iterations."""
+    """Records a stop signal; the training loop polls it between iterations.
 
-    def __init__(self) -> None:
+    `on_first(name)` runs as the first signal arrives, so the user hears at once that the run
+    is stopping, not only after the iteration or validation in progress.
+    """
+
+    def __init__(self, on_first: Callable[[str], None] | None = None) -> None:
         self.signal_name: str | None = None
         self._previous: dict[int, object] = {}
+        self._on_first = on_first
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signal_name is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        if self.signal_name is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C stops at once
+            return
         self.signal_name = signal.Signals(signum).name
+        if self._on_first is not None:
+            self._on_first(self.signal_name)
 
     @property
     def requested(self) -> bool:

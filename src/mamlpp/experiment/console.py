@@ -1,0 +1,75 @@
+"""What a run says, on the console and in its `train.log`.
+
+Every message goes through the `mamlpp` logger (the data loaders' loggers are its children):
+the console shows `[mamlpp] message` (with a job prefix in a multirun, so parallel jobs can be
+told apart) above the progress bar, and while a run is open its `train.log` receives the same
+lines with a time stamp, plus what only the file needs (the results table printed on stdout).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tqdm import tqdm
+
+LOGGER = logging.getLogger("mamlpp")
+_FILE_ONLY = "mamlpp_file_only"
+
+
+class _ConsoleHandler(logging.Handler):
+    """stderr through tqdm.write, so a log line never shares a line with the progress bar."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, _FILE_ONLY, False):
+            return
+        try:
+            tqdm.write(f"[mamlpp{self.prefix}] {record.getMessage()}", file=sys.stderr)
+            sys.stderr.flush()
+        except Exception:  # a closed stream must not end a run
+            self.handleError(record)
+
+
+def setup_console(prefix: str = "") -> None:
+    """Install (or re-label) the console handler; `prefix` tells multirun jobs apart."""
+    LOGGER.setLevel(logging.INFO)
+    LOGGER.propagate = False  # Hydra's root handlers would print every line twice
+    for handler in LOGGER.handlers:
+        if isinstance(handler, _ConsoleHandler):
+            handler.prefix = f" {prefix}" if prefix else ""
+            return
+    LOGGER.addHandler(_ConsoleHandler(f" {prefix}" if prefix else ""))
+
+
+def log(msg: str) -> None:
+    if not LOGGER.handlers:
+        setup_console()
+    LOGGER.info(msg)
+
+
+def log_file_only(text: str) -> None:
+    """Into train.log only (e.g. the results table, which the console gets on stdout)."""
+    LOGGER.info(text, extra={_FILE_ONLY: True})
+
+
+@contextmanager
+def run_log(run_dir: Path) -> Iterator[None]:
+    """Append everything the run says to `<run_dir>/train.log` while the block runs."""
+    if not LOGGER.handlers:
+        setup_console()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
+    LOGGER.addHandler(handler)
+    try:
+        yield
+    finally:
+        LOGGER.removeHandler(handler)
+        handler.close()
