@@ -28,6 +28,7 @@ from mamlpp.config import conf_dir, register_configs, to_config
 from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.experiment.console import setup_console
 from mamlpp.experiment.signals import EXIT_RESUMABLE, StopRequested, pass_on
+from mamlpp.experiment.sweep import record_failure
 
 EXIT_ABORTED = 130  # a second Ctrl-C, as a shell reports an interrupted command
 
@@ -60,7 +61,10 @@ def _run(dcfg: DictConfig) -> float:
     except MamlppError as err:
         if debug:
             raise
-        print(f"mamlpp: error: {err}", file=sys.stderr)
+        print(f"mamlpp: error: {err}", file=sys.stderr, flush=True)
+        job = HydraConfig.get().job
+        if record_failure(job.num, job.override_dirname or "base", str(err)):
+            return float("nan")  # the other jobs of the sweep still run; it ends with a summary
         sys.exit(2)
     return results["test_accuracy_mean"]
 
