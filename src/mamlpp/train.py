@@ -14,6 +14,7 @@ and exits itself; the requeued job resumes from the checkpoint.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import types
 from pathlib import Path
@@ -69,7 +70,40 @@ def _run(dcfg: DictConfig) -> float:
     return results["test_accuracy_mean"]
 
 
+# Launchers that come from a pip extra: the plugin module, and the extra that installs it.
+LAUNCHER_PLUGINS = {
+    "local_parallel": ("hydra_plugins.hydra_joblib_launcher", "sweep"),
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "sweep"),
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "sweep"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "sweep"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "sweep"),
+}
+
+
+def missing_launcher(argv: list[str]) -> str | None:
+    """One line naming the pip extra of a chosen launcher whose plugin is not installed."""
+    for arg in argv:
+        key, _, choice = arg.partition("=")
+        if key.lstrip("+") != "hydra/launcher" or choice not in LAUNCHER_PLUGINS:
+            continue
+        module, extra = LAUNCHER_PLUGINS[choice]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            return (
+                f"hydra/launcher={choice} needs {module.split('.')[1].replace('_', '-')}, "
+                f"which is not installed: pip install 'mamlpp[{extra}]'"
+            )
+    return None
+
+
 def main() -> None:
+    problem = missing_launcher(sys.argv[1:])
+    if problem is not None:
+        print(f"mamlpp: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     _run()
 
 
