@@ -26,9 +26,9 @@ def compose(*overrides: str) -> Config:
     try:
         with initialize_config_dir(conf_dir(), version_base="1.3"):
             dcfg = hydra_compose("config", list(overrides), return_hydra_config=True)
+            run_dir = str(dcfg.hydra.run.dir)  # its name composes the preset: inside Hydra
     except HydraException as exc:
         raise ConfigError(f"compose: {str(exc).splitlines()[0]}") from exc
-    run_dir = str(dcfg.hydra.run.dir)
     with open_dict(dcfg):
         del dcfg["hydra"]
     cfg = to_config(dcfg)

@@ -8,6 +8,7 @@ checks ranges and cross-field constraints and raises a one-line `ConfigError` na
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -173,9 +174,21 @@ class RunConfig:
     dir: str | None = None
 
 
-# Keys that may differ between a checkpoint and the resuming run.
+@dataclass
+class PathsConfig:
+    """Where data and runs live. `conf/config.yaml` reads them from the environment:
+    MAMLPP_ROOT (default: the current directory), or MAMLPP_DATA_DIR / MAMLPP_RUNS_DIR."""
+
+    root: str = "."
+    data_dir: str = "datasets"
+    runs_dir: str = "runs"
+
+
+# Keys that may differ between a checkpoint and the resuming run, and that never name a run
+# directory (mamlpp.naming). The one list of them.
 NEUTRAL_KEYS = (
     "run.",
+    "paths.",
     "debug",
     "progress_bar",
     "device",
@@ -186,6 +199,10 @@ NEUTRAL_KEYS = (
     "eval.batch_size",
     "speed.",
 )
+
+
+def is_neutral(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in NEUTRAL_KEYS)
 
 
 @dataclass
@@ -203,6 +220,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
 
 
 # Config's sections: field annotations are strings (postponed evaluation), so map them here.
@@ -215,6 +233,7 @@ _SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "speed": SpeedConfig,
     "run": RunConfig,
+    "paths": PathsConfig,
 }
 _TOP_KEYS = tuple(f.name for f in fields(Config))
 
@@ -233,8 +252,18 @@ def register_configs() -> None:
     that names run directories. Safe to call more than once."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    if not OmegaConf.has_resolver("or_default"):
-        OmegaConf.register_new_resolver("or_default", lambda value, default: value or default)
+    if not OmegaConf.has_resolver("path_join"):
+        OmegaConf.register_new_resolver(
+            "path_join", lambda *parts: os.path.normpath(os.path.join(*map(str, parts)))
+        )
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver("run_name", _run_name)
+
+
+def _run_name(*, _root_: DictConfig) -> str:
+    from mamlpp.naming import run_name
+
+    return run_name(_root_)
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -382,6 +411,30 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+# The MAML++ features as (switch is on, short name), in the paper's order.
+def _features(a: AlgorithmConfig) -> list[tuple[bool, str]]:
+    return [
+        (a.multi_step_loss, "MSL"),
+        (a.first_order_epochs > 0, "DA"),
+        (a.per_step_bn_stats, "BNRS"),
+        (a.per_step_bn_weights, "BNWB"),
+        (a.learn_inner_lr, "LSLR"),
+        (a.cosine_meta_lr, "CA"),
+    ]
+
+
+def algorithm_label(a: AlgorithmConfig) -> str:
+    """What actually runs, not only the group's name: 'maml+DA+MSL' is MAML whose preset or
+    overrides switched MAML++ features on; 'mamlpp-DA' is MAML++ with annealing off."""
+    if a.name == "mamlpp":
+        off = [name for on, name in _features(a) if not on]
+        label = "mamlpp" + "".join(f"-{n}" for n in off)
+        return label if a.second_order else f"{label}-second_order"
+    on = [name for on, name in _features(a) if on]
+    label = a.name + "".join(f"+{n}" for n in on)
+    return f"{label}+second_order" if a.name == "fomaml" and a.second_order else label
+
+
 def split_sizes_of(dataset: DatasetConfig) -> tuple[int, int, int]:
     """Omniglot characters per split: the configured sizes or the protocol's standard ones."""
     sizes = dataset.split_sizes
@@ -405,9 +458,7 @@ def experiment_keys(cfg: Config) -> dict[str, Any]:
             name = f"{prefix}{key}"
             if isinstance(value, dict):
                 walk(value, name + ".")
-            elif not any(
-                name == k or (k.endswith(".") and name.startswith(k)) for k in NEUTRAL_KEYS
-            ):
+            elif not is_neutral(name):
                 flat[name] = value
 
     walk(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True), "")

@@ -93,6 +93,9 @@ class FewShotDataset:
     # Per-channel mean/std of pixels in [0, 1]; None: pixels stay in [0, 1] (Omniglot).
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    # Content identity of the images (see ImageListing.identity); None for Omniglot, whose
+    # sources are mirrors of one fixed dataset.
+    identity: str | None = None
 
     def check_task_fits(self, ways: int, shots: int, targets: int) -> None:
         """One line naming the split or class that cannot supply an N-way K-shot T-target task."""

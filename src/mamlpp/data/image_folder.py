@@ -78,6 +78,19 @@ class ImageListing:
     def num_images(self) -> int:
         return sum(len(f) for f in self.files)
 
+    def identity(self) -> str:
+        """What the data is, independent of where it lies or when it was copied: class names,
+        file names and sizes (of each file, or of the zip), and the split. Part of a run's
+        experiment keys, so a run never resumes (or reports) on other data."""
+        digest = hashlib.sha1(usedforsecurity=False)
+        digest.update(json.dumps([self.name, self.classes, self.files, self.split_sizes]).encode())
+        if self.kind == "zip":
+            digest.update(str(self.root.stat().st_size).encode())
+        else:
+            for rel in (f for fs in self.files for f in fs):
+                digest.update(f"{rel}\0{(self.root / rel).stat().st_size}\n".encode())
+        return digest.hexdigest()[:16]
+
 
 def is_image(name: str) -> bool:
     base = name.rsplit("/", 1)[-1]

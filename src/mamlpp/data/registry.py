@@ -43,7 +43,9 @@ def load_dataset(cfg: DatasetConfig) -> FewShotDataset:
             splits = fixed_splits(np.arange(num_classes), listing.split_sizes)
         else:
             splits = split_by_ratios(num_classes, tuple(cfg.split_ratios), cfg.split_seed)
-        data = FewShotDataset(cfg.name, images, listing.classes, splits)
+        data = FewShotDataset(
+            cfg.name, images, listing.classes, splits, identity=listing.identity()
+        )
     if cfg.normalization == "imagenet":
         if data.images.channels != 3:
             raise ConfigError(

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from mamlpp.algorithms.factory import build_learner
 from mamlpp.algorithms.meta_learner import MetaLearner
-from mamlpp.config import Config, SpeedConfig, experiment_keys
+from mamlpp.config import Config, SpeedConfig, algorithm_label
 from mamlpp.data.dataset import FewShotDataset
 from mamlpp.data.episodes import EpisodeSampler
 from mamlpp.data.preprocessing import Preprocessing
@@ -53,6 +53,7 @@ from mamlpp.experiment.run_state import (
     config_diffs,
     load_latest_valid,
     move_aside,
+    run_identity,
     save_state,
 )
 from mamlpp.experiment.signals import EXIT_RESUMABLE, SignalFlag, StopRequested
@@ -145,6 +146,7 @@ def config_summary(cfg: Config) -> dict[str, Any]:
         "shots": t.shots,
         "targets": t.targets,
         "algorithm": a.name,
+        "algorithm_variant": algorithm_label(a),
         "second_order": a.second_order,
         "first_order_epochs": a.first_order_epochs,
         "multi_step_loss": a.multi_step_loss,
@@ -183,6 +185,7 @@ class ExperimentBuilder:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.device = resolve_device(cfg.device)
         self._gpu_claim: GpuClaim | None = None
+        self.data_identity: str | None = None
         self.signals = SignalFlag(on_first=_acknowledge)
 
     # ------------------------------------------------------------------ setup
@@ -198,6 +201,7 @@ class ExperimentBuilder:
         data.check_task_fits(t.ways, t.shots, t.targets)
         self.in_channels = data.images.channels
         self.preprocessing = Preprocessing.of(data)
+        self.data_identity = data.identity
         self.sampler = make_sampler(cfg, data, self.device)
         self.total_iterations = cfg.train.epochs * cfg.train.iters_per_epoch
         self.learner = self._new_learner()
@@ -218,6 +222,11 @@ class ExperimentBuilder:
         where = self.run_dir.resolve()
         with run_log(self.run_dir):
             log(f"run directory: {where}")
+            c = self.cfg
+            log(
+                f"experiment {c.experiment_name}: {c.dataset.name} {c.task.ways}-way "
+                f"{c.task.shots}-shot, algorithm {algorithm_label(c.algorithm)}, seed {c.seed}"
+            )
             try:
                 results = self._run_locked()
             except StopRequested as stop:
@@ -270,7 +279,8 @@ class ExperimentBuilder:
             atomic_write_text(results_path, json.dumps(results, indent=2))
             done: dict[str, Any] = {
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "experiment": experiment_keys(self.cfg),  # checked when the run is re-run
+                # Checked when the run is re-run.
+                "experiment": run_identity(self.cfg, self.data_identity),
             }
             atomic_write_text(self.run_dir / DONE_MARKER, json.dumps(done, indent=1))
             show_results(results)
@@ -327,7 +337,7 @@ class ExperimentBuilder:
                 raise MamlppError(f"run.resume=must but {self.ckpt_dir} holds no valid checkpoint")
             if found is not None:
                 state, path = found
-                check_drift(state["experiment"], self.cfg)
+                check_drift(state["experiment"], self.cfg, self.data_identity)
                 load_learner_state(self.learner, state["learner"], path)
                 self.learner.optimizer.load_state_dict(state["optimizer"])
                 set_rng_state(state["rng"])
@@ -355,6 +365,7 @@ class ExperimentBuilder:
             progress,
             rng_state(),
             self.cfg,
+            self.data_identity,
         )
         old_previous, old_latest = self._kept_epochs
         current = {e["epoch"] for e in progress.top_k}

@@ -48,6 +48,7 @@ def save_state(
     progress: TrainingProgress,
     rng: dict,
     cfg: Config,
+    data_identity: str | None = None,
 ) -> None:
     """Write latest.pt atomically, keeping the one before as previous.pt (a corrupt-file fallback).
 
@@ -61,7 +62,7 @@ def save_state(
         "optimizer": optimizer_state,
         "progress": progress.to_dict(),
         "rng": rng,
-        "experiment": experiment_keys(cfg),
+        "experiment": run_identity(cfg, data_identity),
         "config": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
         "saved_at": time.time(),
     }
@@ -119,16 +120,35 @@ def load_latest_valid(ckpt_dir: Path, report: Callable[[str], None]) -> tuple[di
     return None
 
 
-def config_diffs(saved: dict[str, Any], cfg: Config) -> str:
-    """'key: old -> new' for every experiment key that differs ('' when none does)."""
-    current = experiment_keys(cfg)
+DATA_IDENTITY = "dataset.identity"
+
+
+def run_identity(cfg: Config, data_identity: str | None = None) -> dict[str, Any]:
+    """The experiment keys of `cfg` plus, for datasets that have one, what the data is."""
+    keys = experiment_keys(cfg)
+    if data_identity is not None:
+        keys[DATA_IDENTITY] = data_identity
+    return keys
+
+
+def config_diffs(saved: dict[str, Any], cfg: Config, data_identity: str | None = None) -> str:
+    """'key: old -> new' for every experiment key that differs ('' when none does).
+
+    The data identity is compared only when both sides know it: checkpoints written before it
+    existed still resume, and a finished run is reported without loading its data."""
+    current = run_identity(cfg, data_identity)
     keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    return ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys)
+    if DATA_IDENTITY not in saved or DATA_IDENTITY not in current:
+        keys = [k for k in keys if k != DATA_IDENTITY]
+    diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys)
+    if DATA_IDENTITY in keys:
+        diffs += " (the images of dataset.source differ: classes, files or sizes)"
+    return diffs
 
 
-def check_drift(saved: dict[str, Any], cfg: Config) -> None:
+def check_drift(saved: dict[str, Any], cfg: Config, data_identity: str | None = None) -> None:
     """Refuse to resume when experiment keys differ; run.allow_config_change=true accepts."""
-    diffs = config_diffs(saved, cfg)
+    diffs = config_diffs(saved, cfg, data_identity)
     if diffs and not cfg.run.allow_config_change:
         raise ConfigDriftError(
             f"refusing to resume: config differs from the checkpoint in {diffs}; "

@@ -61,7 +61,9 @@ def summarize(runs: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for _, r in runs:
         c = r["config"]
-        groups[(c["dataset"], c["ways"], c["shots"], c["algorithm"])].append(r)
+        # The variant (e.g. maml+DA) says what ran; results without it name only the group.
+        algorithm = c.get("algorithm_variant", c["algorithm"])
+        groups[(c["dataset"], c["ways"], c["shots"], algorithm)].append(r)
     rows = []
     for key in sorted(groups):
         rs = groups[key]

@@ -11,7 +11,7 @@ def format_results(results: dict[str, Any]) -> str:
     best = results.get("best_val_accuracy")
     title = (
         f"{c.get('dataset', '?')} {c.get('ways', '?')}-way {c.get('shots', '?')}-shot, "
-        f"{c.get('algorithm', '?')}, seed {c.get('seed', '?')}: "
+        f"{c.get('algorithm_variant', c.get('algorithm', '?'))}, seed {c.get('seed', '?')}: "
         f"{results['num_test_tasks']} test tasks"
     )
     lines = [
