@@ -51,7 +51,10 @@ def test_multirun_makes_one_directory_per_job_and_rerun_trains_nothing(cli: Cli,
     combos = {(c.seed, c.algorithm.inner_lr) for c in configs}
     assert combos == {(0, 0.1), (0, 0.3), (1, 0.1), (1, 0.3)}
     names = sorted(d.name for d in runs)
-    assert all("seed=" in n and "algorithm.inner_lr=" in n for n in names), names
+    # Named by what differs from the preset: seed=0 and inner_lr=0.1 are smoke's own values.
+    assert sum("seed=1" in n for n in names) == 2, names
+    assert sum("algorithm.inner_lr=0.3" in n for n in names) == 2, names
+    assert not any("seed=0" in n or "algorithm.inner_lr=0.1" in n for n in names), names
     stamps = {d: (d / "checkpoints" / "latest.pt").stat().st_mtime_ns for d in runs}
     again = multirun(cli, *sweep["args"])
     assert again.returncode == 0, again.stderr

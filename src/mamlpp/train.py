@@ -63,8 +63,10 @@ def _run(dcfg: DictConfig) -> float:
         if debug:
             raise
         print(f"mamlpp: error: {err}", file=sys.stderr, flush=True)
-        job = HydraConfig.get().job
-        if record_failure(job.num, job.override_dirname or "base", str(err)):
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN and record_failure(
+            hydra_cfg.job.num, hydra_cfg.job.override_dirname or "base", str(err)
+        ):
             return float("nan")  # the other jobs of the sweep still run; it ends with a summary
         sys.exit(2)
     return results["test_accuracy_mean"]
