@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 # On this CPU machine the pin resolves to a local CPU wheel; on a CUDA box the same pin gives CUDA torch.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
-# Omniglot: datasets/omniglot (download target) unless a local copy sits beside the checkout.
+# Omniglot lives in datasets/omniglot (the download target). A local copy beside the checkout
+# is linked there, so every mamlpp-train command finds it without dataset.source=.
 SHARED_OMNIGLOT := $(abspath ../shared/datasets/omniglot)
-DATA_ARGS := $(if $(wildcard datasets/omniglot/images_background.zip),,$(if $(wildcard $(SHARED_OMNIGLOT)/images_background.zip),dataset.source=$(SHARED_OMNIGLOT)))
 ARGS ?=
 
-.PHONY: install train smoke test lint bench clean-runs
+.PHONY: install data train smoke test lint bench clean-runs
 
 install: $(STAMP)
 
@@ -21,11 +21,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-train: install
-	$(BIN)/mamlpp-train experiment=quick $(DATA_ARGS) $(ARGS)
+data:
+	@for zip in images_background.zip images_evaluation.zip; do \
+	  if [ ! -e datasets/omniglot/$$zip ] && [ -f $(SHARED_OMNIGLOT)/$$zip ]; then \
+	    mkdir -p datasets/omniglot && ln -s $(SHARED_OMNIGLOT)/$$zip datasets/omniglot/$$zip; \
+	    echo "linked datasets/omniglot/$$zip -> $(SHARED_OMNIGLOT)/$$zip"; \
+	  fi; \
+	done
 
-smoke: install
-	$(BIN)/mamlpp-train experiment=smoke $(DATA_ARGS) $(ARGS)
+train: install data
+	$(BIN)/mamlpp-train experiment=quick $(ARGS)
+
+smoke: install data
+	$(BIN)/mamlpp-train experiment=smoke $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)
