@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import mamlpp
-from conftest import Cli, read_scalars
+from conftest import TINY_ARGS, Cli, read_scalars
 from mamlpp.config import algorithm_label
 from mamlpp.train import EXIT_ABORTED, missing_launcher
 
@@ -206,13 +206,16 @@ def test_readme_image_folder_command_does_not_diverge(cli: Cli, tmp_path: Path) 
 
 
 def test_one_bad_job_does_not_stop_a_sweep(cli: Cli, tmp_path: Path) -> None:
-    done = cli.run("-m", "task.ways=2000,5", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    args = ("-m", *TINY_ARGS, *cli.data_args, "task.ways=2000,5", f"hydra.sweep.dir={tmp_path}")
+    done = cli.run(*args, cwd=tmp_path, tiny=False)
     assert done.returncode == 2, done.stderr
     assert "sweep finished with 1 failed job(s):" in done.stderr
     assert "#0 " in done.stderr and "'task.ways' = 2000" in done.stderr
     finished = [p.parent.name for p in tmp_path.rglob("results.json")]
     assert len(finished) == 1  # the 5-way job ran to the end after the 2000-way one failed
     assert not list(tmp_path.glob(".failed-jobs-*"))  # the records are cleaned up
+    # Jobs' lines carry their number and run name, so parallel jobs' logs can be told apart.
+    assert any(line.startswith("[mamlpp #1 ") for line in done.stderr.splitlines())
 
 
 def test_missing_launcher_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -296,10 +299,27 @@ def test_paths_root_puts_data_and_runs_in_one_place(
     for name in ("images_background.zip", "images_evaluation.zip"):
         os.symlink(omniglot_source_dir / name, root / "datasets" / "omniglot" / name)
     env = {**os.environ, "MAMLPP_ROOT": str(root)}
-    cmd = [sys.executable, "-m", "mamlpp.train", "experiment=smoke", "progress_bar=false"]
+    cmd = [sys.executable, "-m", "mamlpp.train", "experiment=smoke"]  # progress_bar on
     done = subprocess.run(cmd, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (root / "runs" / "smoke" / "base" / "results.json").exists()
     assert any((root / "datasets" / "omniglot" / "cache").glob("*.npy"))
     assert list(elsewhere.iterdir()) == []
     assert f"run directory: {root / 'runs' / 'smoke' / 'base'}" in done.stderr
+    assert "\r" not in done.stderr  # no progress bar into a pipe: log lines stay whole lines
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_line(
+    cli: Cli, reference_run: dict, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run["dir"], run_dir)
+    for name in ("done", "results.json"):  # unfinished: the next command resumes
+        (run_dir / name).unlink()
+    args = (f"hydra.run.dir={run_dir}", "model.filters=8", "run.allow_config_change=true")
+    done = cli.run(*args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    [line] = error_lines(done.stderr)
+    assert "does not fit the model its config describes" in line
+    assert "net.convs.0.weight is (64, 1, 3, 3), the model needs (8, 1, 3, 3)" in line
