@@ -27,6 +27,7 @@ from conftest import REPO_ROOT, TINY_ARGS, Cli, read_metric_rows, result_accurac
 from mamlpp.data.preprocessing import Preprocessing, convert_channels
 from mamlpp.evaluate import main as eval_main
 from mamlpp.experiment.members import MEMBER_FORMAT
+from mamlpp.reports.report import find_runs, summarize
 from mamlpp.reports.results_table import format_results
 
 pytestmark = pytest.mark.slow
@@ -118,6 +119,9 @@ def test_eval_reproduces_the_runs_test_exactly(run_copy: Path) -> None:
     assert format_results(results) in done.stdout  # the same table as training printed
     after = hashes(run_copy)
     assert {k: v for k, v in after.items() if not k.startswith("eval/")} == before
+    # mamlpp-report counts the run once: its eval/ results are not runs of their own.
+    [row] = summarize(find_runs([run_copy.parent]))
+    assert row["seeds"] == 1 and row["experiment"] == "smoke"
 
 
 def test_eval_overrides(run_copy: Path) -> None:

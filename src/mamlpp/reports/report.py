@@ -1,6 +1,7 @@
 """`mamlpp-report DIR... [--out DIR]`: one table and a few plots from every run under DIR.
 
-Rows are (dataset, ways, shots, algorithm); over the seeds of a row the table gives the mean
+Rows are (experiment, dataset, ways, shots, algorithm variant); over the seeds of a row the
+table gives the mean
 test accuracy +- std, the mean 95% CI over tasks, the number of seeds, the best validation
 accuracy and training hours, with the published number beside ours where one exists.
 """
@@ -32,6 +33,7 @@ PAPER = {
     ("miniimagenet", 5, 5, "mamlpp"): "68.32 +- 0.44",
 }
 COLUMNS = (
+    "experiment",
     "dataset",
     "ways",
     "shots",
@@ -50,6 +52,8 @@ def find_runs(dirs: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
     runs = []
     for d in dirs:
         for path in sorted(d.rglob("results.json")):
+            if path.parent.parent.name == "eval":
+                continue  # mamlpp-eval's re-evaluations (<run>/eval/<name>/) are not runs
             try:
                 runs.append((path.parent, json.loads(path.read_text())))
             except (OSError, json.JSONDecodeError) as exc:
@@ -63,21 +67,22 @@ def summarize(runs: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
         c = r["config"]
         # The variant (e.g. maml+DA) says what ran; results without it name only the group.
         algorithm = c.get("algorithm_variant", c["algorithm"])
-        groups[(c["dataset"], c["ways"], c["shots"], algorithm)].append(r)
+        experiment = c.get("experiment", "?")
+        groups[(experiment, c["dataset"], c["ways"], c["shots"], algorithm)].append(r)
     rows = []
     for key in sorted(groups):
         rs = groups[key]
         accs = [100 * r["test_accuracy_mean"] for r in rs]
         rows.append(
             dict(
-                zip(COLUMNS[:4], key),
+                zip(COLUMNS[:5], key),
                 seeds=len(rs),
                 test_acc_mean=statistics.fmean(accs),
                 test_acc_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
                 ci95_mean=statistics.fmean(100 * r["test_accuracy_ci95"] for r in rs),
                 best_val_acc=statistics.fmean(100 * r["best_val_accuracy"] for r in rs),
                 train_hours=statistics.fmean(r.get("train_seconds", 0.0) for r in rs) / 3600,
-                paper=PAPER.get(key, ""),
+                paper=PAPER.get(key[1:], ""),
             )
         )
     return rows
@@ -91,15 +96,16 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
         w.writeheader()
         w.writerows(rows)
     lines = [
-        "| dataset | way | shot | algorithm | test acc % (mean +- std over seeds) | 95% CI (mean) "
-        "| seeds | best val % | train h | paper % |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| experiment | dataset | way | shot | algorithm | test acc % (mean +- std over seeds) "
+        "| 95% CI (mean) | seeds | best val % | train h | paper % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         # One seed has no spread across seeds: say so instead of printing +- 0.00.
         spread = f"+- {r['test_acc_std']:.2f}" if r["seeds"] > 1 else "(1 seed)"
         lines.append(
-            f"| {r['dataset']} | {r['ways']} | {r['shots']} | {r['algorithm']} | "
+            f"| {r['experiment']} | {r['dataset']} | {r['ways']} | {r['shots']} "
+            f"| {r['algorithm']} | "
             f"{r['test_acc_mean']:.2f} {spread} | {r['ci95_mean']:.2f} | "
             f"{r['seeds']} | {r['best_val_acc']:.2f} | {r['train_hours']:.2f} | {r['paper']} |"
         )
