@@ -323,3 +323,16 @@ def test_a_checkpoint_that_does_not_fit_is_one_line(
     [line] = error_lines(done.stderr)
     assert "does not fit the model its config describes" in line
     assert "net.convs.0.weight is (64, 1, 3, 3), the model needs (8, 1, 3, 3)" in line
+
+
+def test_the_entry_point_returns_validation_unless_asked_for_test() -> None:
+    """What mamlpp-train returns is a sweeper's objective: never the test set by default."""
+    from mamlpp.config import objective
+
+    results = {"best_val_accuracy": 0.61, "test_accuracy_mean": 0.72}
+    cfg = mamlpp.compose("experiment=smoke")
+    assert cfg.optimized_metric == "val/best_acc"
+    assert objective(results, cfg.optimized_metric) == 0.61
+    asked = mamlpp.compose("experiment=smoke", "optimized_metric=test/acc")
+    assert objective(results, asked.optimized_metric) == 0.72
+    assert asked.run.dir == cfg.run.dir  # the objective does not change the experiment

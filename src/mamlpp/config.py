@@ -193,6 +193,7 @@ NEUTRAL_KEYS = (
     "progress_bar",
     "device",
     "experiment_name",
+    "optimized_metric",
     "dataset.source",
     "dataset.data_dir",
     "train.impl",
@@ -205,9 +206,16 @@ def is_neutral(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in NEUTRAL_KEYS)
 
 
+# What the entry point returns to a Hydra sweeper: a name -> the results.json field. The test
+# accuracy is there only for a sweep that asks for it by name.
+OPTIMIZED_METRICS = {"val/best_acc": "best_val_accuracy", "test/acc": "test_accuracy_mean"}
+
+
 @dataclass
 class Config:
     experiment_name: str = "default"
+    # The value mamlpp-train returns (the objective of a sweeper such as Optuna).
+    optimized_metric: str = "val/best_acc"
     seed: int = 0
     device: str = "auto"
     debug: bool = False
@@ -279,6 +287,12 @@ def validate(cfg: Config) -> Config:
         "device",
         cfg.device,
         f"one of {DEVICES} or cuda:<index>",
+    )
+    _check(
+        cfg.optimized_metric in OPTIMIZED_METRICS,
+        "optimized_metric",
+        cfg.optimized_metric,
+        f"one of {tuple(OPTIMIZED_METRICS)}",
     )
     _check(d.name in DATASETS, "dataset.name", d.name, f"one of {DATASETS}")
     _check(d.protocol in PROTOCOLS, "dataset.protocol", d.protocol, f"one of {PROTOCOLS}")
@@ -475,6 +489,11 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
             known = {f.name for f in fields(_SECTIONS[key])}
             found += [f"{key}.{k}" for k in cfg[key] if k not in known]
     return found
+
+
+def objective(results: dict[str, Any], metric: str) -> float:
+    """The `optimized_metric` of a run's results (what a sweeper optimises)."""
+    return float(results[OPTIMIZED_METRICS[metric]])
 
 
 def all_keys() -> list[str]:

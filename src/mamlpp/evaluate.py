@@ -292,10 +292,9 @@ def _print_predictions(summary: dict[str, Any], rows: list[dict[str, Any]]) -> N
 
 def run(args: argparse.Namespace) -> Path:
     """Evaluate as `args` say; return the output folder."""
-    trained = open_trained(args.target, "top-k")
+    members = [o.partition("=")[2] for o in args.overrides if o.startswith("members=")]
+    trained = open_trained(args.target, members[-1] if members else "top-k")
     cfg, own = eval_config(trained.config, args.overrides)
-    if own["members"] != "top-k":
-        trained = open_trained(args.target, own["members"])
     device = resolve_device(cfg.device)
     configure_device(device, cfg.speed)
     torch.manual_seed(cfg.seed)  # the members' fresh init is overwritten; keep it reproducible

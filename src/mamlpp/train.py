@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mamlpp.config import conf_dir, register_configs, to_config
+from mamlpp.config import conf_dir, objective, register_configs, to_config
 from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.experiment.console import setup_console
 from mamlpp.experiment.signals import EXIT_RESUMABLE, StopRequested, pass_on
@@ -69,7 +69,7 @@ def _run(dcfg: DictConfig) -> float:
         ):
             return float("nan")  # the other jobs of the sweep still run; it ends with a summary
         sys.exit(2)
-    return results["test_accuracy_mean"]
+    return objective(results, cfg.optimized_metric)  # validation, unless a sweep asks for test
 
 
 # Launchers that come from a pip extra: the plugin module, and the extra that installs it.
