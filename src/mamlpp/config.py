@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mamlpp.errors import ConfigError
 
-ALGORITHMS = ("maml", "fomaml", "mamlpp")
+ALGORITHMS = ("maml", "fomaml", "mamlpp", "anil", "boil", "metasgd")
+ADAPT_MODES = ("all", "head", "body")  # mamlpp.algorithms.adaptation reads them
 PROTOCOLS = ("mamlpp", "maml")
 DEVICES = ("auto", "cpu", "cuda")
 IMPLS = ("auto", "batched", "loop")
@@ -102,6 +103,11 @@ class AlgorithmConfig:
     use_running_stats_eval: bool = False
     # Adapt batch-norm affine parameters in the inner loop as well (off in MAML++'s code).
     inner_adapt_bn: bool = False
+    # Which weights the inner loop adapts: all | head (ANIL) | body (BOIL).
+    adapt: str = "all"
+    # Meta-SGD: a learned inner learning rate per parameter element (shared by the steps),
+    # initialised to inner_lr; replaces LSLR's per-layer per-step rates.
+    per_element_lr: bool = False
     meta_lr: float = 0.001
     cosine_meta_lr: bool = False
     min_meta_lr: float = 0.00001
@@ -358,6 +364,21 @@ def validate(cfg: Config) -> Config:
     _check(0 < m.bn_momentum <= 1, "model.bn_momentum", m.bn_momentum, "in (0, 1]")
     _check(d.image_size >> m.stages >= 1, "model.stages", m.stages, "at most log2(image_size)")
     _check(a.name in ALGORITHMS, "algorithm.name", a.name, f"one of {ALGORITHMS}")
+    _check(a.adapt in ADAPT_MODES, "algorithm.adapt", a.adapt, f"one of {ADAPT_MODES}")
+    _check(
+        not (a.per_element_lr and a.learn_inner_lr),
+        "algorithm.per_element_lr",
+        True,
+        "false with algorithm.learn_inner_lr=true (Meta-SGD's per-element rates replace LSLR's "
+        "per-layer ones: choose one)",
+    )
+    _check(
+        not (a.adapt == "head" and a.inner_adapt_bn),
+        "algorithm.inner_adapt_bn",
+        True,
+        "false with algorithm.adapt=head (batch norm is part of the body, which ANIL keeps "
+        "fixed in the inner loop)",
+    )
     _check(a.inner_steps >= 1, "algorithm.inner_steps", a.inner_steps, ">= 1")
     _check(a.inner_steps_eval >= 1, "algorithm.inner_steps_eval", a.inner_steps_eval, ">= 1")
     _check(a.inner_lr > 0, "algorithm.inner_lr", a.inner_lr, "> 0")
@@ -437,9 +458,21 @@ def _features(a: AlgorithmConfig) -> list[tuple[bool, str]]:
     ]
 
 
+# What each named algorithm is, beyond MAML: (adapt, per_element_lr).
+_DEFINITIONS = {"anil": ("head", False), "boil": ("body", False), "metasgd": ("all", True)}
+
+
 def algorithm_label(a: AlgorithmConfig) -> str:
     """What actually runs, not only the group's name: 'maml+DA+MSL' is MAML whose preset or
     overrides switched MAML++ features on; 'mamlpp-DA' is MAML++ with annealing off."""
+    adapt, per_element = _DEFINITIONS.get(a.name, ("all", False))
+    extra = [f"adapt={a.adapt}"] if a.adapt != adapt else []
+    extra += [f"per_element_lr={a.per_element_lr}"] if a.per_element_lr != per_element else []
+    base = _feature_label(a)
+    return base + "".join(f"+{e}" for e in extra)
+
+
+def _feature_label(a: AlgorithmConfig) -> str:
     if a.name == "mamlpp":
         off = [name for on, name in _features(a) if not on]
         label = "mamlpp" + "".join(f"-{n}" for n in off)

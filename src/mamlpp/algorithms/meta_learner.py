@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from mamlpp.algorithms.adaptation import adapts
 from mamlpp.algorithms.cuda_graph import GraphedMetaStep
 from mamlpp.algorithms.inner_lr import InnerLearningRates
 from mamlpp.algorithms.schedules import (
@@ -113,13 +114,19 @@ class MetaLearner(nn.Module):
             bn_momentum=model.bn_momentum,
             channels_last=speed.channels_last,
         )
-        self.adapted_names = [
-            n
-            for n, _ in self.net.named_parameters()
-            if algorithm.inner_adapt_bn or not n.startswith("norms.")
+        params = dict(self.net.named_parameters())
+        # Weights the network takes per task (batch-norm affine ones only with inner_adapt_bn),
+        # and the ones among them the inner loop changes (algorithm.adapt: ANIL, BOIL).
+        self.fast_names = [
+            n for n in params if algorithm.inner_adapt_bn or not n.startswith("norms.")
         ]
+        self.adapted_names = [n for n in self.fast_names if adapts(algorithm.adapt, n)]
         self.inner_lrs = InnerLearningRates(
-            self.adapted_names, steps, algorithm.inner_lr, algorithm.learn_inner_lr
+            {n: params[n].shape for n in self.adapted_names},
+            steps,
+            algorithm.inner_lr,
+            algorithm.learn_inner_lr or algorithm.per_element_lr,
+            per_element=algorithm.per_element_lr,
         )
         self.optimizer = torch.optim.Adam(
             [p for p in self.parameters() if p.requires_grad], lr=algorithm.meta_lr
@@ -133,14 +140,19 @@ class MetaLearner(nn.Module):
 
     # ----------------------------------------------------------------- inner loop
     def _initial_fast_weights(self, b: int, track_graph: bool) -> dict[str, Tensor]:
+        """Per-task copies [B, *shape] of the weights the network takes. Weights the inner loop
+        does not adapt stay views of the meta-parameters (with their graph in training)."""
         params = dict(self.net.named_parameters())
+        adapted = set(self.adapted_names)
         fast = {}
-        for n in self.adapted_names:
+        for n in self.fast_names:
             p = params[n]
             if track_graph:
                 fast[n] = p.unsqueeze(0).expand(b, *p.shape)
-            else:
+            elif n in adapted:
                 fast[n] = p.detach().unsqueeze(0).repeat(b, *([1] * p.dim())).requires_grad_()
+            else:
+                fast[n] = p.detach().unsqueeze(0).expand(b, *p.shape)
         return fast
 
     def adapt_and_predict(
@@ -192,11 +204,17 @@ class MetaLearner(nn.Module):
                 logits_s = self.net(batch.xs, fast, step, use_running, sink)
             support_loss = task_losses(_widen(logits_s), batch.ys).sum()
             grads = torch.autograd.grad(
-                support_loss, list(fast.values()), create_graph=training and second_order
+                support_loss,
+                [fast[n] for n in self.adapted_names],
+                create_graph=training and second_order,
             )
-        fast = {n: w - self._rate(n, step, training) * g for (n, w), g in zip(fast.items(), grads)}
+        new = {
+            n: fast[n] - self._rate(n, step, training) * g
+            for n, g in zip(self.adapted_names, grads)
+        }
         if not training:
-            fast = {n: w.detach().requires_grad_() for n, w in fast.items()}
+            new = {n: w.detach().requires_grad_() for n, w in new.items()}
+        fast = {n: new.get(n, w) for n, w in fast.items()}
         if not want_target:
             return fast, None, None
         with torch.set_grad_enabled(training):
