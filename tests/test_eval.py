@@ -27,8 +27,8 @@ from conftest import REPO_ROOT, TINY_ARGS, Cli, read_metric_rows, result_accurac
 from mamlpp.data.preprocessing import Preprocessing, convert_channels
 from mamlpp.evaluate import main as eval_main
 from mamlpp.experiment.members import MEMBER_FORMAT
+from mamlpp.experiment.results_table import format_results
 from mamlpp.reports.report import find_runs, summarize
-from mamlpp.reports.results_table import format_results
 
 pytestmark = pytest.mark.slow
 

@@ -27,8 +27,8 @@ from conftest import (
     read_scalars,
     result_accuracies,
 )
+from mamlpp.experiment.results_table import format_results
 from mamlpp.experiment.signals import EXIT_RESUMABLE
-from mamlpp.reports.results_table import format_results
 
 pytestmark = pytest.mark.slow
 

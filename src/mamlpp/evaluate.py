@@ -41,9 +41,9 @@ from mamlpp.experiment.builder import (
 from mamlpp.experiment.checkpoints import atomic_write_text
 from mamlpp.experiment.console import log
 from mamlpp.experiment.evaluation import evaluate_ensemble
+from mamlpp.experiment.results_table import format_results
 from mamlpp.experiment.trained import TrainedRun, open_trained
 from mamlpp.inference import TrainedModel, build_members, config_of, preprocessing_of
-from mamlpp.reports.results_table import format_results
 
 # Keys an evaluation may change; everything else defines the trained model.
 EVAL_KEYS = (

@@ -25,7 +25,8 @@ from mamlpp.errors import ConfigError
 from mamlpp.nn.layers import BatchStats, apply_batch_stats
 
 if TYPE_CHECKING:
-    from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
+    from mamlpp.algorithms.meta_learner import MetaLearner
+    from mamlpp.tasks import EpisodeBatch
 
 WARMUP_STEPS = 3
 

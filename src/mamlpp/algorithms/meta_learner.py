@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -29,25 +28,9 @@ from mamlpp.algorithms.schedules import (
 from mamlpp.config import AlgorithmConfig, ModelConfig, SpeedConfig
 from mamlpp.nn.conv4 import Conv4
 from mamlpp.nn.layers import BatchStats, apply_batch_stats
+from mamlpp.tasks import EpisodeBatch, task_accuracies, task_losses
 
-
-@dataclass
-class EpisodeBatch:
-    """B tasks: support [B, N*K, C, H, W] / [B, N*K] and targets [B, N*T, C, H, W] / [B, N*T]."""
-
-    xs: Tensor
-    ys: Tensor
-    xt: Tensor
-    yt: Tensor
-
-    def __len__(self) -> int:
-        return self.xs.shape[0]
-
-    def to(self, device: torch.device) -> EpisodeBatch:
-        return EpisodeBatch(*(t.to(device, non_blocking=True) for t in vars(self).values()))
-
-    def select(self, index: slice) -> EpisodeBatch:
-        return EpisodeBatch(*(t[index] for t in vars(self).values()))
+__all__ = ["EpisodeBatch", "MetaLearner", "StepResult", "task_accuracies", "task_losses"]
 
 
 @dataclass
@@ -59,23 +42,9 @@ class StepResult:
     meta_lr: float
 
 
-def task_losses(logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy averaged within each task: logits [B, M, N], labels [B, M] -> [B]."""
-    b, m, n = logits.shape
-    return (
-        F.cross_entropy(logits.reshape(b * m, n), labels.reshape(-1), reduction="none")
-        .view(b, m)
-        .mean(1)
-    )
-
-
 def _widen(logits: Tensor) -> Tensor:
     """Losses of autocast (bf16) logits are computed in fp32; other dtypes pass unchanged."""
     return logits.float() if logits.dtype == torch.bfloat16 else logits
-
-
-def task_accuracies(logits: Tensor, labels: Tensor) -> Tensor:
-    return (logits.argmax(-1) == labels).float().mean(1)
 
 
 class MetaLearner(nn.Module):

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mamlpp.algorithms.meta_learner import EpisodeBatch
 from mamlpp.data.dataset import ClassImages
 from mamlpp.data.splits import RANDOM_ROTATION, SPLITS, SplitClasses
+from mamlpp.tasks import EpisodeBatch
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from mamlpp.experiment.gpu_claim import GpuClaim, claim_free_gpu, cuda_ids
 from mamlpp.experiment.lock import RunLock
 from mamlpp.experiment.members import load_learner_state, member_state
 from mamlpp.experiment.metrics import open_tensorboard, write_metrics_csv
+from mamlpp.experiment.results_table import format_results
 from mamlpp.experiment.run_state import (
     ConfigDriftError,
     TrainingProgress,
@@ -58,7 +59,6 @@ from mamlpp.experiment.run_state import (
 )
 from mamlpp.experiment.signals import EXIT_RESUMABLE, SignalFlag, StopRequested
 from mamlpp.experiment.topk import member_file, update_top_k
-from mamlpp.reports.results_table import format_results
 
 DONE_MARKER = "done"
 

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mamlpp.algorithms.meta_learner import MetaLearner, task_accuracies, task_losses
+from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.data.episodes import EpisodeSampler
+from mamlpp.tasks import task_accuracies, task_losses
 
 
 @dataclass
