@@ -47,7 +47,8 @@ def test_miniimagenet_presets_follow_the_papers(ways_shots: str) -> None:
 
 
 def test_tiny_imagenet_presets_share_one_budget() -> None:
-    cfgs = {a: load(f"tiny_imagenet_5w1s_{a}")[0] for a in ("mamlpp", "fomaml", "maml")}
+    algorithms = ("mamlpp", "fomaml", "maml", "anil", "boil", "metasgd")
+    cfgs = {a: load(f"tiny_imagenet_5w1s_{a}")[0] for a in algorithms}
     budgets = {
         (c.train.epochs, c.train.iters_per_epoch, c.train.meta_batch_size, c.task.targets)
         for c in cfgs.values()
@@ -56,6 +57,9 @@ def test_tiny_imagenet_presets_share_one_budget() -> None:
     assert cfgs["fomaml"].algorithm.second_order is False
     assert cfgs["maml"].algorithm.second_order and not cfgs["maml"].algorithm.multi_step_loss
     assert cfgs["mamlpp"].algorithm.learn_inner_lr
+    assert (cfgs["anil"].algorithm.adapt, cfgs["boil"].algorithm.adapt) == ("head", "body")
+    assert cfgs["metasgd"].algorithm.per_element_lr
+    assert {c.algorithm.inner_lr for a, c in cfgs.items() if a != "mamlpp"} == {0.01}
 
 
 def test_image_folder_needs_a_source() -> None:
