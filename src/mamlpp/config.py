@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mamlpp.errors import ConfigError
 
+MODELS = ("conv4", "resnet12")
 ALGORITHMS = ("maml", "fomaml", "mamlpp", "anil", "boil", "metasgd")
 ADAPT_MODES = ("all", "head", "body")  # mamlpp.algorithms.adaptation reads them
 PROTOCOLS = ("mamlpp", "maml")
@@ -74,6 +75,9 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
+    """conv4 reads filters/stages/norm/pooling/activation; resnet12 reads channels."""
+
+    # conv4 | resnet12
     name: str = "conv4"
     filters: int = 64
     stages: int = 4
@@ -81,6 +85,8 @@ class ModelConfig:
     pooling: str = "max"
     activation: str = "leaky_relu"
     bn_momentum: float = 0.1
+    # (resnet12) widths of the four residual blocks.
+    channels: list[int] = field(default_factory=lambda: [64, 160, 320, 640])
 
 
 @dataclass
@@ -353,7 +359,25 @@ def validate(cfg: Config) -> Config:
             _check(
                 t.ways <= n, "task.ways", t.ways, f"at most {n}, the classes in the {split} split"
             )
-    _check(m.name == "conv4", "model.name", m.name, "'conv4'")
+    _check(m.name in MODELS, "model.name", m.name, f"one of {MODELS}")
+    _check(
+        len(m.channels) >= 1 and all(c >= 1 for c in m.channels),
+        "model.channels",
+        m.channels,
+        "a list of positive block widths",
+    )
+    _check(
+        m.name != "resnet12" or d.image_size >> len(m.channels) >= 1,
+        "model.channels",
+        m.channels,
+        f"at most log2(image_size) = {d.image_size.bit_length() - 1} blocks (each halves it)",
+    )
+    _check(
+        m.name != "resnet12" or m.norm == "batch_norm",
+        "model.norm",
+        m.norm,
+        "batch_norm with model=resnet12",
+    )
     _check(m.filters >= 1, "model.filters", m.filters, ">= 1")
     _check(1 <= m.stages <= 8, "model.stages", m.stages, "1..8")
     _check(m.norm in ("batch_norm", "none"), "model.norm", m.norm, "'batch_norm' or 'none'")

@@ -26,7 +26,7 @@ from mamlpp.algorithms.schedules import (
     use_second_order,
 )
 from mamlpp.config import AlgorithmConfig, ModelConfig, SpeedConfig
-from mamlpp.nn.conv4 import Conv4
+from mamlpp.nn.backbones import build_backbone, norm_parameter_names
 from mamlpp.nn.layers import BatchStats, apply_batch_stats
 from mamlpp.tasks import EpisodeBatch, task_accuracies, task_losses
 
@@ -69,26 +69,20 @@ class MetaLearner(nn.Module):
         self.graphed_step: GraphedMetaStep | None = None
         self.total_iterations = total_iterations
         steps = algorithm.inner_steps
-        self.net = Conv4(
+        self.net = build_backbone(
+            model,
             in_channels,
             image_size,
             ways,
-            filters=model.filters,
-            stages=model.stages,
-            norm=model.norm,
-            pooling=model.pooling,
-            activation=model.activation,
             bn_weight_steps=steps if algorithm.per_step_bn_weights else 1,
             bn_stat_steps=steps if algorithm.per_step_bn_stats else 1,
-            bn_momentum=model.bn_momentum,
             channels_last=speed.channels_last,
         )
         params = dict(self.net.named_parameters())
         # Weights the network takes per task (batch-norm affine ones only with inner_adapt_bn),
         # and the ones among them the inner loop changes (algorithm.adapt: ANIL, BOIL).
-        self.fast_names = [
-            n for n in params if algorithm.inner_adapt_bn or not n.startswith("norms.")
-        ]
+        norms = norm_parameter_names(self.net)
+        self.fast_names = [n for n in params if algorithm.inner_adapt_bn or n not in norms]
         self.adapted_names = [n for n in self.fast_names if adapts(algorithm.adapt, n)]
         self.inner_lrs = InnerLearningRates(
             {n: params[n].shape for n in self.adapted_names},

@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mamlpp.nn.layers import BatchStats, MetaBatchNorm2d, MetaConv2d, MetaLinear, to_grouped
+from mamlpp.nn.layers import (
+    BatchStats,
+    MetaBatchNorm2d,
+    MetaConv2d,
+    MetaLinear,
+    meta_batch_norm,
+    to_grouped,
+)
 
 
 class Conv4(nn.Module):
@@ -65,13 +72,9 @@ class Conv4(nn.Module):
         for i, conv in enumerate(self.convs):
             h = conv(h, params[f"convs.{i}.weight"], params[f"convs.{i}.bias"])
             if self.norms:
-                bn = self.norms[i]
-                slot = bn.weight_slot(step)
-                w = params.get(f"norms.{i}.weight")
-                bias = params.get(f"norms.{i}.bias")
-                w = bn.weight[slot] if w is None else w[:, slot]
-                bias = bn.bias[slot] if bias is None else bias[:, slot]
-                h = bn(h, w, bias, step, use_running_stats, sink)
+                h = meta_batch_norm(
+                    self.norms[i], f"norms.{i}", h, params, step, use_running_stats, sink
+                )
             h = F.leaky_relu(h) if self.activation == "leaky_relu" else F.relu(h)
             if self.pooling == "max":
                 h = F.max_pool2d(h, 2)

@@ -22,19 +22,23 @@ def to_grouped(x: Tensor) -> Tensor:
 
 
 class MetaConv2d(nn.Module):
-    """3x3 convolution (padding 1) taking per-task weights [B, O, I, k, k] and biases [B, O]."""
+    """k x k convolution (padding k // 2; 3x3 by default) taking per-task weights
+    [B, O, I, k, k] and biases [B, O]."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, kernel_size: int = 3
+    ) -> None:
         super().__init__()
         self.stride = stride
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         nn.init.xavier_uniform_(self.weight)
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         b = weight.shape[0]
         w = weight.reshape(b * weight.shape[1], *weight.shape[2:])
-        return F.conv2d(x, w, bias.reshape(-1), stride=self.stride, padding=1, groups=b)
+        return F.conv2d(x, w, bias.reshape(-1), stride=self.stride, padding=self.padding, groups=b)
 
 
 class MetaLinear(nn.Module):
@@ -122,6 +126,24 @@ class MetaBatchNorm2d(nn.Module):
         keep = (1 - m) ** n
         self.running_mean[slot] = keep * self.running_mean[slot] + (coef * means).sum(0)
         self.running_var[slot] = keep * self.running_var[slot] + (coef * vars_).sum(0)
+
+
+def meta_batch_norm(
+    bn: MetaBatchNorm2d,
+    name: str,
+    h: Tensor,
+    params: dict[str, Tensor],
+    step: int,
+    use_running: bool,
+    sink: list[BatchStats] | None,
+) -> Tensor:
+    """`bn` (registered as `name`) on h, with its affine weights from `params` when the inner
+    loop adapts them (per task, [B, steps, C]) or else its own (shared, [steps, C])."""
+    slot = bn.weight_slot(step)
+    w, bias = params.get(f"{name}.weight"), params.get(f"{name}.bias")
+    w = bn.weight[slot] if w is None else w[:, slot]
+    bias = bn.bias[slot] if bias is None else bias[:, slot]
+    return bn(h, w, bias, step, use_running, sink)
 
 
 def apply_batch_stats(entries: list[BatchStats]) -> None:
