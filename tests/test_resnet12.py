@@ -99,3 +99,36 @@ def test_resnet12_config_checks() -> None:
         validate(Config(model=ModelConfig(name="resnet12"), dataset=DatasetConfig(image_size=8)))
     with pytest.raises(ConfigError, match="model.name"):
         validate(Config(model=ModelConfig(name="resnet18")))
+
+
+@pytest.mark.slow
+def test_smoke_sized_tiny_imagenet_run(cli, tmp_path) -> None:
+    """The whole pipeline with ResNet-12 on real Tiny-ImageNet JPEGs (narrow blocks, a few
+    iterations: a CI-sized check, not a result)."""
+    import json
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "tiny-imagenet-subset"
+    args = (
+        "experiment=tiny_imagenet_5w1s_maml",
+        "model=resnet12",
+        "model.channels=[8,16,16,32]",
+        f"dataset.source={source}",
+        f"dataset.data_dir={tmp_path / 'data'}",
+        "task.targets=3",
+        "train.epochs=2",
+        "train.iters_per_epoch=3",
+        "eval.val_tasks=4",
+        "eval.test_tasks=8",
+        "eval.top_k=1",
+        "progress_bar=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    done = cli.run(*args, cwd=tmp_path, tiny=False)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["num_test_tasks"] == 8 and 0 <= results["test_accuracy_mean"] <= 1
+    state = torch.load(
+        tmp_path / "run" / "checkpoints" / "latest.pt", map_location="cpu", weights_only=True
+    )
+    assert "net.blocks.3.shortcut.weight" in state["learner"]
