@@ -83,3 +83,18 @@ def test_device_values(device: str, ok: bool) -> None:
     else:
         with pytest.raises(ConfigError, match="cuda:<index>"):
             validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (("dataset=miniimagenet", "dataset.protocol=maml"), "dataset.protocol"),
+        (("dataset=tiny_imagenet", "dataset.split_ratios=[0.5,0.25,0.25]"), "dataset.split_ratios"),
+        (("dataset=omniglot", "dataset.layout=presplit"), "dataset.layout"),
+        (("model=resnet12", "model.filters=32"), "model.filters"),
+        (("model=conv4", "model.channels=[8,8]"), "model.channels"),
+    ],
+)
+def test_a_key_the_component_does_not_read_is_an_error(overrides: tuple, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"'{key}'.*does not read it"):
+        load(None, *overrides)

@@ -291,6 +291,45 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"config key '{key}' = {value!r} is invalid: allowed {allowed}")
 
 
+# The keys each dataset loader and backbone reads, beyond `name`: a key another one reads,
+# set away from its default, would be silently ignored, so validate() refuses it.
+_DATASET_COMMON = (
+    "source",
+    "data_dir",
+    "image_size",
+    "normalization",
+    "augment_crop_padding",
+    "augment_flip",
+)
+DATASET_READS = {
+    "omniglot": (*_DATASET_COMMON, "protocol", "split_sizes", "split_seed", "train_rotation"),
+    "image_folder": (*_DATASET_COMMON, "layout", "split_ratios", "split_seed"),
+    "miniimagenet": _DATASET_COMMON,
+    "tiny_imagenet": _DATASET_COMMON,
+}
+MODEL_READS = {
+    "conv4": ("filters", "stages", "norm", "pooling", "activation", "bn_momentum"),
+    "resnet12": ("channels", "bn_momentum", "norm"),
+}
+
+
+def _check_unread(section: str, node: Any, reads: dict[str, tuple[str, ...]]) -> None:
+    read = reads.get(node.name)
+    if read is None:
+        return  # an unknown name has its own error
+    default = type(node)()
+    for f in fields(node):
+        if f.name != "name" and f.name not in read:
+            value = getattr(node, f.name)
+            _check(
+                value == getattr(default, f.name),
+                f"{section}.{f.name}",
+                value,
+                f"its default: {section}={node.name} does not read it (it reads "
+                f"{', '.join(read)})",
+            )
+
+
 def validate(cfg: Config) -> Config:
     """Range and cross-field checks; the schema already checked names and types."""
     d, t, m, a, tr, ev = cfg.dataset, cfg.task, cfg.model, cfg.algorithm, cfg.train, cfg.eval
@@ -307,6 +346,8 @@ def validate(cfg: Config) -> Config:
         f"one of {tuple(OPTIMIZED_METRICS)}",
     )
     _check(d.name in DATASETS, "dataset.name", d.name, f"one of {DATASETS}")
+    _check_unread("dataset", d, DATASET_READS)
+    _check_unread("model", m, MODEL_READS)
     _check(d.protocol in PROTOCOLS, "dataset.protocol", d.protocol, f"one of {PROTOCOLS}")
     _check(d.image_size >= 8, "dataset.image_size", d.image_size, ">= 8")
     _check(
