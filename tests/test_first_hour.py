@@ -265,7 +265,7 @@ def test_help_explains_groups_keys_and_exit_codes(tmp_path: Path) -> None:
     for needle in (
         "Config groups",
         "experiment: ",
-        "algorithm: fomaml, maml, mamlpp",
+        "algorithm: anil, boil, fomaml, maml, mamlpp, metasgd",
         "75 ",
         "130",
     ):

@@ -96,5 +96,14 @@ def test_device_values(device: str, ok: bool) -> None:
     ],
 )
 def test_a_key_the_component_does_not_read_is_an_error(overrides: tuple, key: str) -> None:
-    with pytest.raises(ConfigError, match=rf"'{key}'.*does not read it"):
-        load(None, *overrides)
+    import mamlpp
+
+    with pytest.raises(ConfigError, match=rf"'{key}' is not read by"):
+        mamlpp.compose(*overrides)
+
+
+def test_a_presets_keys_for_another_component_do_not_block_a_switch() -> None:
+    import mamlpp
+
+    cfg = mamlpp.compose("experiment=tiny_imagenet_5w1s_maml", "model=resnet12")
+    assert cfg.model.name == "resnet12" and cfg.model.filters == 48  # conv4's, unread

@@ -15,7 +15,14 @@ from hydra import initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import open_dict
 
-from mamlpp.config import Config, conf_dir, register_configs, to_config, validate
+from mamlpp.config import (
+    Config,
+    check_unread_overrides,
+    conf_dir,
+    register_configs,
+    to_config,
+    validate,
+)
 from mamlpp.errors import ConfigError
 
 
@@ -32,6 +39,7 @@ def compose(*overrides: str) -> Config:
     with open_dict(dcfg):
         del dcfg["hydra"]
     cfg = to_config(dcfg)
+    check_unread_overrides(cfg, list(overrides))
     if cfg.run.dir is None:
         cfg.run.dir = run_dir
     return cfg

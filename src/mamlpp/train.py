@@ -25,7 +25,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mamlpp.config import conf_dir, objective, register_configs, to_config
+from mamlpp.config import (
+    check_unread_overrides,
+    conf_dir,
+    objective,
+    register_configs,
+    to_config,
+)
 from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.experiment.console import setup_console
 from mamlpp.experiment.signals import EXIT_RESUMABLE, StopRequested, pass_on
@@ -44,6 +50,7 @@ def _run(dcfg: DictConfig) -> float:
         from mamlpp.api import train
 
         hydra_cfg = HydraConfig.get()
+        check_unread_overrides(cfg, list(hydra_cfg.overrides.task))
         output_dir = hydra_cfg.runtime.output_dir
         if hydra_cfg.mode == RunMode.MULTIRUN:  # parallel jobs' lines must be told apart
             setup_console(f"#{hydra_cfg.job.num} {Path(output_dir).name[:40]}")
