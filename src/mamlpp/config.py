@@ -10,9 +10,9 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -243,17 +243,9 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
-# Config's sections: field annotations are strings (postponed evaluation), so map them here.
+# Config's sections, read off its (postponed, so string) annotations.
 _SECTIONS: dict[str, type] = {
-    "dataset": DatasetConfig,
-    "task": TaskConfig,
-    "model": ModelConfig,
-    "algorithm": AlgorithmConfig,
-    "train": TrainConfig,
-    "eval": EvalConfig,
-    "speed": SpeedConfig,
-    "run": RunConfig,
-    "paths": PathsConfig,
+    name: hint for name, hint in get_type_hints(Config).items() if is_dataclass(hint)
 }
 _TOP_KEYS = tuple(f.name for f in fields(Config))
 

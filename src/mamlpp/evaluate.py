@@ -43,7 +43,13 @@ from mamlpp.experiment.console import log
 from mamlpp.experiment.evaluation import evaluate_ensemble
 from mamlpp.experiment.results_table import format_results
 from mamlpp.experiment.trained import TrainedRun, open_trained
-from mamlpp.inference import TrainedModel, build_members, config_of, preprocessing_of
+from mamlpp.inference import (
+    TrainedModel,
+    build_members,
+    config_of,
+    iter_members,
+    preprocessing_of,
+)
 
 # Keys an evaluation may change; everything else defines the trained model.
 EVAL_KEYS = (
@@ -165,7 +171,7 @@ def evaluate_tasks(
     sampler = make_sampler(cfg, data, device)
     split = own["split"]
     log(f"evaluating {len(trained.members)} model(s) on {cfg.eval.test_tasks} {split} tasks")
-    learners = build_members(trained, cfg, prep.channels, device)
+    learners = iter_members(trained, cfg, prep.channels, device)
     started = time.perf_counter()
     tested = evaluate_ensemble(
         zip(trained.infos, learners),

@@ -12,7 +12,7 @@ run used `algorithm.use_running_stats_eval`, so predict a task's queries togethe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,15 +43,20 @@ def preprocessing_of(trained: TrainedRun, cfg: Config) -> Preprocessing:
     return prep if prep is not None else Preprocessing.of(load_dataset(cfg.dataset))
 
 
-def build_members(
+def iter_members(
     trained: TrainedRun, cfg: Config, channels: int, device: torch.device
-) -> list[MetaLearner]:
-    learners = []
+) -> Iterator[MetaLearner]:
+    """The members as learners, built one at a time (an evaluation holds one in memory)."""
     for member in trained.members:
         learner = build_learner(cfg, channels, device)
         load_learner_state(learner, member.learner, member.path)
-        learners.append(learner)
-    return learners
+        yield learner
+
+
+def build_members(
+    trained: TrainedRun, cfg: Config, channels: int, device: torch.device
+) -> list[MetaLearner]:
+    return list(iter_members(trained, cfg, channels, device))
 
 
 @dataclass
