@@ -19,9 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from mamlpp.errors import ConfigError
 
-MODELS = ("conv4", "resnet12")
+MODELS = ("conv4", "resnet12", "module")
 ALGORITHMS = ("maml", "fomaml", "mamlpp", "anil", "boil", "metasgd")
-ADAPT_MODES = ("all", "head", "body")  # mamlpp.algorithms.adaptation reads them
+# mamlpp.algorithms.adaptation reads them; any other value is a glob over parameter names.
+ADAPT_MODES = ("all", "head", "body")
 PROTOCOLS = ("mamlpp", "maml")
 DEVICES = ("auto", "cpu", "cuda")
 IMPLS = ("auto", "batched", "loop")
@@ -75,9 +76,10 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    """conv4 reads filters/stages/norm/pooling/activation; resnet12 reads channels."""
+    """conv4 reads filters/stages/norm/pooling/activation; resnet12 reads channels; module reads
+    _target_/kwargs/vectorize (see MODEL_READS)."""
 
-    # conv4 | resnet12
+    # conv4 | resnet12 | module (any torch.nn.Module class, model._target_)
     name: str = "conv4"
     filters: int = 64
     stages: int = 4
@@ -87,6 +89,21 @@ class ModelConfig:
     bn_momentum: float = 0.1
     # (resnet12) widths of the four residual blocks.
     channels: list[int] = field(default_factory=lambda: [64, 160, 320, 640])
+    # (module) the torch.nn.Module class (package.module.Class), the constructor's keyword
+    # arguments beyond in_channels/image_size/num_classes, and whether tasks run under
+    # torch.func.vmap (true) or one after another (false: for modules vmap cannot batch).
+    _target_: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    vectorize: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    """The meta-optimizer: a torch.optim.Optimizer class taking (params, lr, **kwargs). Its
+    learning rate is algorithm.meta_lr, set every iteration by the (cosine) schedule."""
+
+    _target_: str = "torch.optim.Adam"
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -211,6 +228,7 @@ NEUTRAL_KEYS = (
     "train.impl",
     "eval.batch_size",
     "speed.",
+    "model.vectorize",
 )
 
 
@@ -236,6 +254,7 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
@@ -302,6 +321,7 @@ DATASET_READS = {
 MODEL_READS = {
     "conv4": ("filters", "stages", "norm", "pooling", "activation", "bn_momentum"),
     "resnet12": ("channels", "bn_momentum", "norm"),
+    "module": ("_target_", "kwargs", "vectorize"),
 }
 
 
@@ -312,6 +332,7 @@ def check_unread_overrides(cfg: Config, overrides: list[str]) -> None:
     for item in overrides:
         key = item.partition("=")[0].lstrip("+~")
         section, _, name = key.partition(".")
+        name = name.partition(".")[0]
         node = {"dataset": cfg.dataset, "model": cfg.model}.get(section)
         if node is None or not name or name == "name":
             continue
@@ -392,35 +413,17 @@ def validate(cfg: Config) -> Config:
                 t.ways <= n, "task.ways", t.ways, f"at most {n}, the classes in the {split} split"
             )
     _check(m.name in MODELS, "model.name", m.name, f"one of {MODELS}")
-    _check(
-        len(m.channels) >= 1 and all(c >= 1 for c in m.channels),
-        "model.channels",
-        m.channels,
-        "a list of positive block widths",
-    )
-    _check(
-        m.name != "resnet12" or d.image_size >> len(m.channels) >= 1,
-        "model.channels",
-        m.channels,
-        f"at most log2(image_size) = {d.image_size.bit_length() - 1} blocks (each halves it)",
-    )
-    _check(
-        m.name != "resnet12" or m.norm == "batch_norm",
-        "model.norm",
-        m.norm,
-        "batch_norm with model=resnet12",
-    )
-    _check(m.filters >= 1, "model.filters", m.filters, ">= 1")
-    _check(1 <= m.stages <= 8, "model.stages", m.stages, "1..8")
-    _check(m.norm in ("batch_norm", "none"), "model.norm", m.norm, "'batch_norm' or 'none'")
-    _check(m.pooling in ("max", "stride"), "model.pooling", m.pooling, "'max' or 'stride'")
-    _check(
-        m.activation in ("relu", "leaky_relu"), "model.activation", m.activation, "relu|leaky_relu"
-    )
-    _check(0 < m.bn_momentum <= 1, "model.bn_momentum", m.bn_momentum, "in (0, 1]")
-    _check(d.image_size >> m.stages >= 1, "model.stages", m.stages, "at most log2(image_size)")
+    if m.name == "module":
+        _check_module_model(cfg)
+    else:
+        _check_builtin_model(cfg)
     _check(a.name in ALGORITHMS, "algorithm.name", a.name, f"one of {ALGORITHMS}")
-    _check(a.adapt in ADAPT_MODES, "algorithm.adapt", a.adapt, f"one of {ADAPT_MODES}")
+    _check(
+        a.adapt in ADAPT_MODES or any(c in a.adapt for c in "*?["),
+        "algorithm.adapt",
+        a.adapt,
+        f"one of {ADAPT_MODES} or a glob over parameter names such as 'convs.3.*'",
+    )
     _check(
         not (a.per_element_lr and a.learn_inner_lr),
         "algorithm.per_element_lr",
@@ -450,14 +453,6 @@ def validate(cfg: Config) -> Config:
     _check(
         a.grad_clip is None or a.grad_clip > 0, "algorithm.grad_clip", a.grad_clip, "null or > 0"
     )
-    norm_keys = ("per_step_bn_stats", "per_step_bn_weights", "use_running_stats_eval")
-    for key in norm_keys:
-        _check(
-            not getattr(a, key) or m.norm == "batch_norm",
-            f"algorithm.{key}",
-            True,
-            "false when model.norm=none",
-        )
     _check(tr.epochs >= 1, "train.epochs", tr.epochs, ">= 1")
     _check(tr.iters_per_epoch >= 1, "train.iters_per_epoch", tr.iters_per_epoch, ">= 1")
     _check(tr.meta_batch_size >= 1, "train.meta_batch_size", tr.meta_batch_size, ">= 1")
@@ -500,6 +495,77 @@ def validate(cfg: Config) -> Config:
     )
     _check(ev.batch_size >= 1, "eval.batch_size", ev.batch_size, ">= 1")
     return cfg
+
+
+def _check_builtin_model(cfg: Config) -> None:
+    d, m = cfg.dataset, cfg.model
+    _check(
+        m._target_ is None,
+        "model._target_",
+        m._target_,
+        f"null with model={m.name} (a class of your own needs model=module)",
+    )
+    _check(not m.kwargs, "model.kwargs", m.kwargs, f"empty with model={m.name} (model=module)")
+    _check(
+        len(m.channels) >= 1 and all(c >= 1 for c in m.channels),
+        "model.channels",
+        m.channels,
+        "a list of positive block widths",
+    )
+    _check(
+        m.name != "resnet12" or d.image_size >> len(m.channels) >= 1,
+        "model.channels",
+        m.channels,
+        f"at most log2(image_size) = {d.image_size.bit_length() - 1} blocks (each halves it)",
+    )
+    _check(
+        m.name != "resnet12" or m.norm == "batch_norm",
+        "model.norm",
+        m.norm,
+        "batch_norm with model=resnet12",
+    )
+    _check(m.filters >= 1, "model.filters", m.filters, ">= 1")
+    _check(1 <= m.stages <= 8, "model.stages", m.stages, "1..8")
+    _check(m.norm in ("batch_norm", "none"), "model.norm", m.norm, "'batch_norm' or 'none'")
+    _check(m.pooling in ("max", "stride"), "model.pooling", m.pooling, "'max' or 'stride'")
+    _check(
+        m.activation in ("relu", "leaky_relu"), "model.activation", m.activation, "relu|leaky_relu"
+    )
+    _check(0 < m.bn_momentum <= 1, "model.bn_momentum", m.bn_momentum, "in (0, 1]")
+    _check(d.image_size >> m.stages >= 1, "model.stages", m.stages, "at most log2(image_size)")
+    norm_keys = ("per_step_bn_stats", "per_step_bn_weights", "use_running_stats_eval")
+    for key in norm_keys:
+        _check(
+            not getattr(cfg.algorithm, key) or m.norm == "batch_norm",
+            f"algorithm.{key}",
+            True,
+            "false when model.norm=none",
+        )
+
+
+def _check_module_model(cfg: Config) -> None:
+    """model=module: a class of the user's; its batch norm has no per-step or running stats."""
+    m = cfg.model
+    _check(
+        m._target_ is not None and "." in m._target_,
+        "model._target_",
+        m._target_,
+        "the torch.nn.Module class as package.module.Class with model=module",
+    )
+    for key in ("per_step_bn_stats", "per_step_bn_weights", "use_running_stats_eval"):
+        _check(
+            not getattr(cfg.algorithm, key),
+            f"algorithm.{key}",
+            True,
+            "false with model=module (a plain module's batch norm uses each task's batch "
+            "statistics only; per-step batch norm needs model=conv4 or resnet12)",
+        )
+    _check(
+        not cfg.speed.cuda_graphs,
+        "speed.cuda_graphs",
+        True,
+        "false with model=module",
+    )
 
 
 # The MAML++ features as (switch is on, short name), in the paper's order.

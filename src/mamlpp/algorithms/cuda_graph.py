@@ -16,19 +16,22 @@ create_graph=True inside the compiled region), which second-order MAML needs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from mamlpp.errors import ConfigError
 from mamlpp.nn.layers import BatchStats, apply_batch_stats
-
-if TYPE_CHECKING:
-    from mamlpp.algorithms.meta_learner import MetaLearner
-    from mamlpp.tasks import EpisodeBatch
+from mamlpp.tasks import EpisodeBatch
 
 WARMUP_STEPS = 3
+
+# (batch, second_order, step_weights, batch-statistics sink) -> (loss sum, accuracy sum): the
+# meta-step's forward and backward into .grad, without host synchronisation.
+StepFunction = Callable[
+    [EpisodeBatch, bool, "Tensor | None", list[BatchStats]], tuple[Tensor, Tensor]
+]
 
 
 class GraphedMetaStep:
@@ -38,8 +41,10 @@ class GraphedMetaStep:
     caller must not reset them between replays (MetaLearner.train_step does not in graph mode).
     """
 
-    def __init__(self, learner: MetaLearner) -> None:
-        self.learner = learner
+    def __init__(self, step: StepFunction, zero_grad: Callable[..., None]) -> None:
+        """`step` is captured; `zero_grad(set_to_none=True)` clears gradients before capture."""
+        self.step = step
+        self.zero_grad = zero_grad
         self.key: tuple | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
 
@@ -71,7 +76,6 @@ class GraphedMetaStep:
         Neither warm-up nor capture changes the model: the optimizer does not step and the
         batch statistics they report are dropped.
         """
-        learner = self.learner
         self.graph = None  # frees the previous phase's memory pool with its tensors
         self.inputs = type(batch)(*(t.clone() for t in vars(batch).values()))
         self.weights = None if step_weights is None else step_weights.clone()
@@ -79,15 +83,15 @@ class GraphedMetaStep:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
-                learner.optimizer.zero_grad(set_to_none=True)
-                learner.forward_backward(self.inputs, second_order, self.weights, [])
+                self.zero_grad(set_to_none=True)
+                self.step(self.inputs, second_order, self.weights, [])
         torch.cuda.current_stream().wait_stream(side)
-        learner.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         sink: list[BatchStats] = []
         try:
             with torch.cuda.graph(graph):
-                self.loss_sum, self.acc_sum = learner.forward_backward(
+                self.loss_sum, self.acc_sum = self.step(
                     self.inputs, second_order, self.weights, sink
                 )
                 apply_batch_stats(sink)  # in place on the buffers; independent of the Adam step

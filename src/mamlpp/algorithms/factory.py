@@ -6,9 +6,12 @@ always meets the module layout it was saved from.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from mamlpp.algorithms.meta_learner import MetaLearner
+from mamlpp.algorithms.optimizer import build_optimizer
 from mamlpp.config import Config
 
 
@@ -25,6 +28,7 @@ def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "c
         impl=impl,
         precision=cfg.train.precision,
         speed=cfg.speed,
+        optimizer=partial(build_optimizer, cfg.optimizer),
     ).to(device)
     if cfg.speed.cuda_graphs:
         learner.use_cuda_graphs()

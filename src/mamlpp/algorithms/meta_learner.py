@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mamlpp.algorithms.adaptation import adapts
+from mamlpp.algorithms.adaptation import adapted_names
 from mamlpp.algorithms.cuda_graph import GraphedMetaStep
 from mamlpp.algorithms.inner_lr import InnerLearningRates
 from mamlpp.algorithms.schedules import (
@@ -26,11 +26,14 @@ from mamlpp.algorithms.schedules import (
     use_second_order,
 )
 from mamlpp.config import AlgorithmConfig, ModelConfig, SpeedConfig
-from mamlpp.nn.backbones import build_backbone, norm_parameter_names
+from mamlpp.nn.backbones import build_backbone
 from mamlpp.nn.layers import BatchStats, apply_batch_stats
 from mamlpp.tasks import EpisodeBatch, task_accuracies, task_losses
 
 __all__ = ["EpisodeBatch", "MetaLearner", "StepResult", "task_accuracies", "task_losses"]
+
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
 @dataclass
@@ -59,7 +62,10 @@ class MetaLearner(nn.Module):
         impl: str = "batched",
         precision: str = "fp32",
         speed: SpeedConfig | None = None,
+        optimizer: OptimizerFactory | None = None,
     ) -> None:
+        """`optimizer(params, lr)` builds the meta-optimizer (algorithms.optimizer; Adam when
+        None) over the meta-parameters: the network's and the learned inner rates."""
         super().__init__()
         speed = speed or SpeedConfig()
         self.cfg = algorithm
@@ -81,9 +87,9 @@ class MetaLearner(nn.Module):
         params = dict(self.net.named_parameters())
         # Weights the network takes per task (batch-norm affine ones only with inner_adapt_bn),
         # and the ones among them the inner loop changes (algorithm.adapt: ANIL, BOIL).
-        norms = norm_parameter_names(self.net)
+        norms = self.net.norm_names
         self.fast_names = [n for n in params if algorithm.inner_adapt_bn or n not in norms]
-        self.adapted_names = [n for n in self.fast_names if adapts(algorithm.adapt, n)]
+        self.adapted_names = adapted_names(algorithm.adapt, self.fast_names, self.net.head_names)
         self.inner_lrs = InnerLearningRates(
             {n: params[n].shape for n in self.adapted_names},
             steps,
@@ -91,7 +97,8 @@ class MetaLearner(nn.Module):
             algorithm.learn_inner_lr or algorithm.per_element_lr,
             per_element=algorithm.per_element_lr,
         )
-        self.optimizer = torch.optim.Adam(
+        make = optimizer or torch.optim.Adam
+        self.optimizer = make(
             [p for p in self.parameters() if p.requires_grad], lr=algorithm.meta_lr
         )
 
@@ -99,7 +106,7 @@ class MetaLearner(nn.Module):
         """Replay the batched forward+backward as a CUDA graph (see algorithms.cuda_graph)."""
         if self.impl == "loop":
             raise ValueError("CUDA graphs capture the batched meta-step, not impl='loop'")
-        self.graphed_step = GraphedMetaStep(self)
+        self.graphed_step = GraphedMetaStep(self.forward_backward, self.optimizer.zero_grad)
 
     # ----------------------------------------------------------------- inner loop
     def _initial_fast_weights(self, b: int, track_graph: bool) -> dict[str, Tensor]:

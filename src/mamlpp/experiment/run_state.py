@@ -135,8 +135,11 @@ def config_diffs(saved: dict[str, Any], cfg: Config, data_identity: str | None =
     """'key: old -> new' for every experiment key that differs ('' when none does).
 
     The data identity is compared only when both sides know it: checkpoints written before it
-    existed still resume, and a finished run is reported without loading its data."""
+    existed still resume, and a finished run is reported without loading its data. A key the
+    checkpoint lacks (added to the schema since) counts as its default, which the code of the
+    time had built in (e.g. optimizer._target_ = Adam)."""
     current = run_identity(cfg, data_identity)
+    saved = {**experiment_keys(Config()), **saved}
     keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if DATA_IDENTITY not in saved or DATA_IDENTITY not in current:
         keys = [k for k in keys if k != DATA_IDENTITY]

@@ -1,5 +1,4 @@
-"""model.name -> a meta-backbone: a module whose forward(x [B, M, C, H, W], per-task weights,
-inner step, running-stats flag, batch-statistics sink) returns logits [B, M, N]."""
+"""model.name -> a meta-backbone (the contract: mamlpp.nn.contract.MetaBackbone)."""
 
 from __future__ import annotations
 
@@ -7,7 +6,7 @@ from torch import nn
 
 from mamlpp.config import ModelConfig
 from mamlpp.nn.conv4 import Conv4
-from mamlpp.nn.layers import MetaBatchNorm2d
+from mamlpp.nn.module_backbone import build_module_backbone
 from mamlpp.nn.resnet12 import ResNet12
 
 
@@ -20,6 +19,10 @@ def build_backbone(
     bn_stat_steps: int,
     channels_last: bool = False,
 ) -> nn.Module:
+    if model.name == "module":
+        return build_module_backbone(
+            model._target_, dict(model.kwargs), in_channels, image_size, ways, model.vectorize
+        )
     if model.name == "resnet12":
         return ResNet12(
             in_channels,
@@ -43,13 +46,3 @@ def build_backbone(
         bn_momentum=model.bn_momentum,
         channels_last=channels_last,
     )
-
-
-def norm_parameter_names(net: nn.Module) -> set[str]:
-    """Names of the batch-norm affine parameters (not adapted unless inner_adapt_bn)."""
-    return {
-        f"{name}.{p}"
-        for name, module in net.named_modules()
-        if isinstance(module, MetaBatchNorm2d)
-        for p in ("weight", "bias")
-    }

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from mamlpp.nn.layers import (
     BatchStats,
+    GroupedBackbone,
     MetaBatchNorm2d,
     MetaConv2d,
     MetaLinear,
@@ -16,7 +17,7 @@ from mamlpp.nn.layers import (
 )
 
 
-class Conv4(nn.Module):
+class Conv4(GroupedBackbone):
     """Conv4 whose forward takes a dict of per-task weights (name -> [B, *shape]).
 
     Parameters not in the dict (e.g. batch-norm affine when it is not adapted in the inner loop)

@@ -146,6 +146,26 @@ def meta_batch_norm(
     return bn(h, w, bias, step, use_running, sink)
 
 
+class GroupedBackbone(nn.Module):
+    """Base of the built-in meta-backbones (mamlpp.nn.contract.MetaBackbone): the classifier is
+    `head`, and batch norm is MetaBatchNorm2d with per-step weights and statistics."""
+
+    supports_per_step_bn = True
+
+    @property
+    def head_names(self) -> frozenset[str]:
+        return frozenset(n for n, _ in self.named_parameters() if n.startswith("head."))
+
+    @property
+    def norm_names(self) -> frozenset[str]:
+        return frozenset(
+            f"{name}.{p}"
+            for name, module in self.named_modules()
+            if isinstance(module, MetaBatchNorm2d)
+            for p in ("weight", "bias")
+        )
+
+
 def apply_batch_stats(entries: list[BatchStats]) -> None:
     """Update running statistics as if tasks had run one after another (task-major order).
 

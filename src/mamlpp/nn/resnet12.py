@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from mamlpp.nn.layers import (
     BatchStats,
+    GroupedBackbone,
     MetaBatchNorm2d,
     MetaConv2d,
     MetaLinear,
@@ -63,7 +64,7 @@ class ResBlock(nn.Module):
         return F.max_pool2d(F.leaky_relu(h + s), 2)
 
 
-class ResNet12(nn.Module):
+class ResNet12(GroupedBackbone):
     """ResNet-12 whose forward takes a dict of per-task weights (name -> [B, *shape])."""
 
     def __init__(

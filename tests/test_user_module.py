@@ -1,0 +1,277 @@
+"""Bring your own model: a plain torch.nn.Module (tests/user_code/user_nets.py, no mamlpp
+meta-layers) meta-learned through `model=module model._target_=...`, and the meta-optimizer
+chosen in config.
+
+Its float64 second-order meta-gradient is checked against finite differences, vmap against the
+per-task loop, and a short CLI run on real Omniglot must clearly beat chance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mamlpp.algorithms.meta_learner import MetaLearner
+from mamlpp.algorithms.optimizer import build_optimizer
+from mamlpp.config import (
+    AlgorithmConfig,
+    Config,
+    ConfigError,
+    ModelConfig,
+    OptimizerConfig,
+    validate,
+)
+from mamlpp.nn.contract import MetaBackbone
+
+USER_CODE = Path(__file__).resolve().parent / "user_code"
+sys.path.insert(0, str(USER_CODE))
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def module_learner(vectorize: bool = True, target: str = "SmallCNN", **algorithm) -> MetaLearner:
+    torch.manual_seed(0)
+    model = ModelConfig(
+        name="module",
+        _target_=f"user_nets.{target}",
+        kwargs={"width": 6} if target == "SmallCNN" else {},
+        vectorize=vectorize,
+    )
+    options = dict(inner_steps=2, inner_lr=0.3, **algorithm)
+    return MetaLearner(AlgorithmConfig(**options), model, 1, 12, 5, total_iterations=10)
+
+
+def grads(learner: MetaLearner, batch, weights=None) -> dict[str, torch.Tensor]:
+    loss, _ = learner.adapt_and_predict(batch, 2, True, True, weights)
+    named = [(n, p) for n, p in learner.named_parameters() if p.requires_grad]
+    values = torch.autograd.grad(loss.mean(), [p for _, p in named], allow_unused=True)
+    return {n: g for (n, _), g in zip(named, values) if g is not None}
+
+
+def test_wrapper_meets_the_backbone_contract() -> None:
+    learner = module_learner()
+    assert isinstance(learner.net, MetaBackbone)
+    assert learner.net.head_names == {"module.classifier.weight", "module.classifier.bias"}
+    # BatchNorm affine weights are shared by the tasks (not adapted) unless inner_adapt_bn.
+    assert "module.features.1.weight" in learner.net.norm_names
+    assert "module.features.1.weight" not in learner.fast_names
+    # Batch statistics only: no running buffers that a vmapped forward would write into.
+    assert not any("running" in n for n, _ in learner.named_buffers())
+
+
+def test_second_order_meta_gradient_matches_finite_differences(make_batch) -> None:
+    learner = module_learner(multi_step_loss=True, learn_inner_lr=True).double()
+    batch = make_batch(tasks=2, seed=4, image_size=12, dtype=torch.float64)
+    weights = torch.tensor([0.4, 0.6], dtype=torch.float64)
+
+    def meta_loss() -> float:
+        loss, _ = learner.adapt_and_predict(batch, 2, True, True, weights)
+        return loss.mean().item()
+
+    analytic = grads(learner, batch, weights)
+    named = dict(learner.named_parameters())
+    picks = [
+        "net.module.features.0.weight",
+        "net.module.features.4.bias",
+        "net.module.features.1.weight",  # batch-norm scale: meta-learned, not adapted
+        "net.module.classifier.weight",
+        "inner_lrs.rates.module__features__4__weight",
+    ]
+    g = torch.Generator().manual_seed(0)
+    for name in picks:
+        p = named[name]
+        idx = tuple(int(torch.randint(0, s, (1,), generator=g)) for s in p.shape)
+        eps = 1e-6
+        with torch.no_grad():
+            p[idx] += eps
+        up = meta_loss()
+        with torch.no_grad():
+            p[idx] -= 2 * eps
+        down = meta_loss()
+        with torch.no_grad():
+            p[idx] += eps
+        numeric = (up - down) / (2 * eps)
+        assert analytic[name][idx].item() == pytest.approx(numeric, rel=1e-5, abs=1e-9), name
+
+
+def test_first_order_drops_the_second_order_term(make_batch) -> None:
+    """No silent fallback: the two orders give different meta-gradients for the module."""
+    learner = module_learner().double()
+    batch = make_batch(tasks=2, seed=4, image_size=12, dtype=torch.float64)
+    second = grads(learner, batch)["net.module.features.0.weight"]
+    loss, _ = learner.adapt_and_predict(batch, 2, True, False)
+    first = torch.autograd.grad(loss.mean(), learner.net.module.features[0].weight)[0]
+    assert not torch.allclose(first, second)
+
+
+def test_vmap_equals_the_per_task_loop(make_batch) -> None:
+    batch = make_batch(tasks=3, seed=2, image_size=12, dtype=torch.float64)
+    batched = grads(module_learner(vectorize=True).double(), batch)
+    looped = grads(module_learner(vectorize=False).double(), batch)
+    assert batched.keys() == looped.keys()
+    for name in batched:
+        torch.testing.assert_close(batched[name], looped[name], rtol=1e-10, atol=1e-12)
+
+
+def test_each_task_normalises_with_its_own_statistics(make_batch) -> None:
+    """Transductive batch norm per task: a task's predictions do not depend on the other
+    tasks of the batch."""
+    learner = module_learner().double()
+    batch = make_batch(tasks=3, seed=6, image_size=12, dtype=torch.float64)
+    together = learner.predict(batch, 2)
+    alone = learner.predict(batch.select(slice(1, 2)), 2)
+    torch.testing.assert_close(together[1:2], alone, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("adapt", ["head", "body", "features.0.*"])
+def test_which_weights_adapt(adapt: str, make_batch) -> None:
+    learner = module_learner(adapt=adapt if "*" not in adapt else f"module.{adapt}").double()
+    head = set(learner.net.head_names)
+    batch = make_batch(tasks=2, seed=1, image_size=12, dtype=torch.float64)
+    fast = learner.adapt(batch.xs, batch.ys, 2)
+    params = dict(learner.net.named_parameters())
+    moved = {n for n in fast if not torch.equal(fast[n], params[n].expand_as(fast[n]))}
+    expected = {
+        "head": head,
+        "body": set(learner.fast_names) - head,
+        "features.0.*": {"module.features.0.weight", "module.features.0.bias"},
+    }[adapt]
+    # Everything else stays put; a conv bias right before batch norm gets a zero gradient (the
+    # normalisation removes it), so only the weights among `expected` must have moved.
+    assert moved <= expected
+    assert {n for n in expected if n.endswith("weight")} <= moved
+
+
+def test_config_errors_name_the_key() -> None:
+    def cfg(**model) -> Config:
+        return Config(
+            model=ModelConfig(**model),
+            algorithm=AlgorithmConfig(name="maml"),
+        )
+
+    validate(cfg(name="module", _target_="user_nets.SmallCNN"))
+    with pytest.raises(ConfigError, match="model._target_"):
+        validate(cfg(name="module"))
+    with pytest.raises(ConfigError, match="model._target_.*model=module"):
+        validate(cfg(_target_="user_nets.SmallCNN"))
+    mamlpp = Config(
+        model=ModelConfig(name="module", _target_="user_nets.SmallCNN"),
+        algorithm=AlgorithmConfig(per_step_bn_stats=True),
+    )
+    with pytest.raises(ConfigError, match="algorithm.per_step_bn_stats.*model=module"):
+        validate(mamlpp)
+    with pytest.raises(ConfigError, match="algorithm.adapt"):
+        validate(Config(algorithm=AlgorithmConfig(adapt="haed")))
+
+
+@pytest.mark.parametrize(
+    ("target", "kwargs", "message"),
+    [
+        ("user_nets.Missing", {}, "model._target_.*cannot import"),
+        ("torch.optim.Adam", {}, "not a torch.nn.Module"),
+        ("user_nets.SmallCNN", {"widht": 3}, r"model.kwargs.*constructor takes \(in_channels"),
+    ],
+)
+def test_bad_module_is_one_line(target: str, kwargs: dict, message: str) -> None:
+    model = ModelConfig(name="module", _target_=target, kwargs=kwargs)
+    with pytest.raises(ConfigError, match=message) as err:
+        MetaLearner(AlgorithmConfig(name="maml"), model, 1, 12, 5, 10)
+    assert "\n" not in str(err.value)
+
+
+def test_anil_needs_a_head() -> None:
+    with pytest.raises(ConfigError, match="algorithm.adapt.*selects no weight"):
+        module_learner(target="NoHead", adapt="head")
+
+
+def test_optimizer_from_config() -> None:
+    params = [torch.nn.Parameter(torch.ones(2))]
+    sgd = build_optimizer(OptimizerConfig("torch.optim.SGD", {"momentum": 0.9}), params, 0.5)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(ConfigError, match="optimizer._target_.*not a torch.optim.Optimizer"):
+        build_optimizer(OptimizerConfig("torch.nn.Linear"), params, 0.5)
+    with pytest.raises(ConfigError, match="optimizer.kwargs"):
+        build_optimizer(OptimizerConfig("torch.optim.SGD", {"momentun": 0.9}), params, 0.5)
+
+
+@pytest.mark.slow
+def test_user_module_trains_through_the_cli(cli, tmp_path) -> None:
+    """The module, which lives only in tests/user_code, learns Omniglot: the 5-way test
+    accuracy's 95% interval lies well above chance (20%)."""
+    run = tmp_path / "run"
+    env = {
+        **cli.env,
+        "PYTHONPATH": os.pathsep.join([str(USER_CODE), os.environ.get("PYTHONPATH", "")]),
+    }
+    args = [
+        *cli.data_args,
+        "experiment=smoke",
+        "device=cpu",
+        "progress_bar=false",
+        "algorithm=maml",
+        "model=module",
+        "model._target_=user_nets.SmallCNN",
+        "+model.kwargs.width=32",
+        "optimizer._target_=torch.optim.AdamW",
+        "+optimizer.kwargs.weight_decay=0.0001",
+        "algorithm.inner_steps=2",
+        "algorithm.inner_steps_eval=2",
+        "train.iters_per_epoch=12",
+        "train.meta_batch_size=8",
+        "eval.test_tasks=100",
+        f"hydra.run.dir={run}",
+    ]
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "mamlpp.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads((run / "results.json").read_text())
+    assert results["test_accuracy_mean"] - results["test_accuracy_ci95"] > 0.3, results
+    state = torch.load(run / "checkpoints" / "latest.pt", map_location="cpu", weights_only=True)
+    assert "net.module.classifier.weight" in state["learner"]
+    assert "exp_avg" in str(state["optimizer"]["state"][0].keys())  # AdamW's state
+
+
+@pytest.mark.slow
+def test_readme_bring_your_own_model_example(omniglot_source_dir, tmp_path) -> None:
+    """README's example as printed: save the module, run the command from its folder."""
+    import shlex
+    import subprocess
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    module = readme.split("<!-- byo-model -->")[1].split("```python\n")[1].split("```")[0]
+    command = readme.split("<!-- byo-command -->")[1].split("```bash\n")[1].split("```")[0]
+    (tmp_path / "my_nets.py").write_text(module)
+    (tmp_path / "datasets" / "omniglot").mkdir(parents=True)
+    for name in ("images_background.zip", "images_evaluation.zip"):
+        os.symlink(omniglot_source_dir / name, tmp_path / "datasets" / "omniglot" / name)
+    words = shlex.split(command.strip())
+    env = dict(os.environ)
+    while "=" in words[0]:
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    assert words[0] == "mamlpp-train"
+    done = subprocess.run(
+        [sys.executable, "-m", "mamlpp.train", *words[1:], "progress_bar=false"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    (results,) = (tmp_path / "runs" / "smoke").glob("*/results.json")
+    assert "model._target_=my_nets.TinyNet" in results.parent.name
+    assert json.loads(results.read_text())["num_test_tasks"] == 40
