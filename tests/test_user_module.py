@@ -275,3 +275,17 @@ def test_readme_bring_your_own_model_example(omniglot_source_dir, tmp_path) -> N
     (results,) = (tmp_path / "runs" / "smoke").glob("*/results.json")
     assert "model._target_=my_nets.TinyNet" in results.parent.name
     assert json.loads(results.read_text())["num_test_tasks"] == 40
+
+
+def test_checkpoints_from_before_the_new_keys_still_resume() -> None:
+    """A checkpoint written before model._target_/kwargs and optimizer.* existed lacks them;
+    they count as their defaults (what that code built in), while a real change is named."""
+    from mamlpp.config import experiment_keys
+    from mamlpp.experiment.run_state import config_diffs
+
+    cfg = Config()
+    old = {k: v for k, v in experiment_keys(cfg).items() if not k.startswith("optimizer.")}
+    old.pop("model._target_")
+    assert config_diffs(old, cfg) == ""
+    cfg.optimizer = OptimizerConfig("torch.optim.SGD")
+    assert "optimizer._target_: 'torch.optim.Adam' -> 'torch.optim.SGD'" in config_diffs(old, cfg)
