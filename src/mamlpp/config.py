@@ -198,6 +198,9 @@ class RunConfig:
     allow_config_change: bool = False
     # Re-run the test phase of a finished run (with the run's own settings only).
     retest: bool = False
+    # Distributed runs (torchrun): seconds a collective waits for the other processes before
+    # the job fails (a dead process ends the job instead of hanging it).
+    collective_timeout_s: float = 600.0
     # The run directory. Set by mamlpp.compose (the directory mamlpp-train would use) and by
     # mamlpp-train itself (Hydra's run dir: move a CLI run with hydra.run.dir=DIR).
     dir: str | None = None

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +35,19 @@ __all__ = ["EpisodeBatch", "MetaLearner", "StepResult", "task_accuracies", "task
 
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+class MetaStepSync(Protocol):
+    """What a meta-step over several processes needs (mamlpp.experiment.distributed): each
+    process holds `1/world_size` of the tasks."""
+
+    world_size: int
+
+    def average_gradients(self, params: Sequence[nn.Parameter]) -> None: ...
+
+    def gather_batch_stats(self, sink: list[BatchStats]) -> list[BatchStats]: ...
+
+    def sum(self, *values: Tensor) -> list[Tensor]: ...
 
 
 @dataclass
@@ -73,6 +87,8 @@ class MetaLearner(nn.Module):
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         self.checkpoint_inner_steps = speed.checkpoint_inner_steps
         self.graphed_step: GraphedMetaStep | None = None
+        # Set for a distributed run: this process's tasks are a share of the meta-batch.
+        self.sync: MetaStepSync | None = None
         self.total_iterations = total_iterations
         steps = algorithm.inner_steps
         self.net = build_backbone(
@@ -228,11 +244,16 @@ class MetaLearner(nn.Module):
             self.optimizer.zero_grad(set_to_none=True)
             sink = []
             loss_sum, acc_sum = self.forward_backward(batch, second, weights, sink)
+        b = len(batch)
+        if self.sync is not None:
+            self.sync.average_gradients([p for p in self.parameters() if p.requires_grad])
+            sink = self.sync.gather_batch_stats(sink)
+            loss_sum, acc_sum = self.sync.sum(loss_sum, acc_sum)
+            b *= self.sync.world_size
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_value_(self.parameters(), cfg.grad_clip)
         self.optimizer.step()
         apply_batch_stats(sink)
-        b = len(batch)
         return StepResult(loss_sum.item() / b, acc_sum.item() / b, second, msl, lr)
 
     def forward_backward(

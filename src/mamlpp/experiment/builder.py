@@ -11,6 +11,7 @@ and training needs no global RNG after model init (tasks are a pure function of 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import sys
@@ -40,7 +41,8 @@ from mamlpp.experiment.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from mamlpp.experiment.console import log, log_file_only, run_log
+from mamlpp.experiment.console import log, log_file_only, run_log, speak_for_the_job
+from mamlpp.experiment.distributed import Distributed
 from mamlpp.experiment.evaluation import evaluate_ensemble, predict_tasks
 from mamlpp.experiment.gpu_claim import GpuClaim, claim_free_gpu, cuda_ids
 from mamlpp.experiment.lock import RunLock
@@ -169,6 +171,19 @@ def show_results(results: dict[str, Any]) -> None:
     log_file_only(table)
 
 
+class _NoWriter:
+    """What a rank other than 0 logs scalars into: nothing (rank 0 writes the run's files)."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _acknowledge(signal_name: str) -> None:
     log(
         f"{signal_name} received: finishing this iteration, then checkpointing and exiting "
@@ -187,16 +202,31 @@ class ExperimentBuilder:
         self._gpu_claim: GpuClaim | None = None
         self.data_identity: str | None = None
         self.signals = SignalFlag(on_first=_acknowledge)
+        # One experiment over the processes of a torchrun job (world size 1 without one).
+        self.dist = Distributed.from_env()
 
     # ------------------------------------------------------------------ setup
     def _build(self) -> None:
         cfg = self.cfg
-        self.device, self._gpu_claim = place_on_free_gpu(self.device)
+        if self.dist.enabled:
+            if cfg.speed.cuda_graphs:
+                raise ConfigError(
+                    "config key 'speed.cuda_graphs' = True: not with a distributed run "
+                    "(the gradient all-reduce sits between the captured step and the update)"
+                )
+        else:
+            self.device, self._gpu_claim = place_on_free_gpu(self.device)
         configure_device(self.device, cfg.speed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
+        # Rank 0 first: it may write the decoded cache the other ranks then read.
+        if not self.dist.is_main:
+            self.dist.barrier()
         data = load_dataset(cfg.dataset)
+        if self.dist.is_main:
+            self.dist.barrier()
+        self.local_batch = self.dist.local_share(cfg.train.meta_batch_size)
         t = cfg.task
         data.check_task_fits(t.ways, t.shots, t.targets)
         self.in_channels = data.images.channels
@@ -205,6 +235,8 @@ class ExperimentBuilder:
         self.sampler = make_sampler(cfg, data, self.device)
         self.total_iterations = cfg.train.epochs * cfg.train.iters_per_epoch
         self.learner = self._new_learner()
+        if self.dist.enabled:
+            self.learner.sync = self.dist
 
     def _new_learner(self) -> MetaLearner:
         return build_learner(self.cfg, self.in_channels, self.device)
@@ -218,6 +250,14 @@ class ExperimentBuilder:
         valid checkpoint (run.resume), then the test phase runs and results.json, then the done
         marker, are written. A stop signal raises StopRequested once the state is checkpointed.
         """
+        self.device = self.dist.start(self.device, self.cfg.run.collective_timeout_s)
+        speak_for_the_job(self.dist.is_main)
+        try:
+            return self._run_logged()
+        finally:
+            self.dist.close()
+
+    def _run_logged(self) -> dict[str, Any]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         where = self.run_dir.resolve()
         with run_log(self.run_dir):
@@ -227,6 +267,12 @@ class ExperimentBuilder:
                 f"experiment {c.experiment_name}: {c.dataset.name} {c.task.ways}-way "
                 f"{c.task.shots}-shot, algorithm {algorithm_label(c.algorithm)}, seed {c.seed}"
             )
+            if self.dist.enabled:
+                log(
+                    f"distributed: {self.dist.world_size} processes on {self.device.type}, "
+                    f"{c.train.meta_batch_size // self.dist.world_size} tasks of each "
+                    "meta-batch per process"
+                )
             try:
                 results = self._run_locked()
             except StopRequested as stop:
@@ -246,25 +292,35 @@ class ExperimentBuilder:
 
     def _run_locked(self) -> dict[str, Any]:
         results_path = self.run_dir / "results.json"
-        with RunLock(self.run_dir) as lock:
-            if lock.previous_holder:
+        main = self.dist.is_main
+        with RunLock(self.run_dir) if main else contextlib.nullcontext() as lock:
+            if lock is not None and lock.previous_holder:
                 log(f"taking over the lock left by {lock.previous_holder} (no longer running)")
-            finished = self._finished_results(results_path)
+            finished = self._finished_results(results_path) if main else None
+            finished = self.dist.broadcast(finished)
             if finished is not None:
                 return finished
             self.signals.install()
             try:
-                for directory in (self.run_dir, self.ckpt_dir):
-                    remove_temp_files(directory)
+                if main:
+                    for directory in (self.run_dir, self.ckpt_dir):
+                        remove_temp_files(directory)
                 self._build()
-                progress = self._restore_or_start()
-                # Written only now: a refused resume must not overwrite the run's config.yaml.
-                atomic_write_text(
-                    self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(self.cfg))
-                )
+                progress = self._restore_or_start() if main else TrainingProgress()
+                progress = self._share_state(progress)
+                if main:
+                    # Written only now: a refused resume must not overwrite its config.yaml.
+                    atomic_write_text(
+                        self.run_dir / "config.yaml",
+                        OmegaConf.to_yaml(OmegaConf.structured(self.cfg)),
+                    )
                 # Events after the checkpoint were written by a killed process: TensorBoard
                 # drops every event at a step >= purge_step (all of them on a fresh start).
-                self.writer = open_tensorboard(self.run_dir / "tb", progress.next_iteration + 1)
+                self.writer = (
+                    open_tensorboard(self.run_dir / "tb", progress.next_iteration + 1)
+                    if main
+                    else _NoWriter()
+                )
                 try:
                     if self.signals.requested:  # arrived while loading: nothing new to save
                         raise StopRequested(self.signals.signal_name, progress.next_iteration)
@@ -276,6 +332,8 @@ class ExperimentBuilder:
                 self.signals.restore()
                 if self._gpu_claim is not None:
                     self._gpu_claim.release()
+            if not main:
+                return results
             atomic_write_text(results_path, json.dumps(results, indent=2))
             done: dict[str, Any] = {
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -319,6 +377,21 @@ class ExperimentBuilder:
         return results
 
     # ------------------------------------------------------------------ resume
+    def _share_state(self, progress: TrainingProgress) -> TrainingProgress:
+        """Rank 0's model, optimizer and progress on every rank (it alone reads checkpoints)."""
+        if not self.dist.enabled:
+            return progress
+        learner, optimizer, shared = self.dist.broadcast(
+            (self.learner.state_dict(), self.learner.optimizer.state_dict(), progress.to_dict())
+        )
+        if not self.dist.is_main:
+            self.learner.load_state_dict(learner)
+            self.learner.optimizer.load_state_dict(optimizer)
+            progress = TrainingProgress(**shared)
+            epochs = {e["epoch"] for e in progress.top_k}
+            self._kept_epochs = (epochs, epochs)
+        return progress
+
     def _restore_or_start(self) -> TrainingProgress:
         """Progress restored from the newest valid checkpoint, or a fresh one (run.resume)."""
         mode = self.cfg.run.resume
@@ -355,8 +428,10 @@ class ExperimentBuilder:
         """Save latest.pt; then delete top-k member files neither latest nor previous lists.
 
         TensorBoard events are flushed first, so every event up to this iteration is on disk
-        before the checkpoint that a resumed run's purge_step keeps them for.
+        before the checkpoint that a resumed run's purge_step keeps them for. Rank 0 only.
         """
+        if not self.dist.is_main:
+            return
         self.writer.flush()
         save_state(
             self.ckpt_dir,
@@ -392,8 +467,10 @@ class ExperimentBuilder:
             it = progress.next_iteration
             epoch = it // ipe
             t0 = time.perf_counter()
-            mbs = tr.meta_batch_size
-            batch = self.sampler.batch("train", cfg.seed, it * mbs, mbs)
+            mbs, local = tr.meta_batch_size, self.local_batch
+            # This rank's share: consecutive tasks of the batch one process would draw.
+            first = it * mbs + self.dist.rank * local
+            batch = self.sampler.batch("train", cfg.seed, first, local)
             step = self.learner.train_step(batch, epoch, it)
             dt = time.perf_counter() - t0
             progress.next_iteration = it + 1
@@ -411,16 +488,20 @@ class ExperimentBuilder:
                 s_it=f"{dt:.3f}",
                 img_s=f"{images_per_task * mbs / dt:.0f}",
             )
+            stop = self.dist.any(self.signals.requested)  # every rank stops at the same step
             if (it + 1) % ipe == 0:
                 self._end_epoch(progress, epoch, step)
                 last_ckpt_time = time.monotonic()
-            elif self._cadence_due(it + 1, last_ckpt_time) or self.signals.requested:
+            elif self._cadence_due(it + 1, last_ckpt_time) or stop:
                 self._checkpoint(progress)
                 last_ckpt_time = time.monotonic()
-            if self.signals.requested:
+            if stop:
                 bar.close()
-                raise StopRequested(self.signals.signal_name, progress.next_iteration)
+                raise StopRequested(self._stop_name(), progress.next_iteration)
         bar.close()
+
+    def _stop_name(self) -> str:
+        return self.signals.signal_name or "a stop signal to another process of the job"
 
     def _cadence_due(self, done_iters: int, last_time: float) -> bool:
         r = self.cfg.run
@@ -450,6 +531,7 @@ class ExperimentBuilder:
             cfg.eval.task_seed,
             cfg.eval.val_tasks,
             cfg.eval.batch_size,
+            self.dist,
         )
         val_acc = val.accuracies().mean().item()
         val_loss = val.losses().mean().item()
@@ -479,7 +561,7 @@ class ExperimentBuilder:
         progress.top_k, kept, _ = update_top_k(progress.top_k, epoch, val_acc, cfg.eval.top_k)
         keep_every = cfg.run.keep_every_epochs
         snapshot = keep_every > 0 and (epoch + 1) % keep_every == 0
-        if kept or snapshot:
+        if (kept or snapshot) and self.dist.is_main:
             member = member_state(
                 self.learner.state_dict(), cfg, self.preprocessing, epoch, val_acc
             )
@@ -488,7 +570,8 @@ class ExperimentBuilder:
         progress.epoch_loss_sum = progress.epoch_acc_sum = progress.epoch_seconds = 0.0
         progress.epoch_iters = 0
         self._checkpoint(progress)  # evicted members go once previous.pt no longer lists them
-        write_metrics_csv(self.run_dir / "metrics.csv", progress.history)
+        if self.dist.is_main:
+            write_metrics_csv(self.run_dir / "metrics.csv", progress.history)
         log(
             f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.4f}"
@@ -502,6 +585,7 @@ class ExperimentBuilder:
             f"{cfg.eval.test_tasks} tasks"
         )
         t_test = time.perf_counter()
+        self.dist.barrier()  # rank 0 has written every member file
         tested = evaluate_ensemble(
             self._top_k_members(progress),
             self.sampler,
@@ -509,6 +593,7 @@ class ExperimentBuilder:
             cfg.eval.task_seed,
             cfg.eval.test_tasks,
             cfg.eval.batch_size,
+            self.dist,
         )
         t_test = time.perf_counter() - t_test
         mean, ci = tested["test_accuracy_mean"], tested["test_accuracy_ci95"]
@@ -535,8 +620,8 @@ class ExperimentBuilder:
     def _top_k_members(self, progress: TrainingProgress) -> Iterator[tuple[dict, MetaLearner]]:
         """The top-k members, loaded one at a time (a stop signal stops between them)."""
         for entry in progress.top_k:
-            if self.signals.requested:
-                raise StopRequested(self.signals.signal_name, progress.next_iteration)
+            if self.dist.any(self.signals.requested):
+                raise StopRequested(self._stop_name(), progress.next_iteration)
             learner = self._new_learner()
             path = self.ckpt_dir / member_file(entry["epoch"])
             try:

@@ -48,6 +48,18 @@ def setup_console(prefix: str = "") -> None:
     LOGGER.addHandler(_ConsoleHandler(f" {prefix}" if prefix else ""))
 
 
+def speak_for_the_job(main: bool) -> None:
+    """In a distributed run only rank 0 writes the console and train.log; the others keep
+    warnings and errors."""
+    for f in [f for f in LOGGER.filters if getattr(f, "_mamlpp_rank_filter", False)]:
+        LOGGER.removeFilter(f)
+    if not main:
+        quiet = logging.Filter()
+        quiet.filter = lambda record: record.levelno >= logging.WARNING  # type: ignore[method-assign]
+        quiet._mamlpp_rank_filter = True  # type: ignore[attr-defined]
+        LOGGER.addFilter(quiet)
+
+
 def log(msg: str) -> None:
     if not LOGGER.handlers:
         setup_console()

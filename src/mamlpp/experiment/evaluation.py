@@ -12,6 +12,7 @@ from torch import Tensor
 
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.data.episodes import EpisodeSampler
+from mamlpp.experiment.distributed import SINGLE, Distributed
 from mamlpp.tasks import task_accuracies, task_losses
 
 
@@ -34,13 +35,22 @@ def predict_tasks(
     seed: int,
     num_tasks: int,
     batch_size: int,
+    dist: Distributed = SINGLE,
 ) -> TaskPredictions:
-    """Adapt to tasks 0..num_tasks-1 of `split` (fixed by `seed`) and keep their target logits."""
-    logits, labels = [], []
-    for start in range(0, num_tasks, batch_size):
+    """Adapt to tasks 0..num_tasks-1 of `split` (fixed by `seed`) and keep their target logits.
+
+    In a distributed run the batches are dealt round-robin to the ranks and gathered, so every
+    rank gets what one process computes, batch for batch."""
+    starts = range(0, num_tasks, batch_size)
+    mine = {}
+    for j in range(dist.rank, len(starts), dist.world_size):
+        start = starts[j]
         batch = sampler.batch(split, seed, start, min(batch_size, num_tasks - start))
-        logits.append(learner.predict(batch).cpu())
-        labels.append(batch.yt.cpu())
+        mine[j] = (learner.predict(batch).cpu(), batch.yt.cpu())
+    if dist.enabled:
+        mine = {j: out for part in dist.gather(mine) for j, out in part.items()}
+    logits = [mine[j][0] for j in range(len(starts))]
+    labels = [mine[j][1] for j in range(len(starts))]
     return TaskPredictions(torch.cat(logits), torch.cat(labels))
 
 
@@ -65,6 +75,7 @@ def evaluate_ensemble(
     seed: int,
     num_tasks: int,
     batch_size: int,
+    dist: Distributed = SINGLE,
 ) -> dict[str, Any]:
     """Test each member on the same fixed tasks, then their ensemble (averaged logits).
 
@@ -73,7 +84,7 @@ def evaluate_ensemble(
     """
     predictions, per_model = [], []
     for info, learner in members:
-        preds = predict_tasks(learner, sampler, split, seed, num_tasks, batch_size)
+        preds = predict_tasks(learner, sampler, split, seed, num_tasks, batch_size, dist)
         mean, ci = mean_ci95(preds.accuracies())
         predictions.append(preds)
         per_model.append({**info, "test_accuracy_mean": mean, "test_accuracy_ci95": ci})
