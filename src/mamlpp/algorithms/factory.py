@@ -25,6 +25,7 @@ def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "c
         impl=impl,
         precision=cfg.train.precision,
         speed=cfg.speed,
+        iters_per_epoch=cfg.train.iters_per_epoch,
     ).to(device)
     if cfg.speed.cuda_graphs:
         learner.use_cuda_graphs()

@@ -135,9 +135,17 @@ def config_diffs(saved: dict[str, Any], cfg: Config, data_identity: str | None =
     """'key: old -> new' for every experiment key that differs ('' when none does).
 
     The data identity is compared only when both sides know it: checkpoints written before it
-    existed still resume, and a finished run is reported without loading its data."""
+    existed still resume, and a finished run is reported without loading its data. A key the
+    schema gained after the checkpoint was written differs only when set away from its default
+    (the default keeps what the older code did)."""
     current = run_identity(cfg, data_identity)
-    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    defaults = experiment_keys(Config())
+    keys = sorted(
+        k
+        for k in set(saved) | set(current)
+        if saved.get(k) != current.get(k)
+        and not (k not in saved and k in defaults and current[k] == defaults[k])
+    )
     if DATA_IDENTITY not in saved or DATA_IDENTITY not in current:
         keys = [k for k in keys if k != DATA_IDENTITY]
     diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys)
