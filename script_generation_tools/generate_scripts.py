@@ -17,8 +17,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "conf" / "experiment"
 OUT = REPO / "experiment_scripts"
-# Presets for development, not for the paper's table.
-SKIP = {"smoke", "quick"}
+# Presets for development, not for the paper's table, and sweeps (run with -m, not per seed).
+SKIP = {"smoke", "quick", "omniglot_5w1s_ablation"}
 EXIT_RESUMABLE = 75
 
 TEMPLATE = """#!/usr/bin/env bash

@@ -38,6 +38,7 @@ def _make_learner(
     total_iterations: int = 100,
     impl: str = "batched",
     bn_momentum: float = 0.1,
+    iters_per_epoch: int = 0,
     **algorithm: object,
 ) -> MetaLearner:
     """A tiny Conv4 meta-learner; `algorithm` overrides AlgorithmConfig fields."""
@@ -46,7 +47,14 @@ def _make_learner(
     torch.manual_seed(seed)
     model = ModelConfig(filters=filters, stages=stages, norm=norm, bn_momentum=bn_momentum)
     return MetaLearner(
-        AlgorithmConfig(**algorithm), model, 1, image_size, ways, total_iterations, impl=impl
+        AlgorithmConfig(**algorithm),
+        model,
+        1,
+        image_size,
+        ways,
+        total_iterations,
+        impl=impl,
+        iters_per_epoch=iters_per_epoch,
     )
 
 

@@ -6,6 +6,7 @@ Every test runs the real CLI as a subprocess on real Omniglot with the tiny conf
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 from pathlib import Path
@@ -14,8 +15,10 @@ import pytest
 import torch
 import yaml
 
+import mamlpp
 from conftest import (
     METRIC_COLUMNS,
+    REPO_ROOT,
     TINY_ARGS,
     TINY_ITERATIONS,
     Cli,
@@ -23,6 +26,7 @@ from conftest import (
     read_scalars,
     result_accuracies,
 )
+from mamlpp.config import is_neutral
 
 pytestmark = pytest.mark.slow
 
@@ -106,6 +110,14 @@ def test_training_run_writes_all_outputs(reference_run: dict) -> None:
     for key in ("train_seconds", "test_seconds", "wall_time_s"):
         assert results[key] > 0
     assert results["config"]["algorithm"] == "mamlpp" and results["config"]["ways"] == 5
+    # The identity is the run's experiment keys, the ones the done marker checks re-runs with.
+    identity = results["identity"]
+    assert identity == json.loads((run_dir / "done").read_text())["experiment"]
+    assert identity["algorithm.inner_steps"] == 1 and identity["task.ways"] == 5
+    assert "seed" in identity and not any(is_neutral(k) for k in identity)
+    assert results["code"]["mamlpp"] == mamlpp.__version__
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True)
+    assert results["code"]["git_commit"].startswith(head.stdout.decode().strip())
     assert (run_dir / "done").exists()
     assert "ensemble of top-2" in reference_run["stdout"]
 

@@ -314,6 +314,46 @@ def test_grad_clip_clamps_each_meta_gradient_element(make_learner, make_batch) -
     assert n_clipped > 0  # the bound really bit somewhere
 
 
+def test_cosine_per_epoch_is_the_published_staircase() -> None:
+    """Per epoch: cos(pi * epoch / epochs) for every iteration of the epoch (CosineAnnealingLR
+    stepped with the integer epoch); per iteration it moves within the epoch."""
+    base, floor, epochs, ipe = 1e-3, 1e-5, 4, 10
+    total = epochs * ipe
+    for it in range(total):
+        epoch = it // ipe
+        want = floor + (base - floor) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+        got = meta_lr_at(it, total, base, floor, True, iters_per_epoch=ipe)
+        assert got == pytest.approx(want, rel=1e-12), it
+    assert meta_lr_at(15, total, base, floor, True) < meta_lr_at(15, total, base, floor, True, ipe)
+    assert meta_lr_at(15, total, base, floor, False, ipe) == base
+
+
+def test_train_step_follows_the_per_epoch_key(make_learner, make_batch) -> None:
+    kwargs = dict(cosine_meta_lr=True, meta_lr=1e-2, min_meta_lr=1e-4, total_iterations=8)
+    staircase = make_learner(cosine_per_epoch=True, iters_per_epoch=4, **kwargs)
+    smooth = make_learner(**kwargs)
+    batch = make_batch(seed=9)
+    assert staircase.train_step(batch, epoch=0, iteration=3).meta_lr == 1e-2
+    assert smooth.train_step(batch, epoch=0, iteration=3).meta_lr < 1e-2
+    mid = 1e-4 + (1e-2 - 1e-4) / 2
+    assert staircase.train_step(batch, epoch=1, iteration=7).meta_lr == pytest.approx(mid)
+
+
+def test_grad_clip_network_only_leaves_the_inner_lrs_free(make_learner, make_batch) -> None:
+    """The published code clamps the network's meta-gradients only; LSLR's are left as they are."""
+    both = make_learner(inner_lr=0.3, learn_inner_lr=True, grad_clip=1e-4)
+    net_only = copy.deepcopy(both)
+    net_only.cfg = AlgorithmConfig(**{**vars(both.cfg), "grad_clip_network_only": True})
+    batch = make_batch(seed=4)
+    both.train_step(batch, epoch=0, iteration=0)
+    net_only.train_step(batch, epoch=0, iteration=0)
+    for a, b in zip(both.net.parameters(), net_only.net.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+    rates = [p.grad for p in net_only.inner_lrs.parameters()]
+    assert max(g.abs().max().item() for g in rates) > 1e-4  # not clamped
+    assert all(p.grad.abs().max().item() <= 1e-4 for p in both.inner_lrs.parameters())
+
+
 def test_first_adam_step_uses_the_scheduled_lr(make_learner, make_batch) -> None:
     """Adam's first update is ~lr * sign(grad): the optimizer really runs at the scheduled lr."""
     learner = make_learner(cosine_meta_lr=True, meta_lr=1e-2, min_meta_lr=1e-4, total_iterations=10)
@@ -348,6 +388,8 @@ def _config(**algorithm: object) -> Config:
         (_config(meta_lr=-1e-3), "algorithm.meta_lr"),
         (_config(name="reptile"), "algorithm.name"),
         (_config(name="fomaml", second_order=True), "algorithm.second_order"),
+        (_config(cosine_per_epoch=True), "algorithm.cosine_per_epoch"),
+        (_config(grad_clip_network_only=True), "algorithm.grad_clip_network_only"),
     ],
 )
 def test_validate_rejects(cfg: Config, key: str) -> None:

@@ -107,3 +107,42 @@ def test_a_presets_keys_for_another_component_do_not_block_a_switch() -> None:
 
     cfg = mamlpp.compose("experiment=tiny_imagenet_5w1s_maml", "model=resnet12")
     assert cfg.model.name == "resnet12" and cfg.model.filters == 48  # conv4's, unread
+
+
+ABLATION = "omniglot_5w1s_ablation"
+# The MAML++ paper's ablation grid: MAML, each feature added alone, all of them.
+ABLATION_VARIANTS = {
+    "maml": "maml",
+    "msl": "maml+MSL",
+    "da": "maml+DA",
+    "bn": "maml+BNRS+BNWB",
+    "lslr": "maml+LSLR",
+    "ca": "maml+CA",
+    "mamlpp": "mamlpp",
+}
+
+
+def test_ablation_preset_sweeps_the_papers_grid() -> None:
+    """Its multirun sweeps the seven variants over three seeds, each its own run directory, and
+    the variants differ in their MAML++ switches only."""
+    import mamlpp
+    from mamlpp.config import algorithm_label, experiment_keys
+    from mamlpp.reports.ablation import FEATURE_KEYS
+
+    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
+        hydra_cfg = compose("config", [f"experiment={ABLATION}"], return_hydra_config=True)
+    params = hydra_cfg.hydra.sweeper.params
+    assert params.ablation.split(",") == list(ABLATION_VARIANTS)
+    assert params.seed.split(",") == ["0", "1", "2"]
+    cfgs = {v: mamlpp.compose(f"experiment={ABLATION}", f"ablation={v}") for v in ABLATION_VARIANTS}
+    assert {v: algorithm_label(c.algorithm) for v, c in cfgs.items()} == ABLATION_VARIANTS
+    assert len({c.run.dir for c in cfgs.values()}) == len(ABLATION_VARIANTS)
+    rests = [
+        {k: v for k, v in experiment_keys(c).items() if k not in FEATURE_KEYS}
+        for c in cfgs.values()
+    ]
+    assert all(rest == rests[0] for rest in rests)
+    # The all-features variant is MAML++ itself: the mamlpp preset's algorithm and schedule.
+    paper, _ = load("omniglot_5w1s_mamlpp")
+    assert cfgs["mamlpp"].algorithm == paper.algorithm
+    assert (cfgs["mamlpp"].train, cfgs["mamlpp"].eval) == (paper.train, paper.eval)

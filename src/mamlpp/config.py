@@ -133,8 +133,15 @@ class AlgorithmConfig:
     per_element_lr: bool = False
     meta_lr: float = 0.001
     cosine_meta_lr: bool = False
+    # true: the cosine rate changes once per epoch (a staircase), as in the published MAML++
+    # code; false: every iteration.
+    cosine_per_epoch: bool = False
     min_meta_lr: float = 0.00001
+    # Clamp every meta-gradient element to [-grad_clip, grad_clip] before the Adam step.
     grad_clip: float | None = None
+    # true: clamp only the network's meta-gradients, not those of the learned inner learning
+    # rates (LSLR, Meta-SGD), as the published MAML++ code does; false: clamp all of them.
+    grad_clip_network_only: bool = False
 
 
 @dataclass
@@ -455,6 +462,18 @@ def validate(cfg: Config) -> Config:
     _check(a.msl_epochs >= 0, "algorithm.msl_epochs", a.msl_epochs, ">= 0")
     _check(
         a.grad_clip is None or a.grad_clip > 0, "algorithm.grad_clip", a.grad_clip, "null or > 0"
+    )
+    _check(
+        not a.cosine_per_epoch or a.cosine_meta_lr,
+        "algorithm.cosine_per_epoch",
+        True,
+        "false unless algorithm.cosine_meta_lr=true (it shapes the cosine schedule)",
+    )
+    _check(
+        not a.grad_clip_network_only or a.grad_clip is not None,
+        "algorithm.grad_clip_network_only",
+        True,
+        "false unless algorithm.grad_clip is set (it chooses what the clip applies to)",
     )
     _check(tr.epochs >= 1, "train.epochs", tr.epochs, ">= 1")
     _check(tr.iters_per_epoch >= 1, "train.iters_per_epoch", tr.iters_per_epoch, ">= 1")

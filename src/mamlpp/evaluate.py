@@ -32,15 +32,11 @@ from mamlpp.data.image_folder import is_image
 from mamlpp.data.preprocessing import with_channels
 from mamlpp.data.registry import load_dataset
 from mamlpp.errors import ConfigError, DataError, MamlppError
-from mamlpp.experiment.builder import (
-    config_summary,
-    configure_device,
-    make_sampler,
-    resolve_device,
-)
+from mamlpp.experiment.builder import configure_device, make_sampler, resolve_device
 from mamlpp.experiment.checkpoints import atomic_write_text
 from mamlpp.experiment.console import log
 from mamlpp.experiment.evaluation import evaluate_ensemble
+from mamlpp.experiment.results import config_summary
 from mamlpp.experiment.results_table import format_results
 from mamlpp.experiment.trained import TrainedRun, open_trained
 from mamlpp.inference import (

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mamlpp.config import conf_dir, is_neutral
 
-GROUPS = ("dataset", "task", "model", "algorithm")
+GROUPS = ("dataset", "task", "model", "algorithm", "ablation")
 _MISSING = object()
 
 

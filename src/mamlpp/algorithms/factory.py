@@ -29,6 +29,7 @@ def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "c
         precision=cfg.train.precision,
         speed=cfg.speed,
         optimizer=partial(build_optimizer, cfg.optimizer),
+        iters_per_epoch=cfg.train.iters_per_epoch,
     ).to(device)
     if cfg.speed.cuda_graphs:
         learner.use_cuda_graphs()

@@ -76,6 +76,7 @@ class MetaLearner(nn.Module):
         impl: str = "batched",
         precision: str = "fp32",
         speed: SpeedConfig | None = None,
+        iters_per_epoch: int = 0,
         optimizer: OptimizerFactory | None = None,
     ) -> None:
         """`optimizer(params, lr)` builds the meta-optimizer (algorithms.optimizer; Adam when
@@ -90,6 +91,10 @@ class MetaLearner(nn.Module):
         # Set for a distributed run: this process's tasks are a share of the meta-batch.
         self.sync: MetaStepSync | None = None
         self.total_iterations = total_iterations
+        # Read by the per-epoch (staircase) cosine schedule only.
+        self.iters_per_epoch = iters_per_epoch
+        if algorithm.cosine_per_epoch and iters_per_epoch < 1:
+            raise ValueError("algorithm.cosine_per_epoch needs iters_per_epoch >= 1")
         steps = algorithm.inner_steps
         self.net = build_backbone(
             model,
@@ -232,7 +237,12 @@ class MetaLearner(nn.Module):
                 msl_weights(cfg.inner_steps, cfg.msl_epochs, epoch), device=batch.xs.device
             )
         lr = meta_lr_at(
-            iteration, self.total_iterations, cfg.meta_lr, cfg.min_meta_lr, cfg.cosine_meta_lr
+            iteration,
+            self.total_iterations,
+            cfg.meta_lr,
+            cfg.min_meta_lr,
+            cfg.cosine_meta_lr,
+            self.iters_per_epoch if cfg.cosine_per_epoch else 0,
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -251,7 +261,8 @@ class MetaLearner(nn.Module):
             loss_sum, acc_sum = self.sync.sum(loss_sum, acc_sum)
             b *= self.sync.world_size
         if cfg.grad_clip is not None:
-            nn.utils.clip_grad_value_(self.parameters(), cfg.grad_clip)
+            clipped = self.net if cfg.grad_clip_network_only else self
+            nn.utils.clip_grad_value_(clipped.parameters(), cfg.grad_clip)
         self.optimizer.step()
         apply_batch_stats(sink)
         return StepResult(loss_sum.item() / b, acc_sum.item() / b, second, msl, lr)

@@ -33,10 +33,22 @@ def use_second_order(second_order: bool, first_order_epochs: int, epoch: int) ->
 
 
 def meta_lr_at(
-    iteration: int, total_iterations: int, base_lr: float, min_lr: float, cosine: bool
+    iteration: int,
+    total_iterations: int,
+    base_lr: float,
+    min_lr: float,
+    cosine: bool,
+    iters_per_epoch: int = 0,
 ) -> float:
-    """Cosine annealing from base_lr to min_lr over the whole training run (per iteration)."""
+    """Cosine annealing from base_lr to min_lr over the whole training run.
+
+    Per iteration by default. With iters_per_epoch > 0 a staircase: every iteration of an epoch
+    gets the rate of the epoch's start, cos(pi * epoch / epochs), as the published MAML++ code's
+    CosineAnnealingLR stepped with the integer epoch gives.
+    """
     if not cosine:
         return base_lr
+    if iters_per_epoch > 0:
+        iteration -= iteration % iters_per_epoch
     t = min(max(iteration, 0), total_iterations) / max(total_iterations, 1)
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * t))

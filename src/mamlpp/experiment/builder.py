@@ -48,6 +48,7 @@ from mamlpp.experiment.gpu_claim import GpuClaim, claim_free_gpu, cuda_ids
 from mamlpp.experiment.lock import RunLock
 from mamlpp.experiment.members import load_learner_state, member_state
 from mamlpp.experiment.metrics import open_tensorboard, write_metrics_csv
+from mamlpp.experiment.results import RunResults, config_summary
 from mamlpp.experiment.results_table import format_results
 from mamlpp.experiment.run_state import (
     ConfigDriftError,
@@ -135,33 +136,6 @@ def make_sampler(cfg: Config, data: FewShotDataset, device: torch.device) -> Epi
         augmentation=augmentation(cfg.dataset),
         device=device,
     )
-
-
-def config_summary(cfg: Config) -> dict[str, Any]:
-    """The experiment facts results.json (and mamlpp-report) name a result by."""
-    a, t = cfg.algorithm, cfg.task
-    return {
-        "experiment": cfg.experiment_name,
-        "dataset": cfg.dataset.name,
-        "protocol": cfg.dataset.protocol,
-        "ways": t.ways,
-        "shots": t.shots,
-        "targets": t.targets,
-        "algorithm": a.name,
-        "algorithm_variant": algorithm_label(a),
-        "second_order": a.second_order,
-        "first_order_epochs": a.first_order_epochs,
-        "multi_step_loss": a.multi_step_loss,
-        "learn_inner_lr": a.learn_inner_lr,
-        "per_step_bn_stats": a.per_step_bn_stats,
-        "per_step_bn_weights": a.per_step_bn_weights,
-        "use_running_stats_eval": a.use_running_stats_eval,
-        "cosine_meta_lr": a.cosine_meta_lr,
-        "inner_steps": a.inner_steps,
-        "inner_steps_eval": a.inner_steps_eval,
-        "meta_batch_size": cfg.train.meta_batch_size,
-        "seed": cfg.seed,
-    }
 
 
 def show_results(results: dict[str, Any]) -> None:
@@ -601,21 +575,22 @@ class ExperimentBuilder:
         # iterations + 1) replaces these instead of duplicating them.
         self.writer.add_scalar("test/acc", mean, self.total_iterations + 1)
         self.writer.add_scalar("test/ci95", ci, self.total_iterations + 1)
-        return {
-            "test_accuracy_mean": mean,
-            "test_accuracy_ci95": ci,
-            "num_test_tasks": cfg.eval.test_tasks,
-            "ensemble_size": tested["ensemble_size"],
-            "per_model": tested["per_model"],
-            "best_val_accuracy": max(e["val_acc"] for e in progress.top_k),
-            "train_seconds": round(progress.train_seconds, 2),
-            "test_seconds": round(t_test, 2),
-            "wall_time_s": round(progress.train_seconds + progress.eval_seconds + t_test, 2),
-            "epochs": cfg.train.epochs,
-            "iterations": self.total_iterations,
-            "device": str(self.device),
-            "config": config_summary(cfg),
-        }
+        return RunResults(
+            test_accuracy_mean=mean,
+            test_accuracy_ci95=ci,
+            num_test_tasks=cfg.eval.test_tasks,
+            ensemble_size=tested["ensemble_size"],
+            per_model=tested["per_model"],
+            best_val_accuracy=max(e["val_acc"] for e in progress.top_k),
+            train_seconds=round(progress.train_seconds, 2),
+            test_seconds=round(t_test, 2),
+            wall_time_s=round(progress.train_seconds + progress.eval_seconds + t_test, 2),
+            epochs=cfg.train.epochs,
+            iterations=self.total_iterations,
+            device=str(self.device),
+            config=config_summary(cfg),
+            identity=run_identity(cfg, self.data_identity),
+        ).to_dict()
 
     def _top_k_members(self, progress: TrainingProgress) -> Iterator[tuple[dict, MetaLearner]]:
         """The top-k members, loaded one at a time (a stop signal stops between them)."""

@@ -1,9 +1,10 @@
 """`mamlpp-report DIR... [--out DIR]`: one table and a few plots from every run under DIR.
 
-Rows are (experiment, dataset, ways, shots, algorithm variant); over the seeds of a row the
-table gives the mean
-test accuracy +- std, the mean 95% CI over tasks, the number of seeds, the best validation
-accuracy and training hours, with the published number beside ours where one exists.
+A row is one experiment: the runs whose identity (every experiment key) is equal except `seed`
+(mamlpp.reports.grouping). Over its seeds the table gives the mean test accuracy +- std, the mean
+95% CI over tasks, the number of seeds, the best validation accuracy and training hours, with the
+published number beside ours where one exists. Keys whose values differ between rows get a
+column each. Experiments that differ only in MAML++ switches also get an ablation table.
 """
 
 from __future__ import annotations
@@ -13,25 +14,14 @@ import csv
 import json
 import statistics
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-# Published test accuracies (%) from reference.md: (dataset, ways, shots, algorithm) -> number.
-PAPER = {
-    ("omniglot", 5, 1, "maml"): "98.7 +- 0.4",
-    ("omniglot", 5, 5, "maml"): "99.9 +- 0.1",
-    ("omniglot", 20, 1, "maml"): "95.8 +- 0.3",
-    ("omniglot", 20, 5, "maml"): "98.9 +- 0.2",
-    ("omniglot", 5, 1, "mamlpp"): "99.47",
-    ("omniglot", 5, 5, "mamlpp"): "99.93",
-    ("omniglot", 20, 1, "mamlpp"): "97.65",
-    ("omniglot", 20, 5, "mamlpp"): "99.33",
-    ("miniimagenet", 5, 1, "maml"): "48.70 +- 1.84",
-    ("miniimagenet", 5, 5, "maml"): "63.11 +- 0.92",
-    ("miniimagenet", 5, 1, "mamlpp"): "52.15 +- 0.26",
-    ("miniimagenet", 5, 5, "mamlpp"): "68.32 +- 0.44",
-}
+from mamlpp.reports.ablation import write_ablation
+from mamlpp.reports.grouping import Group, differing_keys, format_value, group_runs
+from mamlpp.reports.paper import paper_number
+from mamlpp.reports.plots import write_plots
+
 COLUMNS = (
     "experiment",
     "dataset",
@@ -61,123 +51,72 @@ def find_runs(dirs: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
     return runs
 
 
+def group_row(g: Group, extra: list[str]) -> dict[str, Any]:
+    """A group's table row: its statistics over seeds, then its values of the `extra` keys."""
+    c, rs = g.summary, g.results
+    accs = g.test_accuracies()
+    row = {
+        "experiment": g.experiment,
+        "dataset": c["dataset"],
+        "ways": c["ways"],
+        "shots": c["shots"],
+        "algorithm": g.variant,
+        "seeds": len(rs),
+        "test_acc_mean": statistics.fmean(accs),
+        "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+        "ci95_mean": statistics.fmean(100 * r["test_accuracy_ci95"] for r in rs),
+        "best_val_acc": statistics.fmean(100 * r["best_val_accuracy"] for r in rs),
+        "train_hours": statistics.fmean(r.get("train_seconds", 0.0) for r in rs) / 3600,
+        "paper": paper_number(c["dataset"], c["ways"], c["shots"], g.variant),
+    }
+    row.update({k: format_value(g.identity[k]) if k in g.identity else "" for k in extra})
+    return row
+
+
 def summarize(runs: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for _, r in runs:
-        c = r["config"]
-        # The variant (e.g. maml+DA) says what ran; results without it name only the group.
-        algorithm = c.get("algorithm_variant", c["algorithm"])
-        experiment = c.get("experiment", "?")
-        groups[(experiment, c["dataset"], c["ways"], c["shots"], algorithm)].append(r)
-    rows = []
-    for key in sorted(groups):
-        rs = groups[key]
-        accs = [100 * r["test_accuracy_mean"] for r in rs]
-        rows.append(
-            dict(
-                zip(COLUMNS[:5], key),
-                seeds=len(rs),
-                test_acc_mean=statistics.fmean(accs),
-                test_acc_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                ci95_mean=statistics.fmean(100 * r["test_accuracy_ci95"] for r in rs),
-                best_val_acc=statistics.fmean(100 * r["best_val_accuracy"] for r in rs),
-                train_hours=statistics.fmean(r.get("train_seconds", 0.0) for r in rs) / 3600,
-                paper=PAPER.get(key[1:], ""),
-            )
-        )
-    return rows
+    """One row per experiment (identity without seed), the keys that tell rows apart appended."""
+    return rows_of(group_runs(runs))
+
+
+def rows_of(groups: list[Group]) -> list[dict[str, Any]]:
+    extra = differing_keys(groups)
+    return [group_row(g, extra) for g in groups]
+
+
+def old_format_note(runs: list[tuple[Path, dict[str, Any]]]) -> str | None:
+    """A note when some results.json predate the identity: their rows rest on a summary."""
+    old = sum("identity" not in r for _, r in runs)
+    if not old:
+        return None
+    return (
+        f"mamlpp-report: note: {old} results.json without an identity (written by an older "
+        "mamlpp) are grouped by their config summary only; runs of theirs that differ in other "
+        "keys (e.g. algorithm.inner_lr) share a row"
+    )
 
 
 def write_tables(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
+    extra = [k for k in rows[0] if k not in COLUMNS] if rows else []
     csv_path, md_path = out / "results.csv", out / "results.md"
     with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=[*COLUMNS, *extra])
         w.writeheader()
         w.writerows(rows)
-    lines = [
-        "| experiment | dataset | way | shot | algorithm | test acc % (mean +- std over seeds) "
-        "| 95% CI (mean) | seeds | best val % | train h | paper % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    head = ["experiment", "dataset", "way", "shot", "algorithm", *extra]
+    head += ["test acc % (mean +- std over seeds)", "95% CI (mean)", "seeds", "best val %"]
+    head += ["train h", "paper %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         # One seed has no spread across seeds: say so instead of printing +- 0.00.
         spread = f"+- {r['test_acc_std']:.2f}" if r["seeds"] > 1 else "(1 seed)"
-        lines.append(
-            f"| {r['experiment']} | {r['dataset']} | {r['ways']} | {r['shots']} "
-            f"| {r['algorithm']} | "
-            f"{r['test_acc_mean']:.2f} {spread} | {r['ci95_mean']:.2f} | "
-            f"{r['seeds']} | {r['best_val_acc']:.2f} | {r['train_hours']:.2f} | {r['paper']} |"
-        )
+        cells = [r["experiment"], r["dataset"], r["ways"], r["shots"], r["algorithm"]]
+        cells += [r[k] for k in extra]
+        cells += [f"{r['test_acc_mean']:.2f} {spread}", f"{r['ci95_mean']:.2f}", r["seeds"]]
+        cells += [f"{r['best_val_acc']:.2f}", f"{r['train_hours']:.2f}", r["paper"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
-
-
-def write_plots(runs: list[tuple[Path, dict[str, Any]]], rows: list[dict], out: Path) -> list[Path]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(
-            "mamlpp-report: matplotlib missing (pip install mamlpp[report]); no plots",
-            file=sys.stderr,
-        )
-        return []
-    curves: dict[str, list[tuple[str, list[int], list[float]]]] = defaultdict(list)
-    for run_dir, r in runs:
-        metrics = run_dir / "metrics.csv"
-        if not metrics.exists():
-            continue
-        with open(metrics) as f:
-            hist = list(csv.DictReader(f))
-        c = r["config"]
-        label = f"{c['dataset']} {c['ways']}w{c['shots']}s {c['algorithm']}"
-        curves[label].append(
-            (
-                f"seed {c['seed']}",
-                [int(h["iteration"]) for h in hist],
-                [100 * float(h["val_acc"]) for h in hist],
-            )
-        )
-    paths = []
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for label, seeds in sorted(curves.items()):
-        for i, (_seed, xs, ys) in enumerate(seeds):
-            ax.plot(
-                xs,
-                ys,
-                label=label if i == 0 else None,
-                color=f"C{sorted(curves).index(label) % 10}",
-                alpha=0.8,
-            )
-    ax.set(
-        xlabel="iteration",
-        ylabel="validation accuracy (%)",
-        title="Validation accuracy (seeds overlaid)",
-    )
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    paths.append(out / "val_accuracy.png")
-    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    labels = [f"{r['dataset']}\n{r['ways']}w{r['shots']}s {r['algorithm']}" for r in rows]
-    ax.errorbar(
-        range(len(rows)),
-        [r["test_acc_mean"] for r in rows],
-        yerr=[r["test_acc_std"] for r in rows],
-        fmt="o",
-        capsize=4,
-    )
-    ax.set_xticks(range(len(rows)), labels, fontsize=8)
-    ax.set(ylabel="test accuracy (%)", title="Test accuracy per setting (mean +- std over seeds)")
-    ax.grid(alpha=0.3)
-    paths.append(out / "test_accuracy.png")
-    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return paths
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,9 +130,16 @@ def main(argv: list[str] | None = None) -> None:
     runs = find_runs(args.dirs)
     if not runs:
         p.exit(2, f"mamlpp-report: error: no results.json under {', '.join(map(str, args.dirs))}\n")
-    rows = summarize(runs)
-    outputs = [*write_tables(rows, args.out), *write_plots(runs, rows, args.out)]
+    note = old_format_note(runs)
+    if note:
+        print(note, file=sys.stderr)
+    groups = group_runs(runs)
+    rows = rows_of(groups)
+    outputs = [*write_tables(rows, args.out), *write_plots(groups, rows, args.out)]
+    outputs += write_ablation(groups, args.out)
     print((args.out / "results.md").read_text())
+    if any(o.name == "ablation.md" for o in outputs):
+        print((args.out / "ablation.md").read_text())
     print("wrote " + ", ".join(str(o) for o in outputs))
 
 
