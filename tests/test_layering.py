@@ -1,5 +1,6 @@
 """Lower layers never import higher ones: data and nn know nothing of algorithms, experiments,
-reports or the entry points (README: data -> meta-layers/backbones -> algorithms -> experiment)."""
+reports or the entry points (README: data -> meta-layers/backbones -> algorithms -> trackers ->
+experiment)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "src" / "mamlpp"
-LAYERS = ["tasks", "data", "nn", "algorithms", "experiment", "reports"]
+LAYERS = ["tasks", "data", "nn", "algorithms", "trackers", "experiment", "reports"]
 TOP = {"train", "api", "inference", "evaluate", "naming"}
 
 

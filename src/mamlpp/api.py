@@ -24,6 +24,7 @@ from mamlpp.config import (
     validate,
 )
 from mamlpp.errors import ConfigError
+from mamlpp.trackers.factory import check_installed
 
 
 def compose(*overrides: str) -> Config:
@@ -53,6 +54,7 @@ def train(cfg: Config, run_dir: str | Path | None = None) -> dict[str, Any]:
     if where is None:
         raise ConfigError("no run directory: pass run_dir, or build cfg with mamlpp.compose")
     validate(cfg)
+    check_installed(cfg.logger)  # before the data and the model are built
     from mamlpp.experiment.builder import ExperimentBuilder
 
     cfg.run.dir = str(where)

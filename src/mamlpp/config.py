@@ -223,6 +223,71 @@ class PathsConfig:
     runs_dir: str = "runs"
 
 
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class TensorboardLoggerConfig:
+    """TensorBoard event files (the default tracker)."""
+
+    # Set by choosing the tracker in the `logger` group.
+    enabled: bool = False
+    # Relative to the run directory.
+    dir: str = "tb"
+
+
+@dataclass
+class CsvLoggerConfig:
+    """Every scalar as a (step, name, value) row; metrics.csv (one row per epoch) is written
+    whichever trackers are chosen."""
+
+    # Set by choosing the tracker in the `logger` group.
+    enabled: bool = False
+    # Relative to the run directory.
+    file: str = "scalars.csv"
+
+
+@dataclass
+class MlflowLoggerConfig:
+    """An MLflow run (pip install 'mamlpp[mlflow]')."""
+
+    # Set by choosing the tracker in the `logger` group.
+    enabled: bool = False
+    # None: an SQLite store inside the run directory, sqlite:///<run dir>/mlflow/mlflow.db.
+    tracking_uri: str | None = None
+    # The MLflow experiment; None: experiment_name.
+    experiment: str | None = None
+
+
+@dataclass
+class WandbLoggerConfig:
+    """A Weights & Biases run (pip install 'mamlpp[wandb]'); offline unless told otherwise."""
+
+    # Set by choosing the tracker in the `logger` group.
+    enabled: bool = False
+    project: str = "mamlpp"
+    entity: str | None = None
+    # offline (files only; `wandb sync` uploads them later) | online | disabled
+    mode: str = "offline"
+    # Where wandb/ is made; None: the run directory.
+    dir: str | None = None
+
+
+@dataclass
+class LoggerConfig:
+    """The experiment trackers, chosen with the `logger` group (logger=[tensorboard,mlflow]):
+    each file of the group switches its tracker on."""
+
+    tensorboard: TensorboardLoggerConfig = field(default_factory=TensorboardLoggerConfig)
+    csv: CsvLoggerConfig = field(default_factory=CsvLoggerConfig)
+    mlflow: MlflowLoggerConfig = field(default_factory=MlflowLoggerConfig)
+    wandb: WandbLoggerConfig = field(default_factory=WandbLoggerConfig)
+
+    def chosen(self) -> list[str]:
+        """The names of the trackers switched on, in the schema's order."""
+        return [f.name for f in fields(self) if getattr(self, f.name).enabled]
+
+
 # Keys that may differ between a checkpoint and the resuming run, and that never name a run
 # directory (mamlpp.naming). The one list of them.
 NEUTRAL_KEYS = (
@@ -239,6 +304,8 @@ NEUTRAL_KEYS = (
     "eval.batch_size",
     "speed.",
     "model.vectorize",
+    "logger",
+    "logger.",
 )
 
 
@@ -270,6 +337,7 @@ class Config:
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     run: RunConfig = field(default_factory=RunConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 # Config's sections, read off its (postponed, so string) annotations.
@@ -342,6 +410,14 @@ def check_unread_overrides(cfg: Config, overrides: list[str]) -> None:
     for item in overrides:
         key = item.partition("=")[0].lstrip("+~")
         section, _, name = key.partition(".")
+        tracker = name.partition(".")[0]
+        if section == "logger" and tracker in cfg.logger.chosen():
+            continue
+        if section == "logger" and name and not name.endswith(".enabled"):
+            raise ConfigError(
+                f"config key '{key}' is for a tracker that is not chosen, so it would be "
+                f"ignored: add it to the logger list, e.g. logger=[tensorboard,{tracker}]"
+            )
         name = name.partition(".")[0]
         node = {"dataset": cfg.dataset, "model": cfg.model}.get(section)
         if node is None or not name or name == "name":
@@ -516,6 +592,8 @@ def validate(cfg: Config) -> Config:
         "false with algorithm.name=fomaml (first-order MAML)",
     )
     _check(ev.batch_size >= 1, "eval.batch_size", ev.batch_size, ">= 1")
+    wb = cfg.logger.wandb
+    _check(wb.mode in WANDB_MODES, "logger.wandb.mode", wb.mode, f"one of {WANDB_MODES}")
     return cfg
 
 

@@ -1,11 +1,12 @@
 """ExperimentBuilder: meta-training with validation, checkpoints and resume, then the test phase.
 
-Run directory: config.yaml, metrics.csv, tb/, checkpoints/ (latest.pt, previous.pt, the top-k
-members epoch_NNNN.pt, optional keep_every_epochs snapshots), results.json, done, .lock.
+Run directory: config.yaml, metrics.csv, checkpoints/ (latest.pt, previous.pt, the top-k
+members epoch_NNNN.pt, optional keep_every_epochs snapshots), results.json, done, .lock, and
+what the chosen trackers write (tb/ by default; mamlpp.trackers).
 
 Resume guarantees (CPU): a run killed at any moment and started again with the same command
 ends with the same numbers as an uninterrupted one. The checkpoint is the single source of truth:
-metrics.csv is rewritten from its history, TensorBoard events after it are purged (purge_step),
+metrics.csv is rewritten from its history, trackers resume at its step without duplicates,
 and training needs no global RNG after model init (tasks are a pure function of seed and index).
 """
 
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from mamlpp.algorithms.factory import build_learner
 from mamlpp.algorithms.meta_learner import MetaLearner
-from mamlpp.config import Config, SpeedConfig, algorithm_label
+from mamlpp.config import Config, SpeedConfig, algorithm_label, experiment_keys
 from mamlpp.data.dataset import FewShotDataset
 from mamlpp.data.episodes import EpisodeSampler
 from mamlpp.data.preprocessing import Preprocessing
@@ -47,7 +48,7 @@ from mamlpp.experiment.evaluation import evaluate_ensemble, predict_tasks
 from mamlpp.experiment.gpu_claim import GpuClaim, claim_free_gpu, cuda_ids
 from mamlpp.experiment.lock import RunLock
 from mamlpp.experiment.members import load_learner_state, member_state
-from mamlpp.experiment.metrics import open_tensorboard, write_metrics_csv
+from mamlpp.experiment.metrics import write_metrics_csv
 from mamlpp.experiment.results import RunResults, config_summary
 from mamlpp.experiment.results_table import format_results
 from mamlpp.experiment.run_state import (
@@ -62,6 +63,8 @@ from mamlpp.experiment.run_state import (
 )
 from mamlpp.experiment.signals import EXIT_RESUMABLE, SignalFlag, StopRequested
 from mamlpp.experiment.topk import member_file, update_top_k
+from mamlpp.trackers import open_trackers
+from mamlpp.trackers.base import FanOut
 
 DONE_MARKER = "done"
 
@@ -143,19 +146,6 @@ def show_results(results: dict[str, Any]) -> None:
     table = format_results(results)
     print(table, flush=True)
     log_file_only(table)
-
-
-class _NoWriter:
-    """What a rank other than 0 logs scalars into: nothing (rank 0 writes the run's files)."""
-
-    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _acknowledge(signal_name: str) -> None:
@@ -288,20 +278,20 @@ class ExperimentBuilder:
                         self.run_dir / "config.yaml",
                         OmegaConf.to_yaml(OmegaConf.structured(self.cfg)),
                     )
-                # Events after the checkpoint were written by a killed process: TensorBoard
-                # drops every event at a step >= purge_step (all of them on a fresh start).
-                self.writer = (
-                    open_tensorboard(self.run_dir / "tb", progress.next_iteration + 1)
-                    if main
-                    else _NoWriter()
-                )
+                # Points after the checkpoint were written by a killed process: each tracker
+                # drops them or skips their steps (all of them go on a fresh start). Rank 0
+                # alone writes them.
+                self.trackers = open_trackers(self.cfg, self.run_dir) if main else FanOut([])
                 try:
-                    if self.signals.requested:  # arrived while loading: nothing new to save
-                        raise StopRequested(self.signals.signal_name, progress.next_iteration)
+                    self.trackers.resume(progress.next_iteration + 1)
+                    self.trackers.log_params(experiment_keys(self.cfg))
+                    # A signal that arrived while loading: nothing new to save.
+                    if self.dist.any(self.signals.requested):
+                        raise StopRequested(self._stop_name(), progress.next_iteration)
                     self._train(progress)
                     results = self._test(progress)
                 finally:
-                    self.writer.close()
+                    self.trackers.close()
             finally:
                 self.signals.restore()
                 if self._gpu_claim is not None:
@@ -401,12 +391,12 @@ class ExperimentBuilder:
     def _checkpoint(self, progress: TrainingProgress) -> None:
         """Save latest.pt; then delete top-k member files neither latest nor previous lists.
 
-        TensorBoard events are flushed first, so every event up to this iteration is on disk
-        before the checkpoint that a resumed run's purge_step keeps them for. Rank 0 only.
+        Trackers are flushed first, so every point up to this iteration is stored before the
+        checkpoint that a resumed run keeps them for. Rank 0 only.
         """
         if not self.dist.is_main:
             return
-        self.writer.flush()
+        self.trackers.flush()
         save_state(
             self.ckpt_dir,
             self.learner.state_dict(),
@@ -487,12 +477,14 @@ class ExperimentBuilder:
         return by_iters or by_time
 
     def _log_iteration(self, step_no: int, step: Any, dt: float, images: int) -> None:
-        w = self.writer
-        w.add_scalar("train/loss", step.loss, step_no)
-        w.add_scalar("train/acc", step.accuracy, step_no)
-        w.add_scalar("train/lr", step.meta_lr, step_no)
-        w.add_scalar("train/s_per_iter", dt, step_no)
-        w.add_scalar("train/images_per_s", images / dt, step_no)
+        scalars = {
+            "train/loss": step.loss,
+            "train/acc": step.accuracy,
+            "train/lr": step.meta_lr,
+            "train/s_per_iter": dt,
+            "train/images_per_s": images / dt,
+        }
+        self.trackers.log_scalars(scalars, step_no)
 
     def _end_epoch(self, progress: TrainingProgress, epoch: int, step: Any) -> None:
         cfg = self.cfg
@@ -524,14 +516,13 @@ class ExperimentBuilder:
             "epoch_seconds": round(progress.epoch_seconds, 3),
             "s_per_iter": round(progress.epoch_seconds / n, 4),
         }
-        w, s = self.writer, progress.next_iteration
-        w.add_scalar("val/acc", val_acc, s)
-        w.add_scalar("val/loss", val_loss, s)
+        scalars = {"val/acc": val_acc, "val/loss": val_loss}
         if cfg.algorithm.learn_inner_lr:  # fixed rates would only draw flat lines
             for name, rates in self.learner.inner_lrs.as_dict().items():
                 for i, r in enumerate(rates.tolist()):
-                    w.add_scalar(f"lslr/{name}/step{i}", r, s)
-        w.flush()
+                    scalars[f"lslr/{name}/step{i}"] = r
+        self.trackers.log_scalars(scalars, progress.next_iteration)
+        self.trackers.flush()
         progress.top_k, kept, _ = update_top_k(progress.top_k, epoch, val_acc, cfg.eval.top_k)
         keep_every = cfg.run.keep_every_epochs
         snapshot = keep_every > 0 and (epoch + 1) % keep_every == 0
@@ -571,10 +562,9 @@ class ExperimentBuilder:
         )
         t_test = time.perf_counter() - t_test
         mean, ci = tested["test_accuracy_mean"], tested["test_accuracy_ci95"]
-        # One step past training: a re-test or a resume in the test phase (purge_step =
-        # iterations + 1) replaces these instead of duplicating them.
-        self.writer.add_scalar("test/acc", mean, self.total_iterations + 1)
-        self.writer.add_scalar("test/ci95", ci, self.total_iterations + 1)
+        # One step past training: a re-test or a resume in the test phase (resume step =
+        # iterations + 1) replaces or skips these instead of duplicating them.
+        self.trackers.log_scalars({"test/acc": mean, "test/ci95": ci}, self.total_iterations + 1)
         return RunResults(
             test_accuracy_mean=mean,
             test_accuracy_ci95=ci,

@@ -1,12 +1,10 @@
-"""Per-epoch metrics (CSV) and scalars (TensorBoard) of one run."""
+"""Per-epoch metrics of one run: metrics.csv, written whichever trackers are chosen."""
 
 from __future__ import annotations
 
 import csv
 import io
 from pathlib import Path
-
-from torch.utils.tensorboard import SummaryWriter
 
 from mamlpp.experiment.checkpoints import atomic_write_text
 
@@ -41,8 +39,3 @@ def write_metrics_csv(path: Path, rows: list[dict]) -> None:
 def _short(value: object) -> object:
     """Floats with 7 significant digits (float32's precision), not repr's 17."""
     return f"{value:.7g}" if isinstance(value, float) else value
-
-
-def open_tensorboard(log_dir: Path, resume_step: int | None) -> SummaryWriter:
-    """A writer that drops events at or after `resume_step` left by a killed run."""
-    return SummaryWriter(str(log_dir), purge_step=resume_step, flush_secs=30)

@@ -1,0 +1,58 @@
+"""The trackers of a config: checked for their packages up front, then opened together."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from mamlpp.config import Config, LoggerConfig
+from mamlpp.errors import ConfigError
+from mamlpp.trackers.base import FanOut, MetricLogger
+
+# Trackers that need an optional package: the modules to import, and the pip extra.
+PACKAGES = {
+    "mlflow": (("mlflow", "sqlalchemy", "alembic"), "mlflow"),
+    "wandb": (("wandb",), "wandb"),
+}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a stub in sys.modules
+        return False
+
+
+def check_installed(cfg: LoggerConfig) -> None:
+    """Refuse, in one line naming the pip extra, a chosen tracker whose package is missing."""
+    for name in cfg.chosen():
+        modules, extra = PACKAGES.get(name, ((), ""))
+        missing = [m for m in modules if not _installed(m)]
+        if missing:
+            raise ConfigError(
+                f"config key 'logger' chooses {name}, but {', '.join(missing)} is not "
+                f"installed: pip install 'mamlpp[{extra}]'"
+            )
+
+
+def open_trackers(cfg: Config, run_dir: Path) -> MetricLogger:
+    """The chosen trackers behind one logger (call its `resume` before logging)."""
+    loggers: list[MetricLogger] = []
+    c = cfg.logger
+    if c.tensorboard.enabled:
+        from mamlpp.trackers.tensorboard import TensorboardLogger
+
+        loggers.append(TensorboardLogger(run_dir / c.tensorboard.dir))
+    if c.csv.enabled:
+        from mamlpp.trackers.csv_file import CsvLogger
+
+        loggers.append(CsvLogger(run_dir / c.csv.file))
+    if c.mlflow.enabled:
+        from mamlpp.trackers.mlflow_tracker import MlflowLogger
+
+        loggers.append(MlflowLogger(c.mlflow, run_dir, cfg.experiment_name))
+    if c.wandb.enabled:
+        from mamlpp.trackers.wandb_tracker import WandbLogger
+
+        loggers.append(WandbLogger(c.wandb, run_dir, cfg.experiment_name))
+    return FanOut(loggers)

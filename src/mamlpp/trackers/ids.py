@@ -1,0 +1,27 @@
+"""The ids of a run directory's tracker runs (trackers.json), so that a resume finds them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+FILE = "trackers.json"
+
+
+def load_id(run_dir: Path, tracker: str) -> dict[str, Any] | None:
+    """What `save_id` stored for `tracker` in `run_dir`, or None."""
+    path = run_dir / FILE
+    if not path.exists():
+        return None
+    return json.loads(path.read_text()).get(tracker)
+
+
+def save_id(run_dir: Path, tracker: str, value: dict[str, Any]) -> None:
+    """Store `value` for `tracker`, keeping the other trackers' entries; atomic."""
+    path = run_dir / FILE
+    ids = json.loads(path.read_text()) if path.exists() else {}
+    ids[tracker] = value
+    tmp = path.with_name(f".{FILE}.new")
+    tmp.write_text(json.dumps(ids, indent=1))
+    tmp.replace(path)

@@ -1,0 +1,112 @@
+"""An MLflow run per run directory (pip install 'mamlpp[mlflow]')."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mamlpp.config import MlflowLoggerConfig
+from mamlpp.trackers.base import new_points
+from mamlpp.trackers.ids import load_id, save_id
+
+METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
+PARAMS_PER_BATCH = 100
+MAX_PARAM_CHARS = 6000
+
+
+def default_tracking_uri(run_dir: Path) -> str:
+    """An SQLite store inside the run directory (MLflow 3 refuses new plain-file stores)."""
+    db_dir = run_dir.resolve() / "mlflow"
+    db_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db_dir / 'mlflow.db'}"
+
+
+class MlflowLogger:
+    """Scalars are buffered and sent in batches at each flush (every checkpoint).
+
+    MLflow cannot delete single points, so a resume keeps those a killed process wrote past the
+    checkpoint and does not send those steps again (on CPU they are the same numbers); a
+    restart from scratch deletes the old MLflow run and opens a new one."""
+
+    def __init__(self, cfg: MlflowLoggerConfig, run_dir: Path, experiment: str) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.experiment = cfg.experiment or experiment
+        self.buffer: list[Any] = []
+        self.written: dict[str, int] = {}
+        self.run_id: str | None = None
+
+    def resume(self, step: int) -> None:
+        from mlflow.tracking import MlflowClient
+
+        for name in ("mlflow", "alembic"):  # schema migrations and store notices
+            logging.getLogger(name).setLevel(logging.WARNING)
+        uri = self.cfg.tracking_uri or default_tracking_uri(self.run_dir)
+        self.client = MlflowClient(tracking_uri=uri)
+        old = load_id(self.run_dir, "mlflow")
+        old_run = self._active_run(old["run_id"]) if old and old["uri"] == uri else None
+        if old_run is not None and step > 1:
+            self.run_id = old_run.info.run_id
+            self.written = self._written_steps(old_run)
+            self.client.update_run(self.run_id, status="RUNNING")
+            return
+        if old_run is not None:
+            self.client.delete_run(old_run.info.run_id)
+        self.run_id = self._new_run()
+        save_id(self.run_dir, "mlflow", {"uri": uri, "run_id": self.run_id})
+
+    def _active_run(self, run_id: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:  # another store, or removed from it
+            return None
+        return run if run.info.lifecycle_stage == "active" else None
+
+    def _written_steps(self, run: Any) -> dict[str, int]:
+        return {
+            key: max(m.step for m in self.client.get_metric_history(run.info.run_id, key))
+            for key in run.data.metrics
+        }
+
+    def _new_run(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            experiment_id = found.experiment_id
+        else:
+            experiment_id = self.client.create_experiment(self.experiment)
+        name = f"{self.run_dir.resolve().parent.name}/{self.run_dir.name}"
+        tags = {"mamlpp.run_dir": str(self.run_dir.resolve())}
+        return self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        assert self.run_id is not None, "resume() first"
+        logged = self.client.get_run(self.run_id).data.params  # values cannot change
+        new = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items() if k not in logged]
+        for i in range(0, len(new), PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=new[i : i + PARAMS_PER_BATCH])
+
+    def log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for key, value in new_points(scalars, step, self.written).items():
+            self.buffer.append(Metric(key, float(value), now, step))
+
+    def flush(self) -> None:
+        if self.run_id is None:
+            return
+        for i in range(0, len(self.buffer), METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=self.buffer[i : i + METRICS_PER_BATCH])
+        self.buffer = []
+
+    def close(self) -> None:
+        if self.run_id is not None:
+            self.flush()
+            self.client.set_terminated(self.run_id)

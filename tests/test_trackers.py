@@ -1,0 +1,207 @@
+"""Experiment trackers (the `logger` group): config, missing packages, and a killed-and-resumed
+run whose TensorBoard, CSV, MLflow and wandb records are read back with their own readers."""
+
+from __future__ import annotations
+
+import csv
+import random
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_ITERATIONS, Cli, CliRun, read_metric_rows, read_scalars
+from mamlpp import compose
+from mamlpp.config import experiment_keys
+from mamlpp.errors import ConfigError
+from mamlpp.trackers import check_installed
+
+WALL_CLOCK = ("train/s_per_iter", "train/images_per_s")
+EXTRA_OF = {"mlflow": "mlflow", "wandb": "wandb"}
+
+
+# --------------------------------------------------------------------------- config
+def test_logger_choice_is_neutral() -> None:
+    """Choosing trackers names no other run directory and is no experiment key (resume works)."""
+    base = compose("experiment=smoke")
+    both = compose("experiment=smoke", "logger=[tensorboard,csv,mlflow,wandb]")
+    assert base.logger.chosen() == ["tensorboard"]
+    assert both.logger.chosen() == ["tensorboard", "csv", "mlflow", "wandb"]
+    assert compose("experiment=smoke", "logger=[]").logger.chosen() == []
+    assert both.run.dir == base.run.dir
+    assert experiment_keys(both) == experiment_keys(base)
+
+
+def test_setting_of_an_unchosen_tracker_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"'logger\.mlflow\.tracking_uri' is for a tracker"):
+        compose("experiment=smoke", "logger.mlflow.tracking_uri=sqlite:///x.db")
+    with pytest.raises(ConfigError, match=r"'logger\.wandb\.mode' = 'cloud' is invalid"):
+        compose("logger=wandb", "logger.wandb.mode=cloud")
+
+
+@pytest.mark.parametrize("tracker", ["mlflow", "wandb"])
+def test_missing_package_names_the_extra(tracker: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = compose(f"logger=[tensorboard,{tracker}]")
+    check_installed(cfg.logger)  # installed here (the dev extra)
+    monkeypatch.setitem(sys.modules, tracker, None)  # import now fails, find_spec finds nothing
+    with pytest.raises(ConfigError) as err:
+        check_installed(cfg.logger)
+    assert str(err.value) == (
+        f"config key 'logger' chooses {tracker}, but {tracker} is not installed: "
+        f"pip install 'mamlpp[{EXTRA_OF[tracker]}]'"
+    )
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_missing_tracker_before_training(cli: Cli, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    argv = cli.command(f"hydra.run.dir={run_dir}", "logger=[tensorboard,mlflow]")[3:]
+    code = (
+        "import sys; sys.modules['mlflow'] = None; "
+        f"sys.argv = ['mamlpp-train', *{argv!r}]; "
+        "from mamlpp.train import main; main()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=cli.env, capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mamlpp: error:")]
+    assert errors == [
+        "mamlpp: error: config key 'logger' chooses mlflow, but mlflow is not installed: "
+        "pip install 'mamlpp[mlflow]'"
+    ], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (run_dir / "checkpoints").exists()
+
+
+# --------------------------------------------------------------------------- killed and resumed
+def _wait_for_checkpoint(run_dir: Path, iteration: int, run: CliRun, timeout: float = 120) -> None:
+    import torch
+
+    latest = run_dir / "checkpoints" / "latest.pt"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if run.proc.poll() is not None:
+            pytest.fail(f"run ended before checkpoint {iteration}:\n{run.stderr}")
+        if latest.exists():
+            state = torch.load(latest, map_location="cpu", weights_only=True)
+            if state["progress"]["next_iteration"] >= iteration:
+                return
+        time.sleep(0.02)
+    pytest.fail(f"no checkpoint at iteration {iteration} within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def tracked_run(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every tracker at once; SIGKILLed in epoch 0 and in epoch 1 (each time at a random moment
+    after an iteration checkpoint), then run to the end."""
+    run_dir = tmp_path_factory.mktemp("tracked") / "run"
+    args = (
+        f"hydra.run.dir={run_dir}",
+        "run.checkpoint_every_iters=1",
+        "logger=[tensorboard,csv,mlflow,wandb]",
+    )
+    rng = random.Random()
+    for iteration in (1, 5):
+        run = cli.start(*args)
+        _wait_for_checkpoint(run_dir, iteration, run)
+        time.sleep(rng.uniform(0.0, 0.2))
+        run.kill()
+    done = cli.run(*args)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("resumed from") == 1, done.stderr
+    return run_dir
+
+
+def _assert_curves(curves: dict[str, list[tuple[int, float]]], reference: dict) -> None:
+    """Every reference tag, each step once and in order, with the reference's values."""
+    assert sorted(curves) == sorted(reference)
+    for tag, points in curves.items():
+        steps = [s for s, _ in points]
+        assert steps == [s for s, _ in reference[tag]], f"{tag}: {steps}"
+        if tag not in WALL_CLOCK:
+            values = [v for _, v in points]
+            assert values == pytest.approx([v for _, v in reference[tag]], rel=1e-6), tag
+    assert [s for s, _ in curves["train/loss"]] == list(range(1, TINY_ITERATIONS + 1))
+    assert [s for s, _ in curves["val/acc"]] == [4, 8]
+    assert [s for s, _ in curves["test/acc"]] == [TINY_ITERATIONS + 1]
+
+
+@pytest.mark.slow
+def test_tensorboard_and_metrics_csv_unchanged(tracked_run: Path, reference_run: dict) -> None:
+    ref_dir = reference_run["dir"]
+    assert read_metric_rows(tracked_run / "metrics.csv") == read_metric_rows(
+        ref_dir / "metrics.csv"
+    )
+    _assert_curves(read_scalars(tracked_run / "tb"), read_scalars(ref_dir / "tb"))
+
+
+@pytest.mark.slow
+def test_csv_tracker_has_each_step_once(tracked_run: Path, reference_run: dict) -> None:
+    curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    with open(tracked_run / "scalars.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            curves[row["name"]].append((int(row["step"]), float(row["value"])))
+    _assert_curves(dict(curves), read_scalars(reference_run["dir"] / "tb"))
+
+
+@pytest.mark.slow
+def test_mlflow_run_has_params_and_each_step_once(tracked_run: Path, reference_run: dict) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tracked_run / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1  # the killed processes continued the same MLflow run
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["algorithm.inner_steps"] == "1"  # TINY_ARGS
+    assert run.data.params["train.meta_batch_size"] == "2"
+    assert "device" not in run.data.params  # neutral keys may change on resume
+    curves = {
+        key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        for key in run.data.metrics
+    }
+    _assert_curves(curves, read_scalars(reference_run["dir"] / "tb"))
+
+
+@pytest.mark.slow
+def test_wandb_offline_segments_have_each_step_at_most_once(
+    tracked_run: Path, reference_run: dict
+) -> None:
+    """wandb's service buffers records: a SIGKILLed process may leave none in its segment, so
+    only the last segment (from its resume step on) is complete; no step may appear twice."""
+    import json
+
+    from mamlpp.trackers.wandb_files import config, history, offline_files
+
+    run_id = json.loads((tracked_run / "trackers.json").read_text())["wandb"]["run_id"]
+    segments = offline_files(tracked_run / "wandb", run_id)
+    assert len(segments) == 3, segments  # one per process
+    curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for segment in segments:
+        for row in history(segment):
+            for key, value in row.items():
+                if not key.startswith("_"):
+                    curves[key].append((row["_step"], value))
+    reference = read_scalars(reference_run["dir"] / "tb")
+    assert sorted(curves) == sorted(reference)
+    last = {row["_step"] for row in history(segments[-1])}
+    resumed_at = min(last) - 1
+    assert 5 <= resumed_at < TINY_ITERATIONS
+    for tag, points in curves.items():
+        steps = sorted(s for s, _ in points)
+        assert steps == sorted(set(steps)), f"{tag}: duplicated steps {steps}"
+        expected = [(s, v) for s, v in reference[tag] if s > resumed_at]
+        assert [s for s, _ in expected] == [s for s, _ in points if s > resumed_at], tag
+        if tag not in WALL_CLOCK:
+            got = [v for s, v in sorted(points) if s > resumed_at]
+            assert got == pytest.approx([v for _, v in expected], rel=1e-6), tag
+    params = config(segments[-1])
+    assert params["algorithm.inner_steps"] == 1
+    assert params["eval.top_k"] == 3
