@@ -586,6 +586,12 @@ def validate(cfg: Config) -> Config:
     )
     _check(r.keep_every_epochs >= 0, "run.keep_every_epochs", r.keep_every_epochs, ">= 0")
     _check(
+        r.collective_timeout_s > 0,
+        "run.collective_timeout_s",
+        r.collective_timeout_s,
+        "> 0 seconds",
+    )
+    _check(
         a.name != "fomaml" or not a.second_order,
         "algorithm.second_order",
         True,

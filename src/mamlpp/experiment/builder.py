@@ -217,9 +217,12 @@ class ExperimentBuilder:
         self.device = self.dist.start(self.device, self.cfg.run.collective_timeout_s)
         speak_for_the_job(self.dist.is_main)
         try:
-            return self._run_logged()
-        finally:
-            self.dist.close()
+            results = self._run_logged()
+        except StopRequested:
+            self.dist.close()  # every rank stopped at the same iteration
+            raise
+        self.dist.close()  # other errors: the job ends without waiting for the other ranks
+        return results
 
     def _run_logged(self) -> dict[str, Any]:
         self.run_dir.mkdir(parents=True, exist_ok=True)

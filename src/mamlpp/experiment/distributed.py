@@ -35,7 +35,13 @@ class Distributed:
 
     @classmethod
     def from_env(cls) -> Distributed:
-        """From torchrun's (or submitit's, via torchrun-style) RANK / WORLD_SIZE / LOCAL_RANK."""
+        """From torchrun's RANK / WORLD_SIZE / LOCAL_RANK; in a Slurm job of several tasks
+        started by submitit (hydra/launcher=slurm with tasks_per_node > 1 or several nodes),
+        submitit's own description of the job is exported first."""
+        if "WORLD_SIZE" not in os.environ and _submitit_tasks() > 1:
+            from submitit.helpers import TorchDistributedEnvironment
+
+            TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
@@ -65,7 +71,10 @@ class Distributed:
         return device
 
     def close(self) -> None:
+        """Leave the group together: a rank that tore its connections down while another was
+        still finishing would abort that one."""
         if self.enabled and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
     def local_share(self, meta_batch_size: int) -> int:
@@ -153,6 +162,13 @@ class Distributed:
     def _collective_device(self) -> torch.device:
         device = getattr(self, "device", torch.device("cpu"))
         return device if device.type == "cuda" else torch.device("cpu")
+
+
+def _submitit_tasks() -> int:
+    """Tasks of the submitit Slurm job this process belongs to (1 outside one)."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return 1
+    return int(os.environ.get("SLURM_NTASKS", "1"))
 
 
 SINGLE = Distributed()
