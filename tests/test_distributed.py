@@ -258,3 +258,37 @@ def test_meta_batch_the_ranks_cannot_share_is_one_line(cli, tmp_path) -> None:
     assert not (tmp_path / "r" / "checkpoints").exists() or not any(
         (tmp_path / "r" / "checkpoints").iterdir()
     )
+
+
+@pytest.mark.slow
+def test_generated_script_runs_one_distributed_run_and_restarts_it(cli, tmp_path) -> None:
+    """`bash experiment_scripts/X.sh --distributed` (CPU: MAMLPP_NPROC processes): a rank killed
+    mid-run makes torchrun restart the processes, which resume from the checkpoint."""
+    script = Path(__file__).resolve().parents[1] / "experiment_scripts"
+    script = script / "omniglot_5w1s_mamlpp_seed0.sh"
+    run = tmp_path / "run"
+    overrides = [*cli.data_args, *TINY[2:], "run.checkpoint_every_iters=1"]
+    overrides += ["algorithm.inner_steps=1", "algorithm.inner_steps_eval=1", "eval.top_k=2"]
+    env = {**cli.env, "MAMLPP_TORCHRUN": TORCHRUN, "MAMLPP_NPROC": "2", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        ["bash", str(script), "--distributed", "--", *overrides, f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoints" / "latest.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, _finish(proc)
+        time.sleep(0.05)
+    workers = subprocess.run(
+        ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(workers[1]), 9)
+    out = _finish(proc)
+    assert proc.returncode == 0, out
+    assert "resumed from" in out
+    results = json.loads((run / "results.json").read_text())
+    assert results["config"]["meta_batch_size"] == 4 and results["num_test_tasks"] == 40
