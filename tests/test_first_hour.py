@@ -21,7 +21,7 @@ import pytest
 import mamlpp
 from conftest import TINY_ARGS, Cli, read_scalars
 from mamlpp.config import algorithm_label
-from mamlpp.train import EXIT_ABORTED, missing_launcher
+from mamlpp.train import EXIT_ABORTED, missing_plugin
 
 pytestmark = pytest.mark.slow
 
@@ -221,15 +221,18 @@ def test_one_bad_job_does_not_stop_a_sweep(cli: Cli, tmp_path: Path) -> None:
     assert any(line.startswith("[mamlpp #1 ") for line in done.stderr.splitlines())
 
 
-def test_missing_launcher_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_plugin_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    assert missing_launcher(["-m", "hydra/launcher=local_parallel"]) is None  # installed here
+    assert missing_plugin(["-m", "hydra/launcher=local_parallel"]) is None  # installed here
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    line = missing_launcher(["-m", "hydra/launcher=local_parallel", "seed=0,1"])
+    line = missing_plugin(["-m", "hydra/launcher=local_parallel", "seed=0,1"])
     assert line is not None and "pip install 'mamlpp[sweep]'" in line
     assert "hydra-joblib-launcher" in line
-    assert missing_launcher(["seed=1"]) is None
+    assert missing_plugin(["seed=1"]) is None
+    line = missing_plugin(["hparams_search=omniglot_mamlpp"])
+    assert line is not None and "pip install 'mamlpp[optuna]'" in line
+    assert missing_plugin(["hparams_search=null"]) is None
 
 
 # --------------------------------------------------------------------------- console and log

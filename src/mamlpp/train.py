@@ -79,37 +79,48 @@ def _run(dcfg: DictConfig) -> float:
     return objective(results, cfg.optimized_metric)  # validation, unless a sweep asks for test
 
 
-# Launchers that come from a pip extra: the plugin module, and the extra that installs it.
-LAUNCHER_PLUGINS = {
-    "local_parallel": ("hydra_plugins.hydra_joblib_launcher", "sweep"),
-    "joblib": ("hydra_plugins.hydra_joblib_launcher", "sweep"),
-    "slurm": ("hydra_plugins.hydra_submitit_launcher", "sweep"),
-    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "sweep"),
-    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "sweep"),
+# Hydra plugins that come from a pip extra: (config group, choice) -> the plugin module and the
+# extra that installs it. Every hparams_search preset picks the Optuna sweeper.
+_JOBLIB = ("hydra_plugins.hydra_joblib_launcher", "sweep")
+_SUBMITIT = ("hydra_plugins.hydra_submitit_launcher", "sweep")
+PLUGINS = {
+    ("hydra/launcher", "local_parallel"): _JOBLIB,
+    ("hydra/launcher", "joblib"): _JOBLIB,
+    ("hydra/launcher", "slurm"): _SUBMITIT,
+    ("hydra/launcher", "submitit_slurm"): _SUBMITIT,
+    ("hydra/launcher", "submitit_local"): _SUBMITIT,
+    ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
 }
+HPARAMS_SEARCH_PLUGIN = PLUGINS[("hydra/sweeper", "optuna")]
 
 
-def missing_launcher(argv: list[str]) -> str | None:
-    """One line naming the pip extra of a chosen launcher whose plugin is not installed."""
+def missing_plugin(argv: list[str]) -> str | None:
+    """One line naming the pip extra of a chosen launcher or sweeper that is not installed
+    (Hydra itself would only say that the config group option does not exist)."""
     for arg in argv:
         key, _, choice = arg.partition("=")
-        if key.lstrip("+") != "hydra/launcher" or choice not in LAUNCHER_PLUGINS:
+        group = key.lstrip("+")
+        if group == "hparams_search" and choice not in ("", "null"):
+            plugin = HPARAMS_SEARCH_PLUGIN
+        else:
+            plugin = PLUGINS.get((group, choice))
+        if plugin is None:
             continue
-        module, extra = LAUNCHER_PLUGINS[choice]
+        module, extra = plugin
         try:
             found = importlib.util.find_spec(module) is not None
         except ModuleNotFoundError:
             found = False
         if not found:
             return (
-                f"hydra/launcher={choice} needs {module.split('.')[1].replace('_', '-')}, "
+                f"{group}={choice} needs {module.split('.')[1].replace('_', '-')}, "
                 f"which is not installed: pip install 'mamlpp[{extra}]'"
             )
     return None
 
 
 def main() -> None:
-    problem = missing_launcher(sys.argv[1:])
+    problem = missing_plugin(sys.argv[1:])
     if problem is not None:
         print(f"mamlpp: error: {problem}", file=sys.stderr)
         sys.exit(2)
