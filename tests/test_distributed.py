@@ -144,7 +144,12 @@ TINY = (
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    out, _ = proc.communicate(timeout=timeout)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"no exit within {timeout} s:\n{out}")
     return out
 
 
@@ -287,7 +292,7 @@ def test_generated_script_runs_one_distributed_run_and_restarts_it(cli, tmp_path
     ).stdout.split()
     assert len(workers) == 2, workers
     os.kill(int(workers[1]), 9)
-    out = _finish(proc)
+    out = _finish(proc, timeout=200)
     assert proc.returncode == 0, out
     assert "resumed from" in out
     results = json.loads((run / "results.json").read_text())
