@@ -289,3 +289,19 @@ def test_checkpoints_from_before_the_new_keys_still_resume() -> None:
     assert config_diffs(old, cfg) == ""
     cfg.optimizer = OptimizerConfig("torch.optim.SGD")
     assert "optimizer._target_: 'torch.optim.Adam' -> 'torch.optim.SGD'" in config_diffs(old, cfg)
+
+
+def test_a_built_backbone_can_be_handed_to_the_learner(make_batch) -> None:
+    """Python users may pass a network meeting the contract instead of a config; what it
+    declares it cannot do (per-step batch norm) is refused in one line."""
+    from mamlpp.nn.module_backbone import ModuleBackbone
+    from user_nets import SmallCNN
+
+    torch.manual_seed(0)
+    net = ModuleBackbone(SmallCNN(1, 5, width=6))
+    learner = MetaLearner(AlgorithmConfig(name="maml", inner_steps=2), net, 1, 12, 5, 10)
+    assert learner.net is net
+    step = learner.train_step(make_batch(tasks=2, image_size=12), 0, 0)
+    assert 0.0 <= step.accuracy <= 1.0
+    with pytest.raises(ConfigError, match="algorithm.per_step_bn_weights.*supports_per_step_bn"):
+        MetaLearner(AlgorithmConfig(per_step_bn_weights=True), net, 1, 12, 5, 10)

@@ -27,7 +27,9 @@ from mamlpp.algorithms.schedules import (
     use_second_order,
 )
 from mamlpp.config import AlgorithmConfig, ModelConfig, SpeedConfig
+from mamlpp.errors import ConfigError
 from mamlpp.nn.backbones import build_backbone
+from mamlpp.nn.contract import MetaBackbone
 from mamlpp.nn.layers import BatchStats, apply_batch_stats
 from mamlpp.tasks import EpisodeBatch, task_accuracies, task_losses
 
@@ -68,7 +70,7 @@ class MetaLearner(nn.Module):
     def __init__(
         self,
         algorithm: AlgorithmConfig,
-        model: ModelConfig,
+        model: ModelConfig | MetaBackbone,
         in_channels: int,
         image_size: int,
         ways: int,
@@ -79,8 +81,10 @@ class MetaLearner(nn.Module):
         iters_per_epoch: int = 0,
         optimizer: OptimizerFactory | None = None,
     ) -> None:
-        """`optimizer(params, lr)` builds the meta-optimizer (algorithms.optimizer; Adam when
-        None) over the meta-parameters: the network's and the learned inner rates."""
+        """`model` is a config (nn.backbones builds it) or a network already built that meets
+        the MetaBackbone contract (mamlpp.nn.contract). `optimizer(params, lr)` builds the
+        meta-optimizer (algorithms.optimizer; Adam when None) over the meta-parameters: the
+        network's and the learned inner rates."""
         super().__init__()
         speed = speed or SpeedConfig()
         self.cfg = algorithm
@@ -96,15 +100,25 @@ class MetaLearner(nn.Module):
         if algorithm.cosine_per_epoch and iters_per_epoch < 1:
             raise ValueError("algorithm.cosine_per_epoch needs iters_per_epoch >= 1")
         steps = algorithm.inner_steps
-        self.net = build_backbone(
-            model,
-            in_channels,
-            image_size,
-            ways,
-            bn_weight_steps=steps if algorithm.per_step_bn_weights else 1,
-            bn_stat_steps=steps if algorithm.per_step_bn_stats else 1,
-            channels_last=speed.channels_last,
-        )
+        if isinstance(model, ModelConfig):
+            model = build_backbone(
+                model,
+                in_channels,
+                image_size,
+                ways,
+                bn_weight_steps=steps if algorithm.per_step_bn_weights else 1,
+                bn_stat_steps=steps if algorithm.per_step_bn_stats else 1,
+                channels_last=speed.channels_last,
+            )
+        per_step = ("per_step_bn_stats", "per_step_bn_weights", "use_running_stats_eval")
+        wanted = [k for k in per_step if getattr(algorithm, k)]
+        if wanted and not model.supports_per_step_bn:
+            raise ConfigError(
+                f"config key 'algorithm.{wanted[0]}' = True: the backbone "
+                f"{type(model).__name__} has no per-step batch norm (it declares "
+                "supports_per_step_bn=False)"
+            )
+        self.net = model
         params = dict(self.net.named_parameters())
         # Weights the network takes per task (batch-norm affine ones only with inner_adapt_bn),
         # and the ones among them the inner loop changes (algorithm.adapt: ANIL, BOIL).
