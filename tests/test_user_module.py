@@ -294,8 +294,9 @@ def test_checkpoints_from_before_the_new_keys_still_resume() -> None:
 def test_a_built_backbone_can_be_handed_to_the_learner(make_batch) -> None:
     """Python users may pass a network meeting the contract instead of a config; what it
     declares it cannot do (per-step batch norm) is refused in one line."""
-    from mamlpp.nn.module_backbone import ModuleBackbone
     from user_nets import SmallCNN
+
+    from mamlpp.nn.module_backbone import ModuleBackbone
 
     torch.manual_seed(0)
     net = ModuleBackbone(SmallCNN(1, 5, width=6))
