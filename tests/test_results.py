@@ -65,4 +65,4 @@ def test_a_key_added_later_is_no_drift_while_at_its_default() -> None:
     per_epoch = Config(algorithm=AlgorithmConfig(cosine_meta_lr=True, cosine_per_epoch=True))
     saved_ca = run_identity(Config(algorithm=AlgorithmConfig(cosine_meta_lr=True)))
     del saved_ca["algorithm.cosine_per_epoch"]
-    assert config_diffs(saved_ca, per_epoch) == "algorithm.cosine_per_epoch: None -> True"
+    assert config_diffs(saved_ca, per_epoch) == "algorithm.cosine_per_epoch: False -> True"
