@@ -274,6 +274,7 @@ def test_readme_bring_your_own_model_example(omniglot_source_dir, tmp_path) -> N
     assert done.returncode == 0, done.stderr
     (results,) = (tmp_path / "runs" / "smoke").glob("*/results.json")
     assert "model._target_=my_nets.TinyNet" in results.parent.name
+    assert "model.kwargs.width=32" in results.parent.name
     assert json.loads(results.read_text())["num_test_tasks"] == 40
 
 
@@ -306,3 +307,18 @@ def test_a_built_backbone_can_be_handed_to_the_learner(make_batch) -> None:
     assert 0.0 <= step.accuracy <= 1.0
     with pytest.raises(ConfigError, match="algorithm.per_step_bn_weights.*supports_per_step_bn"):
         MetaLearner(AlgorithmConfig(per_step_bn_weights=True), net, 1, 12, 5, 10)
+
+
+def test_constructor_arguments_have_one_spelling() -> None:
+    """`+model.width=32` is `+model.kwargs.width=32`: same config, same run directory."""
+    import mamlpp
+
+    base = ("experiment=smoke", "algorithm=maml", "model=module")
+    base += ("model._target_=user_nets.SmallCNN",)
+    flat = mamlpp.compose(*base, "+model.width=32")
+    nested = mamlpp.compose(*base, "+model.kwargs.width=32")
+    assert flat.model.kwargs == nested.model.kwargs == {"width": 32}
+    assert flat.run.dir == nested.run.dir
+    assert flat.run.dir.endswith("model.kwargs.width=32,model=module")
+    with pytest.raises(ConfigError, match="model.width"):
+        mamlpp.compose("experiment=smoke", "+model.width=32")  # conv4 takes no such key

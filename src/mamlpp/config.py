@@ -423,6 +423,8 @@ def check_unread_overrides(cfg: Config, overrides: list[str]) -> None:
         if node is None or not name or name == "name":
             continue
         read = (DATASET_READS if section == "dataset" else MODEL_READS).get(node.name)
+        if node.name == "module" and name in node.kwargs:
+            continue  # a constructor argument of the module (+model.width=32)
         if read is not None and name not in read:
             raise ConfigError(
                 f"config key '{key}' is not read by {section}={node.name}, so it would be "
@@ -776,9 +778,24 @@ def check_known_keys(cfg: DictConfig) -> None:
         )
 
 
+def _fold_module_kwargs(cfg: DictConfig) -> None:
+    """model=module: keys the schema does not know (`+model.width=32`) are the module's
+    constructor arguments, as if given as model.kwargs.<key>."""
+    model = cfg.get("model")
+    if not isinstance(model, DictConfig) or model.get("name") != "module":
+        return
+    known = {f.name for f in fields(ModelConfig)}
+    extra = [str(k) for k in model if k not in known]
+    if extra:
+        data = OmegaConf.to_container(model, resolve=False)
+        data["kwargs"] = {**data.get("kwargs", {}), **{k: data.pop(k) for k in extra}}
+        cfg.model = OmegaConf.merge(OmegaConf.structured(ModelConfig), data)
+
+
 def to_config(cfg: DictConfig | Config) -> Config:
     """Turn a composed DictConfig into validated dataclasses."""
     if isinstance(cfg, DictConfig):
+        _fold_module_kwargs(cfg)
         check_known_keys(cfg)
         try:
             obj = OmegaConf.to_object(cfg)

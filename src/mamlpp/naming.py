@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import fields
 from typing import Any
 
 from hydra import compose as hydra_compose
@@ -20,7 +21,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from mamlpp.config import conf_dir, is_neutral
+from mamlpp.config import ModelConfig, conf_dir, is_neutral
 
 GROUPS = ("dataset", "task", "model", "algorithm", "ablation")
 _MISSING = object()
@@ -48,11 +49,22 @@ def run_name(root: DictConfig) -> str:
         if is_neutral(key) or key == "dataset.source":
             continue
         if _value(root, key) != _value(reference, key):
-            kept.append(o.input_line)
+            kept.append(_canonical(o.input_line, root))
     source = root.dataset.get("source")
     if root.dataset.name != "omniglot" and source:
         kept.append(f"dataset.source={source_tag(str(source))}")
     return ",".join(sorted(kept)) or "base"
+
+
+def _canonical(line: str, root: DictConfig) -> str:
+    """One spelling per key: without the `+` that adding a key needs, and a model=module
+    constructor argument as model.kwargs.<name> however it was given (`+model.width=32`)."""
+    key, _, value = line.lstrip("+").partition("=")
+    parts = key.split(".")
+    module = parts[0] == "model" and root.model.get("name") == "module"
+    if module and len(parts) == 2 and parts[1] not in {f.name for f in fields(ModelConfig)}:
+        key = f"model.kwargs.{parts[1]}"
+    return f"{key}={value}"
 
 
 def source_tag(source: str) -> str:
