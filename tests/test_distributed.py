@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import MAMLPP_ALL
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.config import AlgorithmConfig, DatasetConfig, ModelConfig
 from mamlpp.data.registry import load_dataset
@@ -29,14 +30,8 @@ from mamlpp.experiment.builder import make_sampler
 from mamlpp.experiment.distributed import Distributed
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-MAMLPP_ALL = dict(
-    inner_steps=2,
-    multi_step_loss=True,
-    learn_inner_lr=True,
-    per_step_bn_stats=True,
-    per_step_bn_weights=True,
-    cosine_meta_lr=True,
-)
+# Every MAML++ switch, two inner steps.
+MAMLPP = {**MAMLPP_ALL, "inner_steps": 2}
 STEPS = 3
 
 
@@ -51,7 +46,7 @@ def _learner() -> MetaLearner:
     zero in theory (a conv bias before batch norm) into full steps, hiding the comparison."""
     torch.manual_seed(0)
     model = ModelConfig(filters=16)
-    algorithm = AlgorithmConfig(meta_lr=0.05, **MAMLPP_ALL)
+    algorithm = AlgorithmConfig(**{**MAMLPP, "meta_lr": 0.05})
     sgd = torch.optim.SGD
     return MetaLearner(algorithm, model, 1, 28, 5, STEPS, optimizer=sgd).double()
 
@@ -153,6 +148,20 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
     return out
 
 
+def _kill_rank_1_after_a_checkpoint(proc: subprocess.Popen, run: Path) -> None:
+    """SIGKILL (no chance to clean up) to rank 1 of the torchrun `proc` once `run` has a
+    checkpoint."""
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoints" / "latest.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, _finish(proc)
+        time.sleep(0.05)
+    workers = subprocess.run(
+        ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(workers[1]), 9)
+
+
 def _accuracies(run: Path) -> dict:
     r = json.loads((run / "results.json").read_text())
     return {
@@ -223,16 +232,7 @@ def test_sigkill_of_one_rank_then_the_same_command_resumes(cli, distributed_run,
     run = tmp_path / "run"
     args = (f"hydra.run.dir={run}", "run.checkpoint_every_iters=1")
     proc = _torchrun(cli, *args, cwd=tmp_path)
-    latest = run / "checkpoints" / "latest.pt"
-    deadline = time.monotonic() + 240
-    while not latest.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, _finish(proc)
-        time.sleep(0.05)
-    workers = subprocess.run(
-        ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
-    ).stdout.split()
-    assert len(workers) == 2, workers
-    os.kill(int(workers[1]), 9)  # rank 1: no chance to clean up
+    _kill_rank_1_after_a_checkpoint(proc, run)
     start = time.monotonic()
     _finish(proc, timeout=120)  # torchrun takes the other rank down: no hang
     assert proc.returncode != 0
@@ -283,15 +283,7 @@ def test_generated_script_runs_one_distributed_run_and_restarts_it(cli, tmp_path
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + 240
-    while not (run / "checkpoints" / "latest.pt").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, _finish(proc)
-        time.sleep(0.05)
-    workers = subprocess.run(
-        ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
-    ).stdout.split()
-    assert len(workers) == 2, workers
-    os.kill(int(workers[1]), 9)
+    _kill_rank_1_after_a_checkpoint(proc, run)
     out = _finish(proc, timeout=200)
     assert proc.returncode == 0, out
     assert "resumed from" in out
