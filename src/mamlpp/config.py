@@ -688,14 +688,19 @@ def _features(a: AlgorithmConfig) -> list[tuple[bool, str]]:
     ]
 
 
-# What each named algorithm is, beyond MAML: (adapt, per_element_lr).
-_DEFINITIONS = {"anil": ("head", False), "boil": ("body", False), "metasgd": ("all", True)}
+def _definition(name: str) -> tuple[str, bool]:
+    """What the algorithm group `name` itself sets beyond MAML, (adapt, per_element_lr), read
+    from its conf/algorithm YAML: the one place that defines ANIL, BOIL and Meta-SGD."""
+    path = Path(conf_dir()) / "algorithm" / f"{name}.yaml"
+    own = OmegaConf.load(path) if path.exists() else OmegaConf.create()
+    default = AlgorithmConfig()
+    return own.get("adapt", default.adapt), own.get("per_element_lr", default.per_element_lr)
 
 
 def algorithm_label(a: AlgorithmConfig) -> str:
     """What actually runs, not only the group's name: 'maml+DA+MSL' is MAML whose preset or
     overrides switched MAML++ features on; 'mamlpp-DA' is MAML++ with annealing off."""
-    adapt, per_element = _DEFINITIONS.get(a.name, ("all", False))
+    adapt, per_element = _definition(a.name)
     extra = [f"adapt={a.adapt}"] if a.adapt != adapt else []
     extra += [f"per_element_lr={a.per_element_lr}"] if a.per_element_lr != per_element else []
     base = _feature_label(a)
