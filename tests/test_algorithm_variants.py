@@ -133,3 +133,15 @@ def test_combinations_that_cannot_work_are_one_line(options: dict, key: str) -> 
 
     with pytest.raises(ConfigError, match=key):
         validate(Config(algorithm=AlgorithmConfig(**options)))
+
+
+def test_the_label_names_what_differs_from_the_algorithm_group() -> None:
+    """Results name what ran: a group's own keys (from its YAML) are not repeated, an
+    override of them is."""
+    from mamlpp.config import algorithm_label
+
+    assert algorithm_label(AlgorithmConfig(name="anil", adapt="head")) == "anil"
+    assert algorithm_label(AlgorithmConfig(name="anil", adapt="all")) == "anil+adapt=all"
+    assert algorithm_label(AlgorithmConfig(name="maml", adapt="head")) == "maml+adapt=head"
+    assert algorithm_label(AlgorithmConfig(name="metasgd", per_element_lr=True)) == "metasgd"
+    assert algorithm_label(AlgorithmConfig(name="boil", adapt="body")) == "boil"
