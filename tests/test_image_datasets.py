@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO_ROOT
-from mamlpp.config import DatasetConfig
+from mamlpp.config import Config, DatasetConfig, validate
 from mamlpp.data import image_folder as imf
 from mamlpp.data.dataset import ClassImages, split_by_ratios
 from mamlpp.data.episodes import Augmentation, EpisodeSampler
@@ -477,3 +477,80 @@ def test_cli_trains_on_an_image_folder(tmp_path: Path) -> None:
     assert results["config"]["dataset"] == "image_folder"
     assert results["num_test_tasks"] == 6
     assert 0.0 <= results["test_accuracy_mean"] <= 1.0
+
+
+# --------------------------------------------------------------------------- dataset=custom
+
+
+def make_flat(root: Path, classes: int = 10, per_class: int = 4) -> Path:
+    """<root>/<class>__<n>.png: a layout only a user's own lister understands."""
+    for c in range(classes):
+        for i in range(per_class):
+            write_image(root / f"glyph{c:02d}__{i}.png", 2000 + c * per_class + i)
+    return root
+
+
+def test_custom_dataset_from_a_users_lister(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(REPO_ROOT / "tests" / "user_code"))
+    root = make_flat(tmp_path / "flat")
+    custom = cfg("custom", root, tmp_path / "data", _target_="user_data.list_flat")
+    data = load_dataset(custom)
+    assert data.images.counts.tolist() == [4] * 10
+    first = data.images.rows(np.array([0]))[0]
+    assert np.array_equal(data.images.pixels[first], expected_pixels(root / "glyph00__0.png"))
+    sizes = [len(data.splits[s].chars) for s in ("train", "val", "test")]
+    assert sum(sizes) == 10 and min(sizes) >= 1
+    assert data.identity == load_dataset(custom).identity
+    (root / "glyph09__3.png").unlink()
+    assert load_dataset(custom).identity != data.identity  # a changed folder is other data
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("user_data.missing", "dataset._target_.*cannot import"),
+        ("user_data.not_a_listing", "returned list, not a mamlpp.data.image_folder.ImageListing"),
+    ],
+)
+def test_custom_dataset_errors_are_one_line(tmp_path: Path, target: str, message: str) -> None:
+    import sys
+
+    sys.path.insert(0, str(REPO_ROOT / "tests" / "user_code"))
+    with pytest.raises(ConfigError, match=message) as err:
+        load_dataset(
+            cfg("custom", make_flat(tmp_path / "f", 3, 2), tmp_path / "d", _target_=target)
+        )
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="dataset._target_.*dataset=custom"):
+        validate(Config(dataset=DatasetConfig(name="custom")))
+    with pytest.raises(ConfigError, match="dataset._target_"):
+        validate(Config(dataset=DatasetConfig(_target_="user_data.list_flat")))
+
+
+@pytest.mark.slow
+def test_custom_dataset_trains_through_the_cli(cli, tmp_path: Path) -> None:
+    root = make_flat(tmp_path / "flat")
+    user_code = str(REPO_ROOT / "tests" / "user_code")
+    env = {**cli.env, "PYTHONPATH": os.pathsep.join([user_code, os.environ.get("PYTHONPATH", "")])}
+    args = [
+        "experiment=smoke",
+        "algorithm=maml",
+        "dataset=custom",
+        "dataset._target_=user_data.list_flat",
+        f"dataset.source={root}",
+        f"dataset.data_dir={tmp_path / 'data'}",
+        "dataset.image_size=16",
+        "model.stages=3",
+        "task.ways=2",
+        "progress_bar=false",
+    ]
+    done = subprocess.run(
+        cli.command(*args, tiny=False), cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    (results,) = (tmp_path / "runs" / "smoke").glob("*/results.json")
+    assert "dataset._target_=user_data.list_flat" in results.parent.name
+    assert "dataset.source=flat-" in results.parent.name
+    assert json.loads(results.read_text())["num_test_tasks"] == 40

@@ -28,7 +28,7 @@ DEVICES = ("auto", "cpu", "cuda")
 IMPLS = ("auto", "batched", "loop")
 PRECISIONS = ("fp32", "bf16")
 PROTOCOL_SPLITS = {"mamlpp": (1150, 50, 423), "maml": (1100, 100, 423)}
-DATASETS = ("omniglot", "miniimagenet", "image_folder", "tiny_imagenet")
+DATASETS = ("omniglot", "miniimagenet", "image_folder", "tiny_imagenet", "custom")
 NORMALIZATIONS = ("none", "imagenet", "dataset")
 LAYOUTS = ("auto", "presplit", "unsplit")
 OMNIGLOT_IMAGES_PER_CLASS = 20
@@ -57,6 +57,10 @@ class DatasetConfig:
     # this many pixels, and random horizontal flips; drawn per image from the task's seed.
     augment_crop_padding: int = 0
     augment_flip: bool = False
+    # (custom) a function returning the dataset's mamlpp.data.image_folder.ImageListing
+    # (package.module.function), and its keyword arguments (+dataset.kwargs.<name>=<value>).
+    _target_: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
     # mamlpp: all 1623 characters pooled, split 1150/50/423, random k*90 rotation per class
     # per task.
     # maml: Finn et al. 1100/100/423 characters, each rotation its own class.
@@ -395,6 +399,7 @@ DATASET_READS = {
     "image_folder": (*_DATASET_COMMON, "layout", "split_ratios", "split_seed"),
     "miniimagenet": _DATASET_COMMON,
     "tiny_imagenet": _DATASET_COMMON,
+    "custom": (*_DATASET_COMMON, "_target_", "kwargs", "split_ratios", "split_seed"),
 }
 MODEL_READS = {
     "conv4": ("filters", "stages", "norm", "pooling", "activation", "bn_momentum"),
@@ -448,6 +453,12 @@ def validate(cfg: Config) -> Config:
         f"one of {tuple(OPTIMIZED_METRICS)}",
     )
     _check(d.name in DATASETS, "dataset.name", d.name, f"one of {DATASETS}")
+    _check(
+        (d._target_ is not None and "." in d._target_) == (d.name == "custom"),
+        "dataset._target_",
+        d._target_,
+        "a function package.module.name with dataset=custom (and null with the built-in datasets)",
+    )
     _check(d.protocol in PROTOCOLS, "dataset.protocol", d.protocol, f"one of {PROTOCOLS}")
     _check(d.image_size >= 8, "dataset.image_size", d.image_size, ">= 8")
     _check(

@@ -64,6 +64,29 @@ def augmentation(cfg: DatasetConfig) -> Augmentation:
     return Augmentation(cfg.augment_crop_padding, cfg.augment_flip)
 
 
+def custom_listing(target: str, kwargs: dict) -> ImageListing:
+    """dataset=custom: `target(**kwargs)` lists the images; dataset.source, when set, arrives
+    as `source=`. The contract: it returns an ImageListing, with classes in train, val, test
+    order when it sets split_sizes (else dataset.split_ratios splits them). Decoding, caching
+    and the content identity are the image folders'."""
+    from hydra.utils import get_method
+
+    try:
+        make = get_method(target)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"config key 'dataset._target_' = {target!r}: cannot import it ({first})"
+        ) from exc
+    listing = make(**kwargs)
+    if not isinstance(listing, ImageListing):
+        raise ConfigError(
+            f"config key 'dataset._target_' = {target!r} returned {type(listing).__name__}, "
+            "not a mamlpp.data.image_folder.ImageListing"
+        )
+    return listing
+
+
 def _omniglot(cfg: DatasetConfig) -> FewShotDataset:
     images = load_omniglot(cfg.data_dir, cfg.source, cfg.image_size)
     splits = omniglot_splits(
@@ -74,6 +97,9 @@ def _omniglot(cfg: DatasetConfig) -> FewShotDataset:
 
 
 def _listing(cfg: DatasetConfig) -> ImageListing:
+    if cfg.name == "custom":
+        source = {} if cfg.source is None else {"source": cfg.source}
+        return custom_listing(cfg._target_, {**source, **cfg.kwargs})
     if cfg.name == "tiny_imagenet":
         return list_tiny_imagenet(find_source(cfg.data_dir, cfg.source))
     if cfg.name == "miniimagenet":
