@@ -289,3 +289,30 @@ def test_generated_script_runs_one_distributed_run_and_restarts_it(cli, tmp_path
     assert "resumed from" in out
     results = json.loads((run / "results.json").read_text())
     assert results["config"]["meta_batch_size"] == 4 and results["num_test_tasks"] == 40
+
+
+@pytest.mark.slow
+def test_two_nodes_by_rendezvous_equal_one_node(cli, distributed_run, tmp_path) -> None:
+    """Two torchrun agents (as on two machines) meet through the c10d rendezvous and make the
+    same run as one agent with two processes: a rank's tasks depend on its rank only."""
+    port = _free_port()
+    command = [TORCHRUN, "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d"]
+    command += [f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=mamlpp-test", "-m", "mamlpp.train"]
+    run = tmp_path / "run"
+    agents = [
+        subprocess.Popen(
+            [*command, *cli.data_args, *TINY, f"hydra.run.dir={run}"],
+            cwd=tmp_path,
+            env={**cli.env, "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [_finish(agent) for agent in agents]
+    assert [a.returncode for a in agents] == [0, 0], outs
+    assert _accuracies(run) == _accuracies(distributed_run)
+    a, b = _weights(run), _weights(distributed_run)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
