@@ -19,23 +19,30 @@ if [ ${#gpus[@]} -gt 0 ]; then
 else
   device=cpu
 fi
-train="${MAMLPP_TRAIN:-.venv/bin/mamlpp-train}"
+launch=("${MAMLPP_TRAIN:-.venv/bin/mamlpp-train}")
+restarts=0
 if [ $distributed -eq 1 ]; then
-  # torchrun restarts every process from the last checkpoint when one stops or fails.
   nproc=${#gpus[@]}
   [ "$nproc" -eq 0 ] && nproc="${MAMLPP_NPROC:-2}"
-  exec "${MAMLPP_TORCHRUN:-.venv/bin/torchrun}" --standalone --nproc_per_node="$nproc" \
-    --max-restarts="${MAMLPP_MAX_RESTARTS:-3}" -m mamlpp.train \
-    experiment=omniglot_20w1s_mamlpp seed=2 device="$device" "$@"
+  launch=("${MAMLPP_TORCHRUN:-.venv/bin/torchrun}" --standalone --nproc_per_node="$nproc" \
+    -m mamlpp.train)
+  # torchrun exits 1 whatever its processes did (a stop with 75, a dead rank): start it afresh,
+  # which resumes from the last checkpoint, a bounded number of times.
+  restarts="${MAMLPP_MAX_RESTARTS:-3}"
 fi
 # A signal to this script (Ctrl-C, scancel) stops the loop; a run interrupted on its own resumes.
 stop=0
 trap 'stop=1' INT TERM
 while true; do
-  "$train" experiment=omniglot_20w1s_mamlpp seed=2 device="$device" "$@"
+  "${launch[@]}" experiment=omniglot_20w1s_mamlpp seed=2 device="$device" "$@"
   code=$?
   if [ $code -eq 75 ] && [ $stop -eq 0 ]; then
     echo "[omniglot_20w1s_mamlpp_seed2.sh] interrupted (exit 75); resuming" >&2
+    continue
+  fi
+  if [ $code -ne 0 ] && [ $stop -eq 0 ] && [ "$restarts" -gt 0 ]; then
+    restarts=$((restarts - 1))
+    echo "[omniglot_20w1s_mamlpp_seed2.sh] distributed run ended with $code; resuming ($restarts restarts left)" >&2
     continue
   fi
   exit $code

@@ -6,8 +6,9 @@ Each script takes GPU ids (`bash experiment_scripts/X.sh 0 1`), sets CUDA_VISIBL
 from any directory, and re-launches the run while it exits with the "interrupted, resumable"
 code (75), so a preempted or Ctrl-C'd run continues where it stopped. With no GPU id it runs on
 the CPU. `--distributed` runs one experiment over all the given GPUs (torchrun, one process per
-GPU; without ids, MAMLPP_NPROC CPU processes, default 2); torchrun restarts the processes from
-the last checkpoint up to MAMLPP_MAX_RESTARTS times (default 3). `--check` exits 1 if the
+GPU; without ids, MAMLPP_NPROC CPU processes, default 2); when it ends with an error (a rank
+died, or the processes stopped with 75) the script starts it again, resuming from the last
+checkpoint, up to MAMLPP_MAX_RESTARTS times (default 3). `--check` exits 1 if the
 committed scripts differ from what would be generated.
 """
 
@@ -45,23 +46,30 @@ if [ ${{#gpus[@]}} -gt 0 ]; then
 else
   device=cpu
 fi
-train="${{MAMLPP_TRAIN:-.venv/bin/mamlpp-train}}"
+launch=("${{MAMLPP_TRAIN:-.venv/bin/mamlpp-train}}")
+restarts=0
 if [ $distributed -eq 1 ]; then
-  # torchrun restarts every process from the last checkpoint when one stops or fails.
   nproc=${{#gpus[@]}}
   [ "$nproc" -eq 0 ] && nproc="${{MAMLPP_NPROC:-2}}"
-  exec "${{MAMLPP_TORCHRUN:-.venv/bin/torchrun}}" --standalone --nproc_per_node="$nproc" \\
-    --max-restarts="${{MAMLPP_MAX_RESTARTS:-3}}" -m mamlpp.train \\
-    experiment={preset} seed={seed} device="$device" "$@"
+  launch=("${{MAMLPP_TORCHRUN:-.venv/bin/torchrun}}" --standalone --nproc_per_node="$nproc" \\
+    -m mamlpp.train)
+  # torchrun exits 1 whatever its processes did (a stop with 75, a dead rank): start it afresh,
+  # which resumes from the last checkpoint, a bounded number of times.
+  restarts="${{MAMLPP_MAX_RESTARTS:-3}}"
 fi
 # A signal to this script (Ctrl-C, scancel) stops the loop; a run interrupted on its own resumes.
 stop=0
 trap 'stop=1' INT TERM
 while true; do
-  "$train" experiment={preset} seed={seed} device="$device" "$@"
+  "${{launch[@]}}" experiment={preset} seed={seed} device="$device" "$@"
   code=$?
   if [ $code -eq {resumable} ] && [ $stop -eq 0 ]; then
     echo "[{name}] interrupted (exit {resumable}); resuming" >&2
+    continue
+  fi
+  if [ $code -ne 0 ] && [ $stop -eq 0 ] && [ "$restarts" -gt 0 ]; then
+    restarts=$((restarts - 1))
+    echo "[{name}] distributed run ended with $code; resuming ($restarts restarts left)" >&2
     continue
   fi
   exit $code

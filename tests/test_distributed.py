@@ -148,18 +148,24 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
     return out
 
 
-def _kill_rank_1_after_a_checkpoint(proc: subprocess.Popen, run: Path) -> None:
-    """SIGKILL (no chance to clean up) to rank 1 of the torchrun `proc` once `run` has a
-    checkpoint."""
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
+def _kill_rank_1_after_a_checkpoint(proc: subprocess.Popen, run: Path, depth: int = 0) -> None:
+    """SIGKILL (no chance to clean up) to rank 1 once `run` has a checkpoint; `proc` is the
+    torchrun agent, or `depth` levels of parents above it (a script that starts it)."""
     deadline = time.monotonic() + 240
     while not (run / "checkpoints" / "latest.pt").exists():
         assert proc.poll() is None and time.monotonic() < deadline, _finish(proc)
         time.sleep(0.05)
-    workers = subprocess.run(
-        ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
-    ).stdout.split()
+    agent = proc.pid
+    for _ in range(depth):
+        (agent,) = _children(agent)
+    workers = _children(agent)
     assert len(workers) == 2, workers
-    os.kill(int(workers[1]), 9)
+    os.kill(workers[1], 9)
 
 
 def _accuracies(run: Path) -> dict:
@@ -268,7 +274,7 @@ def test_meta_batch_the_ranks_cannot_share_is_one_line(cli, tmp_path) -> None:
 @pytest.mark.slow
 def test_generated_script_runs_one_distributed_run_and_restarts_it(cli, tmp_path) -> None:
     """`bash experiment_scripts/X.sh --distributed` (CPU: MAMLPP_NPROC processes): a rank killed
-    mid-run makes torchrun restart the processes, which resume from the checkpoint."""
+    mid-run ends torchrun, and the script starts it again, which resumes from the checkpoint."""
     script = Path(__file__).resolve().parents[1] / "experiment_scripts"
     script = script / "omniglot_5w1s_mamlpp_seed0.sh"
     run = tmp_path / "run"
@@ -283,9 +289,10 @@ def test_generated_script_runs_one_distributed_run_and_restarts_it(cli, tmp_path
         stderr=subprocess.STDOUT,
         text=True,
     )
-    _kill_rank_1_after_a_checkpoint(proc, run)
+    _kill_rank_1_after_a_checkpoint(proc, run, depth=1)
     out = _finish(proc, timeout=200)
     assert proc.returncode == 0, out
+    assert "distributed run ended with 1; resuming (2 restarts left)" in out
     assert "resumed from" in out
     results = json.loads((run / "results.json").read_text())
     assert results["config"]["meta_batch_size"] == 4 and results["num_test_tasks"] == 40
