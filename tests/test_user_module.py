@@ -62,6 +62,9 @@ def test_wrapper_meets_the_backbone_contract() -> None:
     assert "module.features.1.weight" not in learner.fast_names
     # Batch statistics only: no running buffers that a vmapped forward would write into.
     assert not any("running" in n for n, _ in learner.named_buffers())
+    # The wrapper's state is the module's, each tensor once.
+    module_state = learner.net.module.state_dict()
+    assert set(learner.net.state_dict()) == {f"module.{k}" for k in module_state}
 
 
 def test_second_order_meta_gradient_matches_finite_differences(make_batch) -> None:

@@ -21,6 +21,9 @@ from mamlpp.errors import ConfigError
 
 MODELS = ("conv4", "resnet12", "module")
 ALGORITHMS = ("maml", "fomaml", "mamlpp", "anil", "boil", "metasgd")
+# Algorithm switches that need per-step batch norm in the backbone (MAML++'s BNRS/BNWB and
+# running statistics at evaluation).
+PER_STEP_BN_KEYS = ("per_step_bn_stats", "per_step_bn_weights", "use_running_stats_eval")
 # mamlpp.algorithms.adaptation reads them; any other value is a glob over parameter names.
 ADAPT_MODES = ("all", "head", "body")
 PROTOCOLS = ("mamlpp", "maml")
@@ -652,8 +655,7 @@ def _check_builtin_model(cfg: Config) -> None:
     )
     _check(0 < m.bn_momentum <= 1, "model.bn_momentum", m.bn_momentum, "in (0, 1]")
     _check(d.image_size >> m.stages >= 1, "model.stages", m.stages, "at most log2(image_size)")
-    norm_keys = ("per_step_bn_stats", "per_step_bn_weights", "use_running_stats_eval")
-    for key in norm_keys:
+    for key in PER_STEP_BN_KEYS:
         _check(
             not getattr(cfg.algorithm, key) or m.norm == "batch_norm",
             f"algorithm.{key}",
@@ -671,7 +673,7 @@ def _check_module_model(cfg: Config) -> None:
         m._target_,
         "the torch.nn.Module class as package.module.Class with model=module",
     )
-    for key in ("per_step_bn_stats", "per_step_bn_weights", "use_running_stats_eval"):
+    for key in PER_STEP_BN_KEYS:
         _check(
             not getattr(cfg.algorithm, key),
             f"algorithm.{key}",
@@ -794,14 +796,19 @@ def check_known_keys(cfg: DictConfig) -> None:
         )
 
 
+def is_module_argument(key: str) -> bool:
+    """Whether model.<key> under model=module is a constructor argument of the module (a key
+    ModelConfig does not declare, `+model.width=32`), i.e. model.kwargs.<key>."""
+    return key not in {f.name for f in fields(ModelConfig)}
+
+
 def _fold_module_kwargs(cfg: DictConfig) -> None:
     """model=module: keys the schema does not know (`+model.width=32`) are the module's
     constructor arguments, as if given as model.kwargs.<key>."""
     model = cfg.get("model")
     if not isinstance(model, DictConfig) or model.get("name") != "module":
         return
-    known = {f.name for f in fields(ModelConfig)}
-    extra = [str(k) for k in model if k not in known]
+    extra = [str(k) for k in model if is_module_argument(str(k))]
     if extra:
         data = OmegaConf.to_container(model, resolve=False)
         data["kwargs"] = {**data.get("kwargs", {}), **{k: data.pop(k) for k in extra}}

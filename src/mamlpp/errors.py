@@ -1,5 +1,9 @@
 """User-facing errors: one clear line, no traceback unless debugging."""
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class MamlppError(Exception):
     """An error the user can fix (bad config, missing data); printed as one line."""
@@ -11,3 +15,21 @@ class ConfigError(MamlppError):
 
 class DataError(MamlppError):
     """A dataset is missing, unreadable or does not have the expected structure."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message reduced to its first line (its type's name when it has none)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def locate(target: str, key: str, hint: str = "") -> Any:
+    """The object a config's `_target_` names (package.module.name); one line naming `key` when
+    it cannot be imported (`hint` says what was expected)."""
+    from hydra.utils import get_object
+
+    try:
+        return get_object(target)
+    except Exception as exc:
+        raise ConfigError(
+            f"config key '{key}' = {target!r}: cannot import it ({first_line(exc)}){hint}"
+        ) from exc

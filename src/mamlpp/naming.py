@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import fields
 from typing import Any
 
 from hydra import compose as hydra_compose
@@ -21,7 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from mamlpp.config import ModelConfig, conf_dir, is_neutral
+from mamlpp.config import conf_dir, is_module_argument, is_neutral
 
 GROUPS = ("dataset", "task", "model", "algorithm", "ablation")
 _MISSING = object()
@@ -62,7 +61,7 @@ def _canonical(line: str, root: DictConfig) -> str:
     key, _, value = line.lstrip("+").partition("=")
     parts = key.split(".")
     module = parts[0] == "model" and root.model.get("name") == "module"
-    if module and len(parts) == 2 and parts[1] not in {f.name for f in fields(ModelConfig)}:
+    if module and len(parts) == 2 and is_module_argument(parts[1]):
         key = f"model.kwargs.{parts[1]}"
     return f"{key}={value}"
 

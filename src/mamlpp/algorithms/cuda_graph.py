@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mamlpp.errors import ConfigError
+from mamlpp.errors import ConfigError, first_line
 from mamlpp.nn.layers import BatchStats, apply_batch_stats
 from mamlpp.tasks import EpisodeBatch
 
@@ -96,9 +96,8 @@ class GraphedMetaStep:
                 )
                 apply_batch_stats(sink)  # in place on the buffers; independent of the Adam step
         except RuntimeError as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise ConfigError(
                 f"config key 'speed.cuda_graphs' = True: capturing the meta-step failed "
-                f"({first}); set speed.cuda_graphs=false"
+                f"({first_line(err)}); set speed.cuda_graphs=false"
             ) from err
         self.graph = graph

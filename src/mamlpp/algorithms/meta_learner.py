@@ -26,7 +26,7 @@ from mamlpp.algorithms.schedules import (
     use_multi_step_loss,
     use_second_order,
 )
-from mamlpp.config import AlgorithmConfig, ModelConfig, SpeedConfig
+from mamlpp.config import PER_STEP_BN_KEYS, AlgorithmConfig, ModelConfig, SpeedConfig
 from mamlpp.errors import ConfigError
 from mamlpp.nn.backbones import build_backbone
 from mamlpp.nn.contract import MetaBackbone
@@ -110,8 +110,7 @@ class MetaLearner(nn.Module):
                 bn_stat_steps=steps if algorithm.per_step_bn_stats else 1,
                 channels_last=speed.channels_last,
             )
-        per_step = ("per_step_bn_stats", "per_step_bn_weights", "use_running_stats_eval")
-        wanted = [k for k in per_step if getattr(algorithm, k)]
+        wanted = [k for k in PER_STEP_BN_KEYS if getattr(algorithm, k)]
         if wanted and not model.supports_per_step_bn:
             raise ConfigError(
                 f"config key 'algorithm.{wanted[0]}' = True: the backbone "

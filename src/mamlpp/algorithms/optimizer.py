@@ -13,21 +13,13 @@ import torch
 from torch import nn
 
 from mamlpp.config import OptimizerConfig
-from mamlpp.errors import ConfigError
+from mamlpp.errors import ConfigError, locate
 
 
 def build_optimizer(
     cfg: OptimizerConfig, params: Iterable[nn.Parameter], lr: float
 ) -> torch.optim.Optimizer:
-    from hydra.utils import get_class
-
-    try:
-        cls = get_class(cfg._target_)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(
-            f"config key 'optimizer._target_' = {cfg._target_!r}: cannot import it ({first})"
-        ) from exc
+    cls = locate(cfg._target_, "optimizer._target_")
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ConfigError(
             f"config key 'optimizer._target_' = {cfg._target_!r} is not a torch.optim.Optimizer"

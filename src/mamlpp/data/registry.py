@@ -27,7 +27,7 @@ from mamlpp.data.image_folder import (
 from mamlpp.data.omniglot import load_omniglot
 from mamlpp.data.splits import fixed_splits, omniglot_splits
 from mamlpp.data.tiny_imagenet import find_source, list_tiny_imagenet
-from mamlpp.errors import ConfigError
+from mamlpp.errors import ConfigError, locate
 
 
 def load_dataset(cfg: DatasetConfig) -> FewShotDataset:
@@ -69,15 +69,9 @@ def custom_listing(target: str, kwargs: dict) -> ImageListing:
     as `source=`. The contract: it returns an ImageListing, with classes in train, val, test
     order when it sets split_sizes (else dataset.split_ratios splits them). Decoding, caching
     and the content identity are the image folders'."""
-    from hydra.utils import get_method
-
-    try:
-        make = get_method(target)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(
-            f"config key 'dataset._target_' = {target!r}: cannot import it ({first})"
-        ) from exc
+    make = locate(target, "dataset._target_")
+    if not callable(make):
+        raise ConfigError(f"config key 'dataset._target_' = {target!r} is not a function")
     listing = make(**kwargs)
     if not isinstance(listing, ImageListing):
         raise ConfigError(

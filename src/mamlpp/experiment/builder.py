@@ -237,7 +237,7 @@ class ExperimentBuilder:
             if self.dist.enabled:
                 log(
                     f"distributed: {self.dist.world_size} processes on {self.device.type}, "
-                    f"{c.train.meta_batch_size // self.dist.world_size} tasks of each "
+                    f"{self.dist.local_share(c.train.meta_batch_size)} tasks of each "
                     "meta-batch per process"
                 )
             try:

@@ -32,6 +32,8 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # This rank's device (set by `start`); CUDA tensors carry NCCL's collectives.
+    device: torch.device = torch.device("cpu")
 
     @classmethod
     def from_env(cls) -> Distributed:
@@ -135,7 +137,7 @@ class Distributed:
         """Whether any rank's flag is set (e.g. a stop signal reached only some ranks)."""
         if not self.enabled:
             return flag
-        t = torch.tensor([int(flag)], device=self._collective_device())
+        t = torch.tensor([int(flag)], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
@@ -158,10 +160,6 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
-
-    def _collective_device(self) -> torch.device:
-        device = getattr(self, "device", torch.device("cpu"))
-        return device if device.type == "cuda" else torch.device("cpu")
 
 
 def _submitit_tasks() -> int:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mamlpp.errors import ConfigError
+from mamlpp.errors import ConfigError, first_line, locate
 from mamlpp.nn.layers import BatchStats
 
 PREFIX = "module."
@@ -41,12 +41,11 @@ class ModuleBackbone(nn.Module):
         self.module = module
         self.vectorize = vectorize
         linears = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear)]
-        self.head_layer = linears[-1][1] if linears else None
-        self.head_names = (
-            frozenset(f"{PREFIX}{linears[-1][0]}.{p}" for p, _ in linears[-1][1].named_parameters())
-            if linears
-            else frozenset()
-        )
+        head_name, head = linears[-1] if linears else ("", None)
+        # The head's output count only: a module attribute would register it a second time.
+        self.head_outputs = head.out_features if head is not None else None
+        head_params = head.named_parameters() if head is not None else ()
+        self.head_names = frozenset(f"{PREFIX}{head_name}.{p}" for p, _ in head_params)
         self.norm_names = frozenset(
             f"{PREFIX}{n}.{p}"
             for n, m in module.named_modules()
@@ -93,15 +92,8 @@ def build_module_backbone(
 ) -> ModuleBackbone:
     """Instantiate the class `target` (model._target_) with `kwargs` (model.kwargs) and those of
     in_channels / image_size / num_classes that its constructor names, then wrap it."""
-    from hydra.utils import get_class
-
-    try:
-        cls = get_class(target)
-    except Exception as exc:
-        raise ConfigError(
-            f"config key 'model._target_' = {target!r}: cannot import it ({_first_line(exc)}); "
-            "give an importable torch.nn.Module class, e.g. my_package.nets.MyNet"
-        ) from exc
+    hint = "; give an importable torch.nn.Module class, e.g. my_package.nets.MyNet"
+    cls = locate(target, "model._target_", hint)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ConfigError(
             f"config key 'model._target_' = {target!r} is not a torch.nn.Module subclass"
@@ -114,22 +106,18 @@ def build_module_backbone(
         module = cls(**given, **kwargs)
     except TypeError as exc:
         raise ConfigError(
-            f"config key 'model.kwargs' = {dict(kwargs)!r}: {target}({_first_line(exc)}); "
+            f"config key 'model.kwargs' = {dict(kwargs)!r}: {target}({first_line(exc)}); "
             f"its constructor takes {_signature(sig)}"
         ) from exc
     backbone = ModuleBackbone(module, vectorize)
-    head = backbone.head_layer
-    if head is not None and head.out_features != ways:
+    outputs = backbone.head_outputs
+    if outputs is not None and outputs != ways:
         raise ConfigError(
             f"config key 'model._target_' = {target!r}: its last nn.Linear has "
-            f"{head.out_features} outputs, task.ways={ways} needs {ways} (take num_classes "
+            f"{outputs} outputs, task.ways={ways} needs {ways} (take num_classes "
             "in the constructor)"
         )
     return backbone
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _signature(sig: inspect.Signature) -> str:
