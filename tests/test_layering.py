@@ -13,7 +13,7 @@ from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "src" / "mamlpp"
 LAYERS = ["tasks", "data", "nn", "algorithms", "trackers", "experiment", "reports"]
-TOP = {"train", "api", "inference", "evaluate", "naming"}
+TOP = {"train", "api", "inference", "image_inputs", "evaluate", "naming"}
 
 
 def _imports(path: Path) -> set[str]:

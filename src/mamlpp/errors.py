@@ -25,11 +25,12 @@ def first_line(exc: BaseException) -> str:
 def locate(target: str, key: str, hint: str = "") -> Any:
     """The object a config's `_target_` names (package.module.name); one line naming `key` when
     it cannot be imported (`hint` says what was expected)."""
-    from hydra.utils import get_object
+    from mamlpp.targets import TargetError, import_target
 
     try:
-        return get_object(target)
+        return import_target(target)
     except Exception as exc:
+        cause = exc if isinstance(exc, TargetError) else f"{type(exc).__name__}: {first_line(exc)}"
         raise ConfigError(
-            f"config key '{key}' = {target!r}: cannot import it ({first_line(exc)}){hint}"
+            f"config key '{key}' = {target!r}: cannot import it: {cause}{hint}"
         ) from exc

@@ -42,6 +42,7 @@ from mamlpp.experiment.trained import TrainedRun, open_trained
 from mamlpp.inference import (
     TrainedModel,
     build_members,
+    check_support_classes,
     config_of,
     iter_members,
     preprocessing_of,
@@ -207,11 +208,7 @@ def read_support(folder: Path, ways: int) -> tuple[list[str], list[Path], list[i
     if not folder.is_dir():
         raise DataError(f"--support {folder} is not a folder (expected {folder}/<class>/<image>)")
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(classes) != ways:
-        raise DataError(
-            f"--support {folder} has {len(classes)} class folder(s) but the model's head was "
-            f"trained for {ways} ways: give exactly {ways} folders <class>/<image>"
-        )
+    check_support_classes([c.name for c in classes], ways, f"--support {folder}", "class folder(s)")
     paths, labels = [], []
     for label, c in enumerate(classes):
         images = _images_in(c)

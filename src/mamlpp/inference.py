@@ -3,8 +3,11 @@
     model = mamlpp.load("runs/smoke/base")              # or one checkpoints/epoch_NNNN.pt
     xs = model.load_images(support_paths)                # decoded and normalised as in training
     adapted = model.adapt(xs, support_labels)            # inner loop on the support set
+    labels = adapted.predict(model.load_images(query_paths))   # class indices
     probs = adapted.predict_proba(model.load_images(query_paths))
 
+`predict`, `predict_proba` and `predict_logits` follow scikit-learn's names: class indices,
+probabilities and the raw scores (`decision_function` is the same as `predict_logits`).
 With several members (a run's top-k) the logits are averaged, as the run's test phase does.
 Batch norm normalises with the batch's statistics (transductive, as MAML evaluates) unless the
 run used `algorithm.use_running_stats_eval`, so predict a task's queries together.
@@ -15,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,10 +30,11 @@ from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.config import Config, to_config
 from mamlpp.data.preprocessing import Preprocessing
 from mamlpp.data.registry import load_dataset
-from mamlpp.errors import MamlppError
+from mamlpp.errors import DataError, MamlppError
 from mamlpp.experiment.builder import resolve_device
 from mamlpp.experiment.members import load_learner_state
 from mamlpp.experiment.trained import TrainedRun, open_trained
+from mamlpp.image_inputs import ImageInput, image_sources
 
 
 def config_of(trained: TrainedRun) -> Config:
@@ -59,16 +64,33 @@ def build_members(
     return list(iter_members(trained, cfg, channels, device))
 
 
+def check_support_classes(
+    classes: Sequence[object], ways: int, where: str, noun: str = "class(es)"
+) -> None:
+    """The one rule of a support set, for `adapt` and for `mamlpp-eval --support`: exactly the
+    `ways` classes the head was trained for (a class without images leaves its logit untrained,
+    so the model would still predict it)."""
+    if len(classes) != ways:
+        shown = ", ".join(str(c) for c in list(classes)[:8]) + (", ..." if len(classes) > 8 else "")
+        raise DataError(
+            f"{where} has {len(classes)} {noun} ({shown}) but the model's head was trained for "
+            f"{ways} ways: give exactly {ways} classes, each with at least one image"
+        )
+
+
 @dataclass
 class AdaptedModel:
-    """Members adapted to one support set (fast weights), ready to predict its queries."""
+    """Members adapted to one support set (fast weights), ready to predict its queries.
+
+    Queries are images [M, C, S, S] (uint8 pixels or normalised floats), or anything
+    `TrainedModel.load_images` takes (paths, a folder, PIL images, arrays)."""
 
     model: TrainedModel
     fast: list[dict[str, Tensor]]
     steps: int
 
-    def predict(self, xq: Tensor) -> Tensor:
-        """Logits [M, N] of query images [M, C, S, S] (uint8 pixels or normalised floats)."""
+    def predict_logits(self, xq: Tensor | Any) -> Tensor:
+        """Logits [M, N] of the queries (the members' average)."""
         x = self.model.as_input(xq)
         logits = [
             learner.predict_adapted(fast, x, self.steps)
@@ -76,9 +98,15 @@ class AdaptedModel:
         ]
         return torch.stack(logits).mean(0)[0]
 
-    def predict_proba(self, xq: Tensor) -> Tensor:
+    decision_function = predict_logits  # scikit-learn's name for the raw scores
+
+    def predict_proba(self, xq: Tensor | Any) -> Tensor:
         """Class probabilities [M, N] (softmax of the averaged logits)."""
-        return self.predict(xq).softmax(-1)
+        return self.predict_logits(xq).softmax(-1)
+
+    def predict(self, xq: Tensor | Any) -> Tensor:
+        """Predicted class indices [M] (int64), the support labels' numbering."""
+        return self.predict_logits(xq).argmax(-1)
 
 
 @dataclass
@@ -94,13 +122,20 @@ class TrainedModel:
     def ways(self) -> int:
         return self.config.task.ways
 
-    def load_images(self, paths: Sequence[str | Path]) -> Tensor:
-        """Image files -> float [M, C, S, S] on the model's device, exactly as in training."""
-        pixels = np.stack([self.preprocessing.decode_file(Path(p)) for p in paths])
+    def load_images(self, images: ImageInput | Sequence[ImageInput]) -> Tensor:
+        """Images -> float [M, C, S, S] on the model's device, decoded exactly as in training.
+
+        `images`: a path (str or Path), a folder (its images, sorted by name), a PIL image, a
+        numpy array (HxW or HxWxC, uint8 or float in [0, 1]), or a list of these."""
+        sources = image_sources(images)
+        pixels = np.stack([self.preprocessing.decode_file(p) for p in sources])  # type: ignore[arg-type]
         return self.preprocessing.normalise(torch.from_numpy(pixels)).to(self.device)
 
-    def as_input(self, x: Tensor) -> Tensor:
-        """[M, C, S, S] images (uint8 pixels are normalised here) as one task [1, M, C, S, S]."""
+    def as_input(self, x: Tensor | Any) -> Tensor:
+        """[M, C, S, S] images (uint8 pixels are normalised here; anything else goes through
+        load_images) as one task [1, M, C, S, S]."""
+        if not isinstance(x, Tensor):
+            x = self.load_images(x)
         p = self.preprocessing
         if x.dim() != 4 or tuple(x.shape[1:]) != (p.channels, p.image_size, p.image_size):
             raise MamlppError(
@@ -112,20 +147,22 @@ class TrainedModel:
         return x.to(self.device, torch.float32).unsqueeze(0)
 
     def adapt(
-        self, xs: Tensor, ys: Tensor | Sequence[int], steps: int | None = None
+        self, xs: Tensor | Any, ys: Tensor | Sequence[int], steps: int | None = None
     ) -> AdaptedModel:
-        """Run the inner loop on one support set: images [M, C, S, S], labels [M] in 0..ways-1.
+        """Run the inner loop on one support set: images [M, C, S, S] (or what load_images
+        takes), labels [M] covering every class 0..ways-1.
 
         `steps` defaults to the run's algorithm.inner_steps_eval."""
+        x = self.as_input(xs)
         labels = torch.as_tensor(ys, dtype=torch.long)
-        if labels.dim() != 1 or labels.numel() != xs.shape[0]:
-            raise MamlppError(f"{labels.numel()} labels for {xs.shape[0]} support images")
+        if labels.dim() != 1 or labels.numel() != x.shape[1]:
+            raise MamlppError(f"{labels.numel()} labels for {x.shape[1]} support images")
         if labels.numel() and not (int(labels.min()) >= 0 and int(labels.max()) < self.ways):
             raise MamlppError(
                 f"support labels must lie in 0..{self.ways - 1} (a {self.ways}-way model)"
             )
+        check_support_classes(sorted(set(labels.tolist())), self.ways, "the support set")
         steps = steps or self.config.algorithm.inner_steps_eval
-        x = self.as_input(xs)
         y = labels.to(self.device).unsqueeze(0)
         fast = [learner.adapt(x, y, steps) for learner in self.learners]
         return AdaptedModel(self, fast, steps)

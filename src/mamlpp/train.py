@@ -1,7 +1,8 @@
 """`mamlpp-train` / `python -m mamlpp.train`: the Hydra entry point of one experiment.
 
 A thin wrapper over `mamlpp.api.train`, which runs a validated config in-process. This module is
-callable, `mamlpp.train(cfg)`, so that the API name works whether or not it was imported.
+callable, `mamlpp.train(cfg)` or `mamlpp.train("experiment=smoke")` (see
+`mamlpp.api.train`), so that the API name works whether or not it was imported.
 
 Exit codes: 0 done (or already finished), 2 a user error printed as one `mamlpp: error:` line
 (a full traceback with debug=true), 75 (EXIT_RESUMABLE) stopped by SIGTERM/SIGUSR1/SIGUSR2/SIGINT
@@ -128,10 +129,12 @@ def main() -> None:
 
 
 class _CallableModule(types.ModuleType):
-    def __call__(self, cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
+    def __call__(
+        self, cfg: Any, *overrides: str, run_dir: str | Path | None = None
+    ) -> dict[str, Any]:
         from mamlpp.api import train
 
-        return train(cfg, run_dir)
+        return train(cfg, *overrides, run_dir=run_dir)
 
 
 sys.modules[__name__].__class__ = _CallableModule
