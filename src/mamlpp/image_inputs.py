@@ -2,7 +2,7 @@
 
 A path (str or Path), a folder (its images, sorted by name), a PIL image, a numpy array (HxW or
 HxWxC, uint8 or float in [0, 1]), or a list of these. PIL images and arrays reach the decoder as
-lossless in-memory TIFF files (EXIF included), so that an image gives the same pixels whatever
+lossless in-memory files (EXIF included), so that an image gives the same pixels whatever
 form it comes in: modes, bit depth, orientation and resizing are decided in one place.
 """
 
@@ -88,15 +88,23 @@ def _as_uint8(a: np.ndarray) -> np.ndarray:
 
 
 def _in_memory(im: Image.Image) -> IO[bytes]:
-    """A lossless TIFF of `im` with its EXIF (modes TIFF cannot hold become RGB first)."""
-    buf = io.BytesIO()
-    try:
+    """`im` as a lossless PNG with its EXIF, which the decoder reads as it reads a file. Modes
+    PNG cannot hold (CMYK, YCbCr, LAB, I, F) go as TIFF (which Pillow opens already turned by
+    its EXIF orientation), the rest (e.g. HSV) as RGB TIFF."""
+    exif = im.getexif()
+    problem: Exception | None = None
+    for fmt, mode, options in (
+        ("PNG", None, {"compress_level": 0}),
+        ("TIFF", None, {}),
+        ("TIFF", "RGB", {}),
+    ):
+        buf = io.BytesIO()
         try:
-            im.save(buf, "TIFF", exif=im.getexif())
-        except (OSError, KeyError, ValueError):  # e.g. HSV: not a TIFF mode
-            buf = io.BytesIO()
-            im.convert("RGB").save(buf, "TIFF", exif=im.getexif())
-    except Exception as e:  # a lazily opened image whose file is broken
-        raise DataError(f"load_images: cannot read a {im.mode} PIL image ({first_line(e)})") from e
-    buf.seek(0)
-    return buf
+            (im.convert(mode) if mode else im).save(buf, fmt, exif=exif, **options)
+        except Exception as e:  # this format cannot hold this mode, or the image is broken
+            problem = e
+            continue
+        buf.seek(0)
+        return buf
+    cause = first_line(problem) if problem is not None else im.mode
+    raise DataError(f"load_images: cannot read a {im.mode} PIL image ({cause})")
