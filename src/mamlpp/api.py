@@ -67,8 +67,8 @@ def override_list(args: Sequence[object]) -> list[str]:
 
 
 def composition_error(exc: Exception) -> ConfigError:
-    """Hydra's composition error as one line, naming the key or option probably meant (as the
-    command line does for keys it does not know)."""
+    """Hydra's composition error as one line, naming the key or config option probably meant
+    (Hydra's own message spans lines and suggests `+key`, which mamlpp refuses)."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     first = lines[0] if lines else type(exc).__name__
     unknown = re.match(r"Could not (?:override|delete from config)\W+'([^']+)'", first)
@@ -83,14 +83,16 @@ def composition_error(exc: Exception) -> ConfigError:
     missing = re.search(r"Could not find '(.+)/([^/']+)'", first)
     if missing:
         group, name = missing.groups()
-        at = next((i for i, line in enumerate(lines) if line.startswith("Available options")), -1)
-        options = [o for o in lines[at + 1 :] if re.fullmatch(r"[\w.-]+", o)] if at >= 0 else []
-        options = options[: next((i for i, o in enumerate(options) if "=" in o), len(options))]
+        options: list[str] = []  # Hydra lists them one a line after "Available options in"
+        listed = [i for i, line in enumerate(lines) if line.startswith("Available options")]
+        for line in lines[listed[0] + 1 :] if listed else []:
+            if not re.fullmatch(r"[\w.-]+", line):
+                break
+            options.append(line)
         close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
         hint = f" (did you mean {group}={close[0]}?)" if close else ""
-        return ConfigError(
-            f"{group}={name} is not a config option{hint}: allowed one of {', '.join(options)}"
-        )
+        allowed = f": allowed one of {', '.join(options)}" if options else ""
+        return ConfigError(f"{group}={name} is not a config option{hint}{allowed}")
     cause = exc.__cause__
     detail = f": {first_line(cause)}" if cause is not None else ""
     return ConfigError(f"compose: {first}{detail}")
