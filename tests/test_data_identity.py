@@ -128,6 +128,28 @@ def test_zip_identity_from_member_crcs_equals_the_folders(tmp_path: Path) -> Non
     assert zipped.content_digest() == listing.content_digest()
 
 
+def test_a_zips_digest_is_cached_by_its_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _bmp_folder(tmp_path / "src")
+    listing = imf.list_unsplit_folder(root)
+    zip_path = tmp_path / "data.zip"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for rel in (f for fs in listing.files for f in fs):
+            zf.write(root / rel, rel)
+    zipped = imf.ImageListing("z", "zip", zip_path, listing.classes, listing.files)
+    reads = _counting(monkeypatch, imf.ImageListing, "_zip_digest")
+    cache = tmp_path / "cache"
+    first = zipped.identity(cache)
+    assert zipped.identity(cache) == first and len(reads) == 1  # the directory read once
+    fewer = imf.ImageListing("z", "zip", zip_path, listing.classes[:3], listing.files[:3])
+    assert fewer.identity(cache) != first and len(reads) == 2  # other members: computed
+    with zipfile.ZipFile(zip_path, "a") as zf:  # the zip rewritten: computed again
+        zf.writestr("extra.txt", b"x")
+    again = zipped.identity(cache)
+    assert len(reads) == 3 and again.split("-")[1] == first.split("-")[1]  # same images
+
+
 def test_older_identities_compare_as_before_and_changed_data_is_refused(tmp_path: Path) -> None:
     root = _bmp_folder(tmp_path / "src")
     cfg = Config(dataset=_cfg(root, tmp_path / "data"))

@@ -6,7 +6,8 @@ same-size images swapped between classes). Reading every byte on every run would
 so each file's CRC is cached in `<data_dir>/cache/digests/` under its (size, mtime_ns, ctime_ns):
 writing a file's bytes always sets its ctime, which no tool restores (cp -p and rsync -t restore
 mtime only), so a rewritten file is read again. A zip member's CRC-32 is in the zip's directory,
-and every read of the member checks it, so zips are not read at all.
+and every read of the member checks it, so zips are not read at all (and their directory only
+once per (size, mtime, ctime) of the zip).
 
 Identities look like `v2-<content>-<names>`: <names> is the identity written before contents
 were hashed (class names, file names and sizes), kept so that run directories and checkpoints of
@@ -20,7 +21,7 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,37 @@ class DigestCache:
             self._changed = False
         except OSError as e:
             logger.warning("could not write the file digest cache %s (%s)", self.path, one_line(e))
+
+
+def cached_zip_digest(
+    zip_path: Path, cache_path: Path | None, header: Any, compute: Callable[[], str]
+) -> str:
+    """`compute()` (the digest of `header`'s members of the zip), remembered in `cache_path` under
+    the zip's (size, mtime, ctime) and `header`, so a re-run does not re-read its directory."""
+    st = zip_path.stat()
+    key = {
+        "format": _CACHE_FORMAT,
+        "zip": str(zip_path.resolve()),
+        "stamp": [st.st_size, st.st_mtime_ns, st.st_ctime_ns],
+        "header": digest(header, []),
+    }
+    if cache_path is not None:
+        try:
+            doc = json.loads(cache_path.read_text(encoding="utf-8"))
+            fresh = isinstance(doc, dict) and all(doc.get(k) == v for k, v in key.items())
+            if fresh and isinstance(doc.get("digest"), str):
+                return doc["digest"]
+        except (OSError, ValueError):
+            pass
+    result = compute()
+    if cache_path is not None:
+        text = json.dumps({**key, "digest": result}).encode("utf-8")
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(cache_path, lambda f: f.write(text))
+        except OSError as e:
+            logger.warning("could not write the zip digest cache %s (%s)", cache_path, one_line(e))
+    return result
 
 
 def member_crcs(zip_infos: dict[str, Any], members: Sequence[str]) -> list[tuple[int, int]]:

@@ -94,17 +94,14 @@ class ImageListing:
         (see mamlpp.data.content; `cache_dir` keeps file CRCs between runs)."""
         members = [f for fs in self.files for f in fs]
         header = [self.name, self.classes, self.files, self.split_sizes]
-        if self.kind == "zip":
-            with _open_zip(self.name, str(self.root)) as zf:
-                infos = {i.filename: i for i in zf.infolist()}
-            missing = next((m for m in members if m not in infos), None)
-            if missing is not None:
-                raise DataError(f"{self.name}: {missing} is not in {self.root}")
-            return content.digest(header, content.member_crcs(infos, members))
         path = None
         if cache_dir is not None:
             stem = f"{self.name}_{content.source_key(self.name, self.root.resolve())}"
             path = content.digest_cache_path(cache_dir, stem)
+        if self.kind == "zip":
+            return content.cached_zip_digest(
+                self.root, path, header, lambda: self._zip_digest(header, members)
+            )
         cache = content.DigestCache(self.root, path)
         try:
             return content.digest(header, [cache.crc(m) for m in members])
@@ -112,6 +109,14 @@ class ImageListing:
             raise DataError(f"{self.name}: {e}") from e
         finally:
             cache.save()
+
+    def _zip_digest(self, header: Any, members: list[str]) -> str:
+        with _open_zip(self.name, str(self.root)) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+        missing = next((m for m in members if m not in infos), None)
+        if missing is not None:
+            raise DataError(f"{self.name}: {missing} is not in {self.root}")
+        return content.digest(header, content.member_crcs(infos, members))
 
     def identity(self, cache_dir: Path | None = None) -> str:
         """What the data is, independent of where it lies or when it was copied: the content
