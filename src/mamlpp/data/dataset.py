@@ -93,8 +93,7 @@ class FewShotDataset:
     # Per-channel mean/std of pixels in [0, 1]; None: pixels stay in [0, 1] (Omniglot).
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    # Content identity of the images (see ImageListing.identity); None for Omniglot, whose
-    # sources are mirrors of one fixed dataset.
+    # Content identity of the images (mamlpp.data.content): a run never resumes on other data.
     identity: str | None = None
 
     def check_task_fits(self, ways: int, shots: int, targets: int) -> None:

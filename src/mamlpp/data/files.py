@@ -8,12 +8,17 @@ every write goes to a hidden temp file next to its target and is renamed into pl
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import secrets
+import signal
+import sys
+import threading
+import time
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -50,9 +55,41 @@ def decode_workers() -> int:
 _worker_zips: dict[str, zipfile.ZipFile] | None = None
 
 
-def _init_worker() -> None:
+# The stop signals the training run handles (mamlpp.experiment.signals.HANDLED but SIGINT).
+_STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name)
+)
+_PR_SET_PDEATHSIG = 1
+
+
+def _init_worker(parent: int) -> None:
+    """A decode worker: dies with its parent and leaves stop signals to it.
+
+    A forked worker inherits every file descriptor of the run, the run lock's among them, and
+    the run's stop handler (which only records a signal). A worker that outlived a killed run
+    would keep the run locked, so: stop signals get their default action (they end the
+    worker), Ctrl-C is left to the parent (which stops the run cleanly), and the kernel kills
+    the worker when its parent dies (PR_SET_PDEATHSIG on Linux; elsewhere a thread watches the
+    parent).
+    """
     global _worker_zips
     _worker_zips = {}
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 @contextlib.contextmanager
@@ -77,20 +114,29 @@ def ordered_map(
 
     With `workers` > 1 the tasks run on a process pool (fork where available, which avoids
     re-importing the user's __main__). A pool that cannot start or breaks is logged, and the
-    tasks not yet yielded run serially.
+    tasks not yet yielded run serially. An error (or the caller stopping early) cancels the
+    tasks not yet started instead of waiting for them.
     """
     done = 0
     if workers > 1 and len(tasks) > 1:
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
         try:
-            with ProcessPoolExecutor(
-                max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker
-            ) as ex:
+            ex = ProcessPoolExecutor(
+                max_workers=min(workers, len(tasks)),
+                mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(os.getpid(),),
+            )
+            try:
                 futures = [ex.submit(fn, *task) for task in tasks]
                 for fut in futures:
                     yield fut.result()
                     done += 1
+            except BaseException:
+                ex.shutdown(wait=True, cancel_futures=True)
+                raise
+            ex.shutdown()
             return
         except (BrokenProcessPool, OSError) as e:
             logger.warning("%s: process pool unavailable (%s); continuing serially", what, e)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -33,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from mamlpp.data import capacity, content
+from mamlpp.data.decode import decode_image as decode
 from mamlpp.data.files import (
-    LANCZOS,
     atomic_write,
     create_temp,
     decode_workers,
@@ -52,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLIT_DIRS = ("train", "val", "test")
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: EXIF orientation, 16-bit scaling, content digest
 _CHUNK = 500
 _PARALLEL_MIN_IMAGES = 4000
 
@@ -78,10 +77,9 @@ class ImageListing:
     def num_images(self) -> int:
         return sum(len(f) for f in self.files)
 
-    def identity(self) -> str:
-        """What the data is, independent of where it lies or when it was copied: class names,
-        file names and sizes (of each file, or of the zip), and the split. Part of a run's
-        experiment keys, so a run never resumes (or reports) on other data."""
+    def names_identity(self) -> str:
+        """The identity before contents were hashed: class names, file names and sizes (of each
+        file, or of the zip), and the split. Kept to compare with run directories of that time."""
         digest = hashlib.sha1(usedforsecurity=False)
         digest.update(json.dumps([self.name, self.classes, self.files, self.split_sizes]).encode())
         if self.kind == "zip":
@@ -90,6 +88,41 @@ class ImageListing:
             for rel in (f for fs in self.files for f in fs):
                 digest.update(f"{rel}\0{(self.root / rel).stat().st_size}\n".encode())
         return digest.hexdigest()[:16]
+
+    def content_digest(self, cache_dir: Path | None = None) -> str:
+        """Class names, file names, the split and the CRC-32 and size of every image's bytes
+        (see mamlpp.data.content; `cache_dir` keeps file CRCs between runs)."""
+        members = [f for fs in self.files for f in fs]
+        header = [self.name, self.classes, self.files, self.split_sizes]
+        path = None
+        if cache_dir is not None:
+            stem = f"{self.name}_{content.source_key(self.name, self.root.resolve())}"
+            path = content.digest_cache_path(cache_dir, stem)
+        if self.kind == "zip":
+            return content.cached_zip_digest(
+                self.root, path, header, lambda: self._zip_digest(header, members)
+            )
+        cache = content.DigestCache(self.root, path)
+        try:
+            return content.digest(header, [cache.crc(m) for m in members])
+        except DataError as e:
+            raise DataError(f"{self.name}: {e}") from e
+        finally:
+            cache.save()
+
+    def _zip_digest(self, header: Any, members: list[str]) -> str:
+        with _open_zip(self.name, str(self.root)) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+        missing = next((m for m in members if m not in infos), None)
+        if missing is not None:
+            raise DataError(f"{self.name}: {missing} is not in {self.root}")
+        return content.digest(header, content.member_crcs(infos, members))
+
+    def identity(self, cache_dir: Path | None = None) -> str:
+        """What the data is, independent of where it lies or when it was copied: the content
+        digest, then the older names-and-sizes identity. Part of a run's experiment keys, so a
+        run never resumes (or reports) on other data."""
+        return content.identity(self.content_digest(cache_dir), self.names_identity())
 
 
 def is_image(name: str) -> bool:
@@ -233,15 +266,11 @@ def list_miniimagenet(root: str | Path) -> ImageListing:
 
 
 def decode_image(data: bytes, image_size: int, where: str, name: str) -> np.ndarray:
-    """Bytes of any PIL-readable image -> uint8 [3, S, S] (RGB, LANCZOS-resized when needed)."""
+    """Bytes of any PIL-readable image -> uint8 [3, S, S] (see mamlpp.data.decode)."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            rgb = im.convert("RGB")
-        if rgb.size != (image_size, image_size):
-            rgb = rgb.resize((image_size, image_size), LANCZOS)
-        return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad data
-        raise DataError(f"{name}: cannot decode image {where} ({one_line(e)})") from e
+        return decode(data, image_size, 3, where)
+    except DataError as e:
+        raise DataError(f"{name}: {e}") from e
 
 
 def _open_zip(name: str, root: str) -> zipfile.ZipFile:
@@ -277,9 +306,10 @@ def decode_chunks(listing: ImageListing, image_size: int) -> Iterator[np.ndarray
     chunks still yielded in order); small ones stay serial because a pool costs more than it saves.
     """
     members = [f for fs in listing.files for f in fs]
+    chunk = capacity.chunk_images(3, image_size, _CHUNK)
     tasks = [
-        (listing.kind, str(listing.root), members[i : i + _CHUNK], image_size, listing.name)
-        for i in range(0, len(members), _CHUNK)
+        (listing.kind, str(listing.root), members[i : i + chunk], image_size, listing.name)
+        for i in range(0, len(members), chunk)
     ]
     workers = 1 if len(members) < _PARALLEL_MIN_IMAGES else decode_workers()
     return ordered_map(_decode_chunk, tasks, workers, listing.name)
@@ -305,27 +335,27 @@ def _write_npy(path: Path, shape: list[int], chunks: Iterator[np.ndarray]) -> No
 
 @dataclass
 class CachedImages:
-    """A decoded listing: read-only memory map [N, 3, S, S] plus per-class counts."""
+    """A decoded listing: read-only memory map [N, 3, S, S], per-class counts, and the data
+    identity (ImageListing.identity) of the images it was decoded from."""
 
     pixels: np.ndarray
     counts: np.ndarray
+    identity: str
 
 
 def _cache_paths(data_dir: Path, listing: ImageListing, image_size: int) -> tuple[Path, Path]:
-    key = hashlib.sha1(
-        f"{listing.name}\0{listing.fingerprint.get('root', listing.root)}".encode(),
-        usedforsecurity=False,
-    ).hexdigest()[:10]
+    key = content.source_key(listing.name, listing.fingerprint.get("root", listing.root))
     stem = f"{listing.name}_{image_size}_{key}"
     return data_dir / "cache" / f"{stem}.npy", data_dir / "cache" / f"{stem}.json"
 
 
-def _expected_manifest(listing: ImageListing, image_size: int) -> dict[str, Any]:
+def _expected_manifest(listing: ImageListing, image_size: int, identity: str) -> dict[str, Any]:
     return {
         "format_version": _FORMAT_VERSION,
         "dataset": listing.name,
         "image_size": image_size,
         "source": listing.fingerprint,
+        "identity": identity,
         "classes": listing.classes,
         "counts": [len(f) for f in listing.files],
         "split_sizes": listing.split_sizes,
@@ -333,11 +363,38 @@ def _expected_manifest(listing: ImageListing, image_size: int) -> dict[str, Any]
     }
 
 
+def _write_cache(
+    npy: Path, manifest_path: Path, expected: dict[str, Any], chunks: Iterator[np.ndarray]
+) -> None:
+    """The .npy (filled under a temp name, then renamed), then the manifest naming it. A failure
+    removes what this call wrote: a .npy without its manifest would only take up space."""
+    npy.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = create_temp(npy, ".npy")
+    os.close(fd)
+    try:
+        _write_npy(Path(tmp), expected["shape"], chunks)
+        os.replace(tmp, npy)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    manifest = {**expected, "array": file_stat(npy)}
+    text = json.dumps(manifest, indent=1) + "\n"
+    try:
+        atomic_write(manifest_path, lambda f: f.write(text.encode("utf-8")))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            npy.unlink()
+        raise
+
+
 def _read_cache(npy: Path, manifest_path: Path, expected: dict[str, Any]) -> CachedImages | None:
     pixels = load_cached_array(npy, manifest_path, expected, mmap=True)
     if pixels is None:
         return None
-    return CachedImages(pixels, np.asarray(expected["counts"], dtype=np.int64))
+    return CachedImages(
+        pixels, np.asarray(expected["counts"], dtype=np.int64), expected["identity"]
+    )
 
 
 def channel_stats(pixels: np.ndarray, rows: np.ndarray) -> tuple[list[float], list[float]]:
@@ -359,27 +416,19 @@ def load_cached(listing: ImageListing, data_dir: str | Path, image_size: int) ->
     """The decoded images of `listing` from the cache, decoding and caching them on a miss."""
     data_dir = Path(data_dir).expanduser()
     npy, manifest_path = _cache_paths(data_dir, listing, image_size)
-    expected = _expected_manifest(listing, image_size)
+    expected = _expected_manifest(listing, image_size, listing.identity(npy.parent))
     cached = _read_cache(npy, manifest_path, expected)
     if cached is not None:
         return cached
-    try:
-        npy.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"{listing.name}: cannot create {npy.parent} ({one_line(e)})") from e
+    capacity.check_disk(listing.name, listing.num_images, 3, image_size, npy.parent)
     start = time.perf_counter()
-    fd, tmp = create_temp(npy, ".npy")
-    os.close(fd)
     try:
-        _write_npy(Path(tmp), expected["shape"], decode_chunks(listing, image_size))
-        os.replace(tmp, npy)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    manifest = {**expected, "array": file_stat(npy)}
-    text = json.dumps(manifest, indent=1) + "\n"
-    atomic_write(manifest_path, lambda f: f.write(text.encode("utf-8")))
+        _write_cache(npy, manifest_path, expected, decode_chunks(listing, image_size))
+    except OSError as e:  # disk full, read-only, quota: nothing half-written is left behind
+        raise DataError(
+            f"{listing.name}: cannot write the decoded cache {npy} ({one_line(e)}); free space "
+            "there or set dataset.data_dir to a writable folder with room"
+        ) from e
     logger.info(
         "%s: decoded %d images in %.1fs into %s",
         listing.name,

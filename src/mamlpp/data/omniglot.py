@@ -14,7 +14,6 @@ the official URLs.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -28,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from mamlpp.data import capacity, content
+from mamlpp.data.decode import decode_image
+from mamlpp.data.files import atomic_write as _atomic_write
 from mamlpp.data.files import (
-    LANCZOS,
     decode_workers,
     download,
     load_cached_array,
@@ -39,7 +39,6 @@ from mamlpp.data.files import (
     ordered_map,
     zip_for_chunk,
 )
-from mamlpp.data.files import atomic_write as _atomic_write
 from mamlpp.data.files import file_stat as _file_stat
 from mamlpp.data.files import one_line as _one_line
 from mamlpp.errors import ConfigError, DataError
@@ -70,7 +69,7 @@ IMAGES_PER_CLASS = 20
 
 # Class order is background characters first, then evaluation characters.
 _SETS: tuple[str, ...] = ("images_background", "images_evaluation")
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: the manifest records the content digest
 _CHUNK = 1000  # images per pool task: small enough to balance load, big enough to amortise IPC
 _PARALLEL_MIN_IMAGES = 4000  # below this a process pool costs more than it saves
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -156,7 +155,11 @@ def _resolve_sources(data_dir: Path, source: str | Path | None) -> list[_Source]
 
 
 def _fingerprint(src: _Source) -> dict[str, Any]:
-    """Cheap identity of a source for the cache manifest (path, size, mtime)."""
+    """Cheap identity of a source for the cache manifest (path, size, mtime, ctime).
+
+    The ctime: writing a file's bytes always sets it, and no copy tool restores it (cp -p and
+    rsync -t restore the mtime), so rewritten pixels never pass for the cached ones.
+    """
     if src.kind == "zip":
         st = src.path.stat()
         return {
@@ -165,15 +168,18 @@ def _fingerprint(src: _Source) -> dict[str, Any]:
             "path": str(src.path),
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns,
         }
-    # A folder's own mtime misses edits deeper down: sum sizes and take the newest mtime.
-    size, newest, count = 0, src.path.stat().st_mtime_ns, 0
+    # A folder's own times miss edits deeper down: sum sizes and take the newest times.
+    st = src.path.stat()
+    size, newest, changed, count = 0, st.st_mtime_ns, st.st_ctime_ns, 0
     for root, _dirs, files in os.walk(src.path):
-        newest = max(newest, os.stat(root).st_mtime_ns)
+        st = os.stat(root)
+        newest, changed = max(newest, st.st_mtime_ns), max(changed, st.st_ctime_ns)
         for fname in files:
             st = os.stat(os.path.join(root, fname))
             size += st.st_size
-            newest = max(newest, st.st_mtime_ns)
+            newest, changed = max(newest, st.st_mtime_ns), max(changed, st.st_ctime_ns)
             count += 1
     return {
         "name": src.name,
@@ -181,8 +187,28 @@ def _fingerprint(src: _Source) -> dict[str, Any]:
         "path": str(src.path),
         "size": size,
         "mtime_ns": newest,
+        "ctime_ns": changed,
         "files": count,
     }
+
+
+def _content(plans: Sequence[_Plan]) -> str:
+    """Content digest of the planned images in order (CRC-32 and size of each PNG's bytes),
+    the same for the zips and their extracted folders (see mamlpp.data.content)."""
+    entries: list[tuple[int, int]] = []
+    for plan in plans:
+        src = plan.source
+        if src.kind == "zip":
+            with _open_zip(str(src.path)) as zf:
+                infos = {i.filename: i for i in zf.infolist()}
+            entries += content.member_crcs(infos, plan.members)
+        else:
+            cache = content.DigestCache(src.path, None)
+            try:
+                entries += [cache.crc(m) for m in plan.members]
+            except DataError as e:
+                raise DataError(f"omniglot: {e}; {_FIX_HINT}") from e
+    return content.digest(["omniglot", [len(p.members) for p in plans]], entries)
 
 
 # --------------------------------------------------------------------------- structure scan
@@ -279,11 +305,9 @@ def _check_structure(
 
 def _decode_png(data: bytes, image_size: int, where: str) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            small = im.convert("L").resize((image_size, image_size), LANCZOS)
-        return np.asarray(small, dtype=np.uint8)
-    except Exception as e:  # PIL raises many types for bad data (OSError, SyntaxError, ...)
-        raise DataError(f"omniglot: cannot decode PNG {where} ({_one_line(e)}); {_FIX_HINT}") from e
+        return decode_image(data, image_size, 1, where)[0]
+    except DataError as e:
+        raise DataError(f"omniglot: {e}; {_FIX_HINT}") from e
 
 
 def _open_zip(root: str) -> zipfile.ZipFile:
@@ -362,7 +386,11 @@ def _write_cache(npy: Path, manifest_path: Path, arr: np.ndarray, meta: dict[str
     _atomic_write(npy, lambda f: np.save(f, arr, allow_pickle=False))
     manifest = {**meta, "array": _file_stat(npy)}
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    _atomic_write(manifest_path, lambda f: f.write(text.encode("utf-8")))
+    try:
+        _atomic_write(manifest_path, lambda f: f.write(text.encode("utf-8")))
+    except BaseException:  # a .npy without its manifest would only take up space
+        npy.unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------------- public entry
@@ -378,6 +406,18 @@ def _load_omniglot(
     workers: int | None = None,
 ) -> np.ndarray:
     """:func:`load_omniglot` with the structure counts and worker count exposed for tests."""
+    return _load(data_dir, source, image_size, expected_classes, expected_images, workers)[0]
+
+
+def _load(
+    data_dir: str | Path,
+    source: str | Path | None,
+    image_size: int,
+    expected_classes: int = NUM_CLASSES,
+    expected_images: int = IMAGES_PER_CLASS,
+    workers: int | None = None,
+) -> tuple[np.ndarray, str]:
+    """The images and their content digest (recorded in the cache manifest)."""
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
         raise ConfigError(f"omniglot: image_size must be a positive int, got {image_size!r}")
     data_dir = Path(data_dir).expanduser()
@@ -395,12 +435,15 @@ def _load_omniglot(
     }
     npy, manifest_path = _cache_paths(data_dir, image_size)
     cached = load_cached_array(npy, manifest_path, meta)
-    if cached is not None:
+    digest = _manifest_content(manifest_path) if cached is not None else None
+    if cached is not None and digest is not None:
         logger.info("omniglot: loaded cached %s", npy)
-        return cached
+        return cached, digest
 
+    capacity.check_memory("omniglot", expected_classes * expected_images, 1, image_size)
     start = time.perf_counter()
     plans = _check_structure(sources, expected_classes, expected_images)
+    digest = _content(plans)
     flat = _decode_all(plans, image_size, workers)
     arr = flat.reshape(expected_classes, expected_images, image_size, image_size)
     logger.info("omniglot: decoded %d images in %.1fs", len(flat), time.perf_counter() - start)
@@ -408,12 +451,20 @@ def _load_omniglot(
         # A source changed while we decoded it: return what we read, but do not cache it under
         # a manifest that might describe different bytes.
         logger.warning("omniglot: sources changed during decoding; not writing the cache")
-        return arr
+        return arr, digest
     try:
-        _write_cache(npy, manifest_path, arr, meta)
+        _write_cache(npy, manifest_path, arr, {**meta, "content": digest})
     except OSError as e:  # still usable without a cache; just slower next time
         logger.warning("omniglot: could not write cache %s (%s)", npy, _one_line(e))
-    return arr
+    return arr, digest
+
+
+def _manifest_content(manifest_path: Path) -> str | None:
+    try:
+        digest = json.loads(manifest_path.read_text(encoding="utf-8")).get("content")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return digest if isinstance(digest, str) else None
 
 
 def load_omniglot(
@@ -433,7 +484,16 @@ def load_omniglot(
     :data:`OMNIGLOT_URLS` (md5-checked) if missing. The decoded array is cached in
     ``<data_dir>/cache``; see the module docstring.
     """
-    return _load_omniglot(data_dir, source, image_size)
+    return _load(data_dir, source, image_size)[0]
+
+
+def load_omniglot_identified(
+    data_dir: str | Path, source: str | Path | None = None, image_size: int = 28
+) -> tuple[np.ndarray, str]:
+    """:func:`load_omniglot` and the data identity of its images (mamlpp.data.content): a run
+    never resumes on a modified copy of Omniglot."""
+    images, digest = _load(data_dir, source, image_size)
+    return images, content.identity(digest)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual timing helper

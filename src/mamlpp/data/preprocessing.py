@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from mamlpp.data.dataset import ClassImages, FewShotDataset
-from mamlpp.data.files import LANCZOS, one_line
+from mamlpp.data.decode import decode_image
 from mamlpp.errors import DataError
 
 # ITU-R 601-2 luma in PIL's fixed point (convert("L") computes (19595 R + 38470 G + 7471 B +
@@ -64,18 +63,9 @@ class Preprocessing:
         return "L" if self.channels == 1 else "RGB"
 
     def decode_file(self, path: Path) -> np.ndarray:
-        """An image file -> uint8 [C, S, S]: greyscale or RGB as the model saw, LANCZOS-resized
-        (the decoders of Omniglot and the image folders do the same)."""
-        try:
-            with Image.open(path) as im:
-                img = im.convert(self.mode)
-            size = (self.image_size, self.image_size)
-            if img.size != size:
-                img = img.resize(size, LANCZOS)
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad data
-            raise DataError(f"cannot decode image {path} ({one_line(e)})") from e
-        pixels = np.asarray(img, dtype=np.uint8)
-        return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        """An image file -> uint8 [C, S, S] as the model saw it: the decoder of Omniglot and the
+        image folders (mamlpp.data.decode), greyscale or RGB, LANCZOS-resized."""
+        return decode_image(path, self.image_size, self.channels, str(path))
 
     def normalise(self, pixels: Tensor) -> Tensor:
         """uint8 [..., C, S, S] -> float32 as the episode sampler builds it: /255, then mean/std."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from mamlpp.config import DatasetConfig, split_sizes_of
+from mamlpp.data.call_args import check_kwargs
 from mamlpp.data.dataset import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -24,7 +25,7 @@ from mamlpp.data.image_folder import (
     list_unsplit_folder,
     load_cached,
 )
-from mamlpp.data.omniglot import load_omniglot
+from mamlpp.data.omniglot import load_omniglot_identified
 from mamlpp.data.splits import fixed_splits, omniglot_splits
 from mamlpp.data.tiny_imagenet import find_source, list_tiny_imagenet
 from mamlpp.errors import ConfigError, locate
@@ -43,9 +44,7 @@ def load_dataset(cfg: DatasetConfig) -> FewShotDataset:
             splits = fixed_splits(np.arange(num_classes), listing.split_sizes)
         else:
             splits = split_by_ratios(num_classes, tuple(cfg.split_ratios), cfg.split_seed)
-        data = FewShotDataset(
-            cfg.name, images, listing.classes, splits, identity=listing.identity()
-        )
+        data = FewShotDataset(cfg.name, images, listing.classes, splits, identity=cached.identity)
     if cfg.normalization == "imagenet":
         if data.images.channels != 3:
             raise ConfigError(
@@ -72,6 +71,7 @@ def custom_listing(target: str, kwargs: dict) -> ImageListing:
     make = locate(target, "dataset._target_")
     if not callable(make):
         raise ConfigError(f"config key 'dataset._target_' = {target!r} is not a function")
+    check_kwargs(make, kwargs, "dataset.kwargs", target)
     listing = make(**kwargs)
     if not isinstance(listing, ImageListing):
         raise ConfigError(
@@ -82,12 +82,14 @@ def custom_listing(target: str, kwargs: dict) -> ImageListing:
 
 
 def _omniglot(cfg: DatasetConfig) -> FewShotDataset:
-    images = load_omniglot(cfg.data_dir, cfg.source, cfg.image_size)
+    images, identity = load_omniglot_identified(cfg.data_dir, cfg.source, cfg.image_size)
     splits = omniglot_splits(
         images.shape[0], split_sizes_of(cfg), cfg.split_seed, cfg.protocol, cfg.train_rotation
     )
     names = [f"character {i}" for i in range(images.shape[0])]
-    return FewShotDataset("omniglot", ClassImages.from_class_major(images), names, splits)
+    return FewShotDataset(
+        "omniglot", ClassImages.from_class_major(images), names, splits, identity=identity
+    )
 
 
 def _listing(cfg: DatasetConfig) -> ImageListing:

@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from mamlpp.config import Config, experiment_keys
+from mamlpp.data import content
 from mamlpp.errors import MamlppError
 from mamlpp.experiment.checkpoints import fsync_dir, load_checkpoint, save_checkpoint
 
@@ -140,12 +141,14 @@ def config_diffs(saved: dict[str, Any], cfg: Config, data_identity: str | None =
     time had built in (e.g. optimizer._target_ = Adam)."""
     current = run_identity(cfg, data_identity)
     saved = {**experiment_keys(Config()), **saved}
+    if DATA_IDENTITY in saved and DATA_IDENTITY in current:  # an older identity: its own check
+        current[DATA_IDENTITY] = content.comparable(saved[DATA_IDENTITY], current[DATA_IDENTITY])
     keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if DATA_IDENTITY not in saved or DATA_IDENTITY not in current:
         keys = [k for k in keys if k != DATA_IDENTITY]
     diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys)
     if DATA_IDENTITY in keys:
-        diffs += " (the images of dataset.source differ: classes, files or sizes)"
+        diffs += " (the images of dataset.source differ: classes, files or their contents)"
     return diffs
 
 
