@@ -14,7 +14,9 @@ and exits itself; the requeued job resumes from the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import sys
 import types
 from pathlib import Path
@@ -34,6 +36,8 @@ from mamlpp.config import (
 )
 from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.experiment.console import setup_console
+from mamlpp.experiment.run_dir import discard_new_run, is_new
+from mamlpp.experiment.run_dir_hook import existed
 from mamlpp.experiment.signals import EXIT_RESUMABLE, StopRequested, pass_on
 from mamlpp.experiment.sweep import record_failure
 
@@ -45,13 +49,15 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def _run(dcfg: DictConfig) -> float:
     debug = bool(dcfg.get("debug", False))
+    hydra_cfg = HydraConfig.get()
+    output_dir = hydra_cfg.runtime.output_dir
+    new = False
     try:
+        new = is_new(Path(output_dir))  # a sweep's job folder: not checked before Hydra
         cfg = to_config(dcfg)  # before the slow torch import: config errors come back at once
         from mamlpp.api import train
 
-        hydra_cfg = HydraConfig.get()
         check_unread_overrides(cfg, list(hydra_cfg.overrides.task))
-        output_dir = hydra_cfg.runtime.output_dir
         if hydra_cfg.mode == RunMode.MULTIRUN:  # parallel jobs' lines must be told apart
             setup_console(f"#{hydra_cfg.job.num} {Path(output_dir).name[:40]}")
         if cfg.run.dir is not None and Path(cfg.run.dir).resolve() != Path(output_dir).resolve():
@@ -67,16 +73,37 @@ def _run(dcfg: DictConfig) -> float:
     except KeyboardInterrupt:  # a second Ctrl-C: the run has said so in its log
         sys.exit(EXIT_ABORTED)
     except MamlppError as err:
+        if new:
+            _discard(Path(output_dir), dcfg)
         if debug:
             raise
         print(f"mamlpp: error: {err}", file=sys.stderr, flush=True)
-        hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode == RunMode.MULTIRUN and record_failure(
             hydra_cfg.job.num, hydra_cfg.job.override_dirname or "base", str(err)
         ):
             return float("nan")  # the other jobs of the sweep still run; it ends with a summary
         sys.exit(2)
+    except Exception:
+        if new:
+            _discard(Path(output_dir), dcfg)
+        raise
     return objective(results, cfg.optimized_metric)  # validation, unless a sweep asks for test
+
+
+def _discard(run_dir: Path, dcfg: DictConfig) -> None:
+    """A new run failed before its first checkpoint: remove what this command created there,
+    the folder too where it made it (and the empty folders above it that mamlpp names)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # a job folder of the sweep's
+        made, stop_at = True, Path(hydra_cfg.sweep.dir)
+    else:
+        made, stop_at = existed(run_dir) is False, None
+        with contextlib.suppress(Exception):  # runs/<experiment>/<name>: up to runs/
+            runs_dir = Path(os.path.abspath(str(dcfg.paths.runs_dir)))
+            stop_at = runs_dir if runs_dir in run_dir.resolve().parents else None
+    discard_new_run(run_dir, remove_dir=made, stop_at=stop_at)
 
 
 # Hydra plugins that come from a pip extra: (config group, choice) -> the plugin module and the
