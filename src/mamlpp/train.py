@@ -14,7 +14,6 @@ and exits itself; the requeued job resumes from the checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import sys
@@ -37,7 +36,7 @@ from mamlpp.config import (
 from mamlpp.errors import ConfigError, MamlppError
 from mamlpp.experiment.console import setup_console
 from mamlpp.experiment.run_dir import discard_new_run, is_new
-from mamlpp.experiment.run_dir_hook import existed
+from mamlpp.experiment.run_dir_hook import existing_before
 from mamlpp.experiment.signals import EXIT_RESUMABLE, StopRequested, pass_on
 from mamlpp.experiment.sweep import record_failure
 
@@ -74,7 +73,7 @@ def _run(dcfg: DictConfig) -> float:
         sys.exit(EXIT_ABORTED)
     except MamlppError as err:
         if new:
-            _discard(Path(output_dir), dcfg)
+            _discard(Path(output_dir))
         if debug:
             raise
         print(f"mamlpp: error: {err}", file=sys.stderr, flush=True)
@@ -85,24 +84,22 @@ def _run(dcfg: DictConfig) -> float:
         sys.exit(2)
     except Exception:
         if new:
-            _discard(Path(output_dir), dcfg)
+            _discard(Path(output_dir))
         raise
     return objective(results, cfg.optimized_metric)  # validation, unless a sweep asks for test
 
 
-def _discard(run_dir: Path, dcfg: DictConfig) -> None:
+def _discard(run_dir: Path) -> None:
     """A new run failed before its first checkpoint: remove what this command created there,
-    the folder too where it made it (and the empty folders above it that mamlpp names)."""
+    and the folders it made for it."""
     if os.environ.get("RANK", "0") != "0":
         return
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:  # a job folder of the sweep's
-        made, stop_at = True, Path(hydra_cfg.sweep.dir)
+        stop_at: Path | None = Path(hydra_cfg.sweep.dir)
     else:
-        made, stop_at = existed(run_dir) is False, None
-        with contextlib.suppress(Exception):  # runs/<experiment>/<name>: up to runs/
-            runs_dir = Path(os.path.abspath(str(dcfg.paths.runs_dir)))
-            stop_at = runs_dir if runs_dir in run_dir.resolve().parents else None
+        stop_at = existing_before(run_dir)
+    made = stop_at is not None and stop_at.resolve() != run_dir.resolve()
     discard_new_run(run_dir, remove_dir=made, stop_at=stop_at)
 
 

@@ -7,6 +7,7 @@ import contextlib
 import io
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     one-line CheckpointError; a file that cannot be read at all (missing, no permission)
     raises OSError. Checkpoints written before they carried a checksum load unchecked."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a junk pickle's protocol warning: the error says it
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except OSError:
         raise
     except Exception as exc:  # truncated, garbage, or a pickle weights_only refuses

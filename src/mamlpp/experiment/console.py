@@ -87,6 +87,12 @@ class _RunLogHandler(logging.FileHandler):
         why = getattr(exc, "strerror", None) or exc
         LOGGER.warning(f"cannot write {self.baseFilename} ({why}): the console keeps the log")
 
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the last flush of a full disk: said already, or said now
+            self.handleError(logging.makeLogRecord({}))
+
 
 @contextmanager
 def run_log(run_dir: Path) -> Iterator[None]:

@@ -22,7 +22,7 @@ from mamlpp.errors import MamlppError
 CHECKPOINTS, LATEST, PREVIOUS = "checkpoints", "latest.pt", "previous.pt"
 NEW_LATEST, PREVIOUS_LINK = f".{LATEST}.new", f".{PREVIOUS}.link"
 MARKERS = (".lock", CHECKPOINTS, "done")
-LOG = "train.log"  # also a run that failed before its lock (older versions) left only this
+LOG = "train.log"  # a run that failed before its lock (older versions) left only this
 HYDRA_RECORD = ".hydra"
 HYDRA_FILES = frozenset({"config.yaml", "hydra.yaml", "overrides.yaml"})
 # Files of the run directory written through a temporary name (atomic_write_bytes: .NAME.tmpPID;
@@ -65,7 +65,7 @@ def is_new(run_dir: Path) -> bool:
     foreign = [
         n
         for n in names
-        if not (n == LOG and (run_dir / n).is_file())
+        if not (n == LOG and _is_run_log(run_dir / n))
         and not (n == HYDRA_RECORD and _only_hydra(run_dir / n))
     ]
     if foreign:
@@ -77,6 +77,15 @@ def is_new(run_dir: Path) -> bool:
             "new or empty folder as hydra.run.dir"
         )
     return True
+
+
+def _is_run_log(path: Path) -> bool:
+    """A train.log that mamlpp (or Hydra's logging of older versions: empty) wrote."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(512)
+    return not head or b"] run directory: " in head.split(b"\n", 1)[0]
 
 
 def _only_hydra(path: Path) -> bool:

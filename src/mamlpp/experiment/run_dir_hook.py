@@ -3,8 +3,8 @@
 A Hydra callback (conf/config.yaml, hydra.callbacks): `on_run_start` runs before the job's
 folder exists, so an empty `hydra.run.dir` (the current directory), a file, a folder that is
 not a run directory, an unwritable place and `run.resume=must` without a run are refused in one
-line (exit code 2) with nothing created. It also records whether the folder existed, so that a
-new run that fails before its first checkpoint removes the folder only if it made it.
+line (exit code 2) with nothing created. It also records which folders existed, so that a new
+run that fails before its first checkpoint removes only the folders this command made.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from mamlpp.errors import MamlppError
 from mamlpp.experiment.run_dir import RunDirError, is_new, require_checkpoint
 
 EXIT_REFUSED = 2
-_existed: dict[str, bool] = {}
+_existing: dict[str, Path] = {}
 
 
-def existed(run_dir: Path) -> bool | None:
-    """Whether `run_dir` existed before this command (None: not checked by this process)."""
-    return _existed.get(os.path.abspath(run_dir))
+def existing_before(run_dir: Path) -> Path | None:
+    """The nearest folder at or above `run_dir` that existed before this command (None: not
+    checked by this process)."""
+    return _existing.get(os.path.abspath(run_dir))
 
 
 def check_run_dir(raw: str, resume: str) -> Path:
@@ -38,11 +39,11 @@ def check_run_dir(raw: str, resume: str) -> Path:
             "give a folder, or leave it out for runs/<experiment>/<name>"
         )
     run_dir = Path(os.path.abspath(raw))
-    _existed[str(run_dir)] = run_dir.exists()
     is_new(run_dir)  # a file, or a folder that is not a run directory: refused
     nearest = run_dir
     while not nearest.exists():
         nearest = nearest.parent
+    _existing[str(run_dir)] = nearest
     if not nearest.is_dir():
         raise RunDirError(f"cannot make run directory {run_dir}: {nearest} is a file")
     if not os.access(nearest, os.W_OK | os.X_OK):
