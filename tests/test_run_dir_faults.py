@@ -502,3 +502,22 @@ def test_finished_run_with_another_config_is_refused_also_when_changes_are_allow
     assert {k: v for k, v in hashes(run).items() if k != "train.log"} == {
         k: v for k, v in before.items() if k != "train.log"
     }
+
+
+def test_any_file_system_fault_is_one_line_from_the_cli(
+    cli: Cli, reference_run: dict, tmp_path: Path
+) -> None:
+    """A fault no check names in advance (here a file where TensorBoard's folder belongs, in
+    the test phase of a resumed run) still ends in one line, exit code 2, checkpoints kept."""
+    run = copy_run(reference_run, tmp_path / "run")
+    (run / "results.json").unlink()
+    (run / "done").unlink()
+    shutil.rmtree(run / "tb")
+    (run / "tb").write_text("not a folder")
+    before = {k: v for k, v in hashes(run).items() if k.startswith("checkpoints")}
+    done = cli.run(f"hydra.run.dir={run}")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("mamlpp: error:")]
+    assert len(errors) == 1 and f"{run / 'tb'}: File exists" in errors[0], done.stderr
+    assert {k: v for k, v in hashes(run).items() if k.startswith("checkpoints")} == before

@@ -3,7 +3,8 @@
 A thin wrapper over `mamlpp.api.train`, which runs a validated config in-process. This module is
 callable, `mamlpp.train(cfg)`, so that the API name works whether or not it was imported.
 
-Exit codes: 0 done (or already finished), 2 a user error printed as one `mamlpp: error:` line
+Exit codes: 0 done (or already finished), 2 a user error (or a file-system fault: a full disk,
+a read-only place) printed as one `mamlpp: error:` line
 (a full traceback with debug=true), 75 (EXIT_RESUMABLE) stopped by SIGTERM/SIGUSR1/SIGUSR2/SIGINT
 after a checkpoint: run the same command again to resume; 130 aborted by a second Ctrl-C (the
 checkpoints written before it are kept). Hydra's own composition errors
@@ -33,7 +34,7 @@ from mamlpp.config import (
     register_configs,
     to_config,
 )
-from mamlpp.errors import ConfigError, MamlppError
+from mamlpp.errors import ConfigError, MamlppError, first_line
 from mamlpp.experiment.console import setup_console
 from mamlpp.experiment.run_dir import discard_new_run, is_new
 from mamlpp.experiment.run_dir_hook import existing_before
@@ -71,14 +72,15 @@ def _run(dcfg: DictConfig) -> float:
         sys.exit(EXIT_RESUMABLE)
     except KeyboardInterrupt:  # a second Ctrl-C: the run has said so in its log
         sys.exit(EXIT_ABORTED)
-    except MamlppError as err:
+    except (MamlppError, OSError) as err:  # OSError: a file-system fault not said more exactly
         if new:
             _discard(Path(output_dir))
         if debug:
             raise
-        print(f"mamlpp: error: {err}", file=sys.stderr, flush=True)
+        message = str(err) if isinstance(err, MamlppError) else _os_error(err)
+        print(f"mamlpp: error: {message}", file=sys.stderr, flush=True)
         if hydra_cfg.mode == RunMode.MULTIRUN and record_failure(
-            hydra_cfg.job.num, hydra_cfg.job.override_dirname or "base", str(err)
+            hydra_cfg.job.num, hydra_cfg.job.override_dirname or "base", message
         ):
             return float("nan")  # the other jobs of the sweep still run; it ends with a summary
         sys.exit(2)
@@ -87,6 +89,12 @@ def _run(dcfg: DictConfig) -> float:
             _discard(Path(output_dir))
         raise
     return objective(results, cfg.optimized_metric)  # validation, unless a sweep asks for test
+
+
+def _os_error(err: OSError) -> str:
+    """One line for a file-system fault: the file, and what the system said."""
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or first_line(err)}"
 
 
 def _discard(run_dir: Path) -> None:
