@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from conftest import (
     read_scalars,
     result_accuracies,
 )
+from mamlpp.experiment import checksum
 from mamlpp.experiment.results_table import format_results
 from mamlpp.experiment.signals import EXIT_RESUMABLE
 
@@ -273,6 +275,46 @@ def test_config_change_refused_unless_allowed(
     assert "meta_lr: 0.002" in (run_dir / "config.yaml").read_text()
 
 
+def _flip_tensor_byte(path: Path) -> bytes:
+    """One bit flipped in the largest tensor record (stored uncompressed); the new bytes."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        record = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    off = record.header_offset
+    names = int.from_bytes(data[off + 26 : off + 28], "little")
+    extra = int.from_bytes(data[off + 28 : off + 30], "little")
+    data[off + 30 + names + extra + record.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def test_flipped_byte_falls_back_and_old_checkpoints_resume(
+    cli: Cli, interrupted_dir: Path, tmp_path: Path
+) -> None:
+    """latest.pt with one flipped bit in its weights (which torch.load accepts) is reported and
+    moved aside like a truncated file; previous.pt, rewritten as mamlpp wrote checkpoints
+    before they carried a checksum, still resumes."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(interrupted_dir, run_dir)
+    ckpt = run_dir / "checkpoints"
+    previous = torch.load(ckpt / "previous.pt", map_location="cpu", weights_only=True)
+    del previous[checksum.KEY]
+    torch.save(previous, ckpt / "previous.pt")
+    flipped = _flip_tensor_byte(ckpt / "latest.pt")
+    torch.load(ckpt / "latest.pt", weights_only=True)  # PyTorch alone would not notice
+
+    run = cli.start(f"hydra.run.dir={run_dir}")
+    report = run.wait_for(r"latest.pt is corrupt: .*checksum.*; moved it to (\S+), trying")
+    resumed = run.wait_for(RESUMED + r" \(an older checkpoint: no checksum\)")
+    assert resumed[1].endswith("previous.pt")
+    assert int(resumed[2]) == previous["progress"]["next_iteration"]
+    run.signal(signal.SIGTERM)
+    done = run.finish()
+    assert done.returncode == EXIT_RESUMABLE, done.stderr
+    assert "Traceback" not in done.stderr
+    assert (ckpt / report[1]).read_bytes() == flipped  # kept for inspection, never deleted
+
+
 def test_no_valid_checkpoint(cli: Cli, tmp_path: Path) -> None:
     """Garbage latest.pt and previous.pt: resume=must refuses, resume=auto starts afresh."""
     run_dir = tmp_path / "run"
@@ -337,9 +379,15 @@ def test_finished_run_is_not_retrained(cli: Cli, reference_run: dict, tmp_path: 
         f"{reference_run['seconds']:.1f}s)"
     )
 
-    # A finished run re-run with another experiment config is refused, not silently reported.
-    done = cli.run(arg, "algorithm.meta_lr=0.002")
-    assert done.returncode == 2 and "algorithm.meta_lr" in done.stderr, done.stderr
+    # A finished run re-run with another experiment config is refused, not silently reported:
+    # also with run.allow_config_change=true, whose results would not be this config's.
+    for allow in ("false", "true"):
+        done = cli.run(arg, "algorithm.meta_lr=0.002", f"run.allow_config_change={allow}")
+        assert done.returncode == 2, done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.startswith("mamlpp: error:")]
+        assert len(errors) == 1 and "algorithm.meta_lr: 0.001 -> 0.002" in errors[0], done.stderr
+        assert table not in done.stdout
+    assert _snapshot(run_dir) == before
 
     done = cli.run(arg, "run.retest=true")
     assert done.returncode == 0, done.stderr

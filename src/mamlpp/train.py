@@ -4,7 +4,8 @@ A thin wrapper over `mamlpp.api.train`, which runs a validated config in-process
 callable, `mamlpp.train(cfg)` or `mamlpp.train("experiment=smoke")` (see
 `mamlpp.api.train`), so that the API name works whether or not it was imported.
 
-Exit codes: 0 done (or already finished), 2 a user error printed as one `mamlpp: error:` line
+Exit codes: 0 done (or already finished), 2 a user error (or a file-system fault: a full disk,
+a read-only place) printed as one `mamlpp: error:` line
 (a full traceback with debug=true), 75 (EXIT_RESUMABLE) stopped by SIGTERM/SIGUSR1/SIGUSR2/SIGINT
 after a checkpoint: run the same command again to resume; 130 aborted by a second Ctrl-C (the
 checkpoints written before it are kept). Hydra's own composition errors
@@ -16,6 +17,7 @@ and exits itself; the requeued job resumes from the checkpoint.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import types
 from pathlib import Path
@@ -33,8 +35,10 @@ from mamlpp.config import (
     register_configs,
     to_config,
 )
-from mamlpp.errors import ConfigError, MamlppError
+from mamlpp.errors import ConfigError, MamlppError, first_line
 from mamlpp.experiment.console import setup_console
+from mamlpp.experiment.run_dir import discard_new_run, is_new
+from mamlpp.experiment.run_dir_hook import existing_before
 from mamlpp.experiment.signals import EXIT_RESUMABLE, StopRequested, pass_on
 from mamlpp.experiment.sweep import record_failure
 
@@ -46,13 +50,15 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def _run(dcfg: DictConfig) -> float:
     debug = bool(dcfg.get("debug", False))
+    hydra_cfg = HydraConfig.get()
+    output_dir = hydra_cfg.runtime.output_dir
+    new = False
     try:
+        new = is_new(Path(output_dir))  # a sweep's job folder: not checked before Hydra
         cfg = to_config(dcfg)  # before the slow torch import: config errors come back at once
         from mamlpp.api import train
 
-        hydra_cfg = HydraConfig.get()
         check_unread_overrides(cfg, list(hydra_cfg.overrides.task))
-        output_dir = hydra_cfg.runtime.output_dir
         if hydra_cfg.mode == RunMode.MULTIRUN:  # parallel jobs' lines must be told apart
             setup_console(f"#{hydra_cfg.job.num} {Path(output_dir).name[:40]}")
         if cfg.run.dir is not None and Path(cfg.run.dir).resolve() != Path(output_dir).resolve():
@@ -67,17 +73,43 @@ def _run(dcfg: DictConfig) -> float:
         sys.exit(EXIT_RESUMABLE)
     except KeyboardInterrupt:  # a second Ctrl-C: the run has said so in its log
         sys.exit(EXIT_ABORTED)
-    except MamlppError as err:
+    except (MamlppError, OSError) as err:  # OSError: a file-system fault not said more exactly
+        if new:
+            _discard(Path(output_dir))
         if debug:
             raise
-        print(f"mamlpp: error: {err}", file=sys.stderr, flush=True)
-        hydra_cfg = HydraConfig.get()
+        message = str(err) if isinstance(err, MamlppError) else _os_error(err)
+        print(f"mamlpp: error: {message}", file=sys.stderr, flush=True)
         if hydra_cfg.mode == RunMode.MULTIRUN and record_failure(
-            hydra_cfg.job.num, hydra_cfg.job.override_dirname or "base", str(err)
+            hydra_cfg.job.num, hydra_cfg.job.override_dirname or "base", message
         ):
             return float("nan")  # the other jobs of the sweep still run; it ends with a summary
         sys.exit(2)
+    except Exception:
+        if new:
+            _discard(Path(output_dir))
+        raise
     return objective(results, cfg.optimized_metric)  # validation, unless a sweep asks for test
+
+
+def _os_error(err: OSError) -> str:
+    """One line for a file-system fault: the file, and what the system said."""
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or first_line(err)}"
+
+
+def _discard(run_dir: Path) -> None:
+    """A new run failed before its first checkpoint: remove what this command created there,
+    and the folders it made for it."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # a job folder of the sweep's
+        stop_at: Path | None = Path(hydra_cfg.sweep.dir)
+    else:
+        stop_at = existing_before(run_dir)
+    made = stop_at is not None and stop_at.resolve() != run_dir.resolve()
+    discard_new_run(run_dir, remove_dir=made, stop_at=stop_at)
 
 
 # Hydra plugins that come from a pip extra: (config group, choice) -> the plugin module and the

@@ -34,10 +34,12 @@ from mamlpp.data.episodes import EpisodeSampler
 from mamlpp.data.preprocessing import Preprocessing
 from mamlpp.data.registry import augmentation, load_dataset
 from mamlpp.errors import ConfigError, MamlppError
+from mamlpp.experiment import checksum
 from mamlpp.experiment.checkpoints import (
+    CheckpointError,
+    WriteError,
     atomic_write_text,
     load_checkpoint,
-    remove_temp_files,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -49,8 +51,20 @@ from mamlpp.experiment.gpu_claim import GpuClaim, claim_free_gpu, cuda_ids
 from mamlpp.experiment.lock import RunLock
 from mamlpp.experiment.members import load_learner_state, member_state
 from mamlpp.experiment.metrics import write_metrics_csv
-from mamlpp.experiment.results import RunResults, config_summary
+from mamlpp.experiment.results import (
+    RunResults,
+    config_summary,
+    finished_identity,
+    read_results,
+)
 from mamlpp.experiment.results_table import format_results
+from mamlpp.experiment.run_dir import (
+    RunDirError,
+    discard_new_run,
+    is_new,
+    remove_temp_files,
+    require_checkpoint,
+)
 from mamlpp.experiment.run_state import (
     ConfigDriftError,
     TrainingProgress,
@@ -225,8 +239,22 @@ class ExperimentBuilder:
         return results
 
     def _run_logged(self) -> dict[str, Any]:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        where = self.run_dir.resolve()
+        if isinstance(self.cfg.run.dir, str) and not self.cfg.run.dir.strip():
+            raise RunDirError("run directory '' is empty: give a folder (run.dir or run_dir)")
+        main, existed = self.dist.is_main, self.run_dir.exists()
+        new = main and is_new(self.run_dir)  # refuses a file or a folder that is not a run's
+        try:
+            if main and self.cfg.run.resume == "must" and not (self.run_dir / DONE_MARKER).exists():
+                require_checkpoint(self.run_dir)
+            return self._run_logged_in(self.run_dir.resolve())
+        except StopRequested:
+            raise
+        except Exception:  # a new run that failed before its first checkpoint leaves nothing
+            if new:
+                discard_new_run(self.run_dir, remove_dir=not existed)
+            raise
+
+    def _run_logged_in(self, where: Path) -> dict[str, Any]:
         with run_log(self.run_dir):
             log(f"run directory: {where}")
             c = self.cfg
@@ -270,8 +298,7 @@ class ExperimentBuilder:
             self.signals.install()
             try:
                 if main:
-                    for directory in (self.run_dir, self.ckpt_dir):
-                        remove_temp_files(directory)
+                    remove_temp_files(self.run_dir)
                 self._build()
                 progress = self._restore_or_start() if main else TrainingProgress()
                 progress = self._share_state(progress)
@@ -301,7 +328,11 @@ class ExperimentBuilder:
                     self._gpu_claim.release()
             if not main:
                 return results
-            atomic_write_text(results_path, json.dumps(results, indent=2))
+            try:
+                atomic_write_text(results_path, json.dumps(results, indent=2))
+            except WriteError:
+                show_results(results)  # the numbers are not lost; the test phase can be re-run
+                raise
             done: dict[str, Any] = {
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 # Checked when the run is re-run.
@@ -320,10 +351,7 @@ class ExperimentBuilder:
             aside = move_aside(done, "old")
             log(f"run.resume=never: starting again; moved the done marker to {aside.name}")
             return None
-        try:
-            saved = json.loads(done.read_text()).get("experiment")
-        except (ValueError, AttributeError):  # an old plain-text marker: nothing to compare
-            saved = None
+        saved = finished_identity(done, results_path)
         if self.cfg.run.retest:
             # A re-test rewrites results.json and done: only with the run's own settings, so
             # that the command that made the run keeps finding it.
@@ -336,9 +364,15 @@ class ExperimentBuilder:
                 )
             log("run.retest=true: testing the finished run again")
             return None
-        if saved is not None:
-            check_drift(saved, self.cfg)
-        results = json.loads(results_path.read_text())
+        # Its results are those of its own config: run.allow_config_change does not apply here.
+        diffs = config_diffs(saved, self.cfg) if saved is not None else ""
+        if diffs:
+            raise ConfigDriftError(
+                f"run {self.run_dir} has finished with another config, which differs in {diffs} "
+                "(also with run.allow_config_change=true: its results are not this config's); "
+                f"use a new run directory, or evaluate it: mamlpp-eval {self.run_dir} <key=value>"
+            )
+        results = read_results(results_path)
         log(f"run already finished: {results_path} (run.retest=true tests again)")
         show_results(results)
         return results
@@ -384,7 +418,8 @@ class ExperimentBuilder:
                 progress = TrainingProgress(**state["progress"])
                 epochs = {e["epoch"] for e in progress.top_k}
                 self._kept_epochs = (epochs, epochs)
-                log(f"resumed from {path} at iteration {progress.next_iteration}")
+                unsealed = "" if checksum.KEY in state else " (an older checkpoint: no checksum)"
+                log(f"resumed from {path} at iteration {progress.next_iteration}{unsealed}")
             elif any(self.ckpt_dir.glob("*.corrupt-*")):
                 log("no valid checkpoint left: starting from scratch (run.resume=auto)")
         # The checkpoint is the source of truth: rows of a killed process are dropped here.
@@ -594,10 +629,11 @@ class ExperimentBuilder:
             path = self.ckpt_dir / member_file(entry["epoch"])
             try:
                 state = load_checkpoint(path)
-            except (OSError, RuntimeError) as exc:
+            except (OSError, CheckpointError) as exc:
+                why = exc if isinstance(exc, CheckpointError) else f"{path}: {exc.strerror}"
                 raise MamlppError(
-                    f"top-k member {path} (epoch {entry['epoch']}) is missing or unreadable "
-                    f"({type(exc).__name__}); re-train with run.resume=never"
+                    f"top-k member of epoch {entry['epoch']}: {why}; its numbers cannot be "
+                    "trusted: re-train with run.resume=never"
                 ) from exc
             load_learner_state(learner, state["learner"], path)
             yield {"epoch": entry["epoch"], "val_accuracy": entry["val_acc"]}, learner

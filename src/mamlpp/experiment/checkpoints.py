@@ -1,27 +1,51 @@
-"""Checkpoint files: atomic writes, tensors and plain Python only (loadable with weights_only)."""
+"""Checkpoint files: atomic writes, tensors and plain Python only (loadable with weights_only),
+sealed with a digest of their content (mamlpp.experiment.checksum)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mamlpp.errors import MamlppError, first_line
+from mamlpp.experiment import checksum
+
+
+class CheckpointError(MamlppError):
+    """A checkpoint file is unreadable (truncated, not a PyTorch file) or its content does
+    not match its checksum: in one line that names the file."""
+
+
+class WriteError(MamlppError):
+    """A file of the run could not be written (disk full, read-only, a folder in the way);
+    the file it was to replace is untouched."""
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file beside `path`, fsync, rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write to a temp file beside `path`, fsync, rename: readers never see a partial file.
+
+    Any failure (disk full, read-only, a folder in the way) removes the temp file and raises a
+    one-line WriteError; `path` keeps its old content."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise WriteError(f"cannot write {path}: {exc.strerror or first_line(exc)}") from exc
 
 
 def fsync_dir(path: Path) -> None:
@@ -33,39 +57,41 @@ def fsync_dir(path: Path) -> None:
         os.close(dir_fd)
 
 
-def remove_temp_files(directory: Path) -> list[Path]:
-    """Delete the half-written temporary files a killed process left in `directory`.
-
-    Only call this while holding the run lock: then no live writer can own them.
-    """
-    removed = []
-    if directory.is_dir():
-        for path in directory.iterdir():
-            name = path.name
-            if (
-                path.is_file()
-                and name.startswith(".")
-                and (".tmp" in name or name.endswith((".new", ".link")))
-            ):
-                path.unlink(missing_ok=True)
-                removed.append(path)
-    return removed
-
-
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save `state` (tensors and plain Python only) atomically to `path`."""
+    """torch.save `state` (tensors and plain Python only), sealed with the digest of its
+    content, atomically to `path`."""
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(checksum.seal(state), buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU; weights_only, so a file can never run code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint onto the CPU; weights_only, so a file can never run code.
+
+    A file that does not load, or whose content does not match its checksum, raises a
+    one-line CheckpointError; a file that cannot be read at all (missing, no permission)
+    raises OSError. Checkpoints written before they carried a checksum load unchecked."""
+    try:
+        with warnings.catch_warnings():  # a junk pickle's protocol warning: the error says it
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as exc:  # truncated, garbage, or a pickle weights_only refuses
+        detail = first_line(exc)[:100]
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable (truncated, or not a PyTorch file: {detail})"
+        ) from exc
+    if checksum.matches(state) is False:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its content does not match the checksum stored "
+            "in it (a changed byte)"
+        )
+    return state
 
 
 def rng_state() -> dict[str, Any]:

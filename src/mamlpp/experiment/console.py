@@ -16,6 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mamlpp.errors import MamlppError
+
 LOGGER = logging.getLogger("mamlpp")
 _FILE_ONLY = "mamlpp_file_only"
 
@@ -71,13 +73,39 @@ def log_file_only(text: str) -> None:
     LOGGER.info(text, extra={_FILE_ONLY: True})
 
 
+class _RunLogHandler(logging.FileHandler):
+    """train.log; a write that fails (disk full) is said once on the console, not as a
+    traceback per line: the console keeps everything, and the run goes on."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        if self.failed:
+            return
+        self.failed = True
+        exc = sys.exc_info()[1]
+        why = getattr(exc, "strerror", None) or exc
+        LOGGER.warning(f"cannot write {self.baseFilename} ({why}): the console keeps the log")
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the last flush of a full disk: said already, or said now
+            self.handleError(logging.makeLogRecord({}))
+
+
 @contextmanager
 def run_log(run_dir: Path) -> Iterator[None]:
-    """Append everything the run says to `<run_dir>/train.log` while the block runs."""
+    """Append everything the run says to `<run_dir>/train.log` while the block runs; a
+    train.log that cannot be opened stops the run in one line."""
     if not LOGGER.handlers:
         setup_console()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    path = run_dir / "train.log"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handler = _RunLogHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise MamlppError(f"cannot write {path}: {exc.strerror or exc}") from exc
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
     LOGGER.addHandler(handler)
     try:

@@ -8,6 +8,7 @@ traced back to the commit that produced them.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from mamlpp import __version__
 from mamlpp.config import Config, algorithm_label
+from mamlpp.errors import MamlppError, first_line
 
 # Bumped when a field changes meaning; files without it were written before identity existed.
 SCHEMA_VERSION = 1
@@ -100,3 +102,36 @@ class RunResults:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# What the results table of a finished run reads (mamlpp.experiment.results_table).
+TABLE_FIELDS = ("num_test_tasks", "ensemble_size", "test_accuracy_mean", "test_accuracy_ci95")
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A finished run's results.json; one line when it is truncated or not a results file."""
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        missing = [k for k in (*TABLE_FIELDS, "per_model") if k not in results]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+    except (OSError, ValueError, TypeError) as exc:
+        why = getattr(exc, "strerror", None) or first_line(exc)[:80]
+        raise MamlppError(
+            f"{path} is truncated or not a mamlpp results file ({why}); the finished run "
+            "writes it again with the same command and run.retest=true (checkpoints are kept)"
+        ) from exc
+    return results
+
+
+def finished_identity(done: Path, results: Path) -> dict[str, Any] | None:
+    """The experiment keys a finished run was made with: its done marker's or, where that
+    has none (older, or damaged), its results.json's; None for runs older than both."""
+    for path, key in ((done, "experiment"), (results, "identity")):
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError, AttributeError):
+            saved = None
+        if isinstance(saved, dict):
+            return saved
+    return None

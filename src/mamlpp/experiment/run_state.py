@@ -14,10 +14,16 @@ from omegaconf import OmegaConf
 from mamlpp.config import Config, experiment_keys
 from mamlpp.data import content
 from mamlpp.errors import MamlppError
-from mamlpp.experiment.checkpoints import fsync_dir, load_checkpoint, save_checkpoint
+from mamlpp.experiment.checkpoints import (
+    CheckpointError,
+    WriteError,
+    fsync_dir,
+    load_checkpoint,
+    save_checkpoint,
+)
+from mamlpp.experiment.run_dir import LATEST, NEW_LATEST, PREVIOUS, PREVIOUS_LINK
 
 FORMAT_VERSION = 1
-LATEST, PREVIOUS = "latest.pt", "previous.pt"
 
 
 class ConfigDriftError(MamlppError):
@@ -68,18 +74,21 @@ def save_state(
         "saved_at": time.time(),
     }
     latest = ckpt_dir / LATEST
-    tmp = ckpt_dir / f".{LATEST}.new"
-    save_checkpoint(tmp, state)
-    if latest.exists():
-        link = ckpt_dir / f".{PREVIOUS}.link"
-        link.unlink(missing_ok=True)
-        try:
-            os.link(latest, link)
-            link.replace(ckpt_dir / PREVIOUS)
-        except OSError:  # no hard links on this filesystem: a short window without latest.pt
-            latest.replace(ckpt_dir / PREVIOUS)
-    tmp.replace(latest)
-    fsync_dir(ckpt_dir)
+    tmp = ckpt_dir / NEW_LATEST
+    save_checkpoint(tmp, state)  # a full disk stops here, before latest.pt is touched
+    try:
+        if latest.exists():
+            link = ckpt_dir / PREVIOUS_LINK
+            link.unlink(missing_ok=True)
+            try:
+                os.link(latest, link)
+                link.replace(ckpt_dir / PREVIOUS)
+            except OSError:  # no hard links on this filesystem: a short window without latest
+                latest.replace(ckpt_dir / PREVIOUS)
+        tmp.replace(latest)
+        fsync_dir(ckpt_dir)
+    except OSError as exc:
+        raise WriteError(f"cannot write {latest}: {exc.strerror or exc}") from exc
 
 
 def move_aside(path: Path, tag: str) -> Path:
@@ -88,15 +97,21 @@ def move_aside(path: Path, tag: str) -> Path:
     aside, n = path.with_name(stem), 1
     while aside.exists():
         aside, n = path.with_name(f"{stem}-{n}"), n + 1
-    path.replace(aside)
+    try:
+        path.replace(aside)
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise WriteError(f"cannot move {path} aside to {aside.name}: {why}") from exc
     return aside
 
 
 def load_latest_valid(ckpt_dir: Path, report: Callable[[str], None]) -> tuple[dict, Path] | None:
     """Newest checkpoint that loads, with its path; None if there is none.
 
-    An unreadable one (truncated, garbage, unknown format) is reported in one line and moved
-    aside as `<name>.corrupt-<time>` (never deleted), and the previous one is tried.
+    An unusable one (truncated, garbage, unknown format, or content that does not match its
+    checksum) is reported in one line and moved aside as `<name>.corrupt-<time>` (never
+    deleted), and the previous one is tried. One that cannot be read at all (permissions)
+    stops the run in one line: it may be fine.
     """
     for name in (LATEST, PREVIOUS):
         path = ckpt_dir / name
@@ -106,18 +121,18 @@ def load_latest_valid(ckpt_dir: Path, report: Callable[[str], None]) -> tuple[di
             state = load_checkpoint(path)
             if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
                 fmt = state.get("format") if isinstance(state, dict) else type(state).__name__
-                raise ValueError(f"unknown checkpoint format {fmt!r}")
+                raise CheckpointError(
+                    f"checkpoint {path} is unreadable (unknown checkpoint format {fmt!r})"
+                )
             if "progress" not in state or "learner" not in state:
-                raise ValueError("no training state in it")
+                raise CheckpointError(f"checkpoint {path} is unreadable (no training state in it)")
             return state, path
-        except Exception as exc:  # truncated, garbage, or not ours: all mean "unusable"
+        except OSError as exc:
+            raise MamlppError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+        except CheckpointError as exc:
             aside = move_aside(path, "corrupt")
-            detail = str(exc).splitlines()[0][:120] if str(exc) else "no detail"
             then = "trying previous.pt" if name == LATEST else "no older checkpoint to try"
-            report(
-                f"checkpoint {path} is unreadable ({type(exc).__name__}: {detail}); "
-                f"moved it to {aside.name}, {then}"
-            )
+            report(f"{exc}; moved it to {aside.name}, {then}")
     return None
 
 

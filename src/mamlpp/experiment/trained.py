@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from mamlpp.errors import MamlppError
+from mamlpp.errors import MamlppError, first_line
 from mamlpp.experiment.checkpoints import load_checkpoint
 from mamlpp.experiment.members import Member, read_member
 from mamlpp.experiment.run_state import LATEST
@@ -94,12 +94,14 @@ def _ensemble_epochs(run_dir: Path) -> list[int]:
         try:
             return [int(m["epoch"]) for m in json.loads(results.read_text())["per_model"]]
         except (ValueError, KeyError, TypeError) as exc:
-            raise MamlppError(f"{results} is not a mamlpp results file ({exc})") from exc
+            raise _bad_results(results, exc) from exc
     latest = run_dir / "checkpoints" / LATEST
     if latest.is_file():
         try:
             top_k = load_checkpoint(latest)["progress"]["top_k"]
-        except Exception as exc:  # truncated or foreign: either way no table to read
+        except MamlppError:  # unreadable or corrupt, said in one line
+            raise
+        except Exception as exc:  # foreign: no table to read
             raise MamlppError(f"{latest} is unreadable ({type(exc).__name__})") from exc
         if top_k:
             return [int(e["epoch"]) for e in top_k]
@@ -115,12 +117,21 @@ def _fill_from_history(run_dir: Path, infos: list[dict[str, Any]]) -> None:
         return
     results = run_dir / "results.json"
     if results.is_file():
-        known = {
-            m["epoch"]: m["val_accuracy"] for m in json.loads(results.read_text())["per_model"]
-        }
+        try:
+            members = json.loads(results.read_text())["per_model"]
+            known = {m["epoch"]: m["val_accuracy"] for m in members}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _bad_results(results, exc) from exc
         for info in infos:
             if info["val_accuracy"] is None:
                 info["val_accuracy"] = known.get(info["epoch"])
+
+
+def _bad_results(path: Path, exc: Exception) -> MamlppError:
+    return MamlppError(
+        f"{path} is truncated or not a mamlpp results file ({first_line(exc)[:80]}); its run "
+        "writes it again with mamlpp-train <the run's overrides> run.retest=true"
+    )
 
 
 def _config_beside(target: Path, run_dir: Path | None) -> dict[str, Any]:
