@@ -252,36 +252,37 @@ def test_user_module_trains_through_the_cli(cli, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_readme_bring_your_own_model_example(omniglot_source_dir, tmp_path) -> None:
-    """README's example as printed: save the module, run the command from its folder."""
-    import shlex
+    """README's example as printed: save the module in a folder of its own and run the command
+    block there with bash, its MAMLPP pointing at a checkout (a venv and datasets/omniglot)."""
     import subprocess
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     module = readme.split("<!-- byo-model -->")[1].split("```python\n")[1].split("```")[0]
     command = readme.split("<!-- byo-command -->")[1].split("```bash\n")[1].split("```")[0]
-    (tmp_path / "my_nets.py").write_text(module)
-    (tmp_path / "datasets" / "omniglot").mkdir(parents=True)
+    checkout, user = tmp_path / "checkout", tmp_path / "user"
+    (checkout / "datasets" / "omniglot").mkdir(parents=True)
+    os.symlink(sys.prefix, checkout / ".venv")
     for name in ("images_background.zip", "images_evaluation.zip"):
-        os.symlink(omniglot_source_dir / name, tmp_path / "datasets" / "omniglot" / name)
-    words = shlex.split(command.strip())
-    env = dict(os.environ)
-    while "=" in words[0]:
-        key, _, value = words.pop(0).partition("=")
-        env[key] = value
-    assert words[0] == "mamlpp-train"
+        os.symlink(omniglot_source_dir / name, checkout / "datasets" / "omniglot" / name)
+    user.mkdir()
+    (user / "my_nets.py").write_text(module)
+    first = command.splitlines()[0]
+    assert first.startswith("MAMLPP=~/mamlpp ")  # the one line a reader edits
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAMLPP")}
     done = subprocess.run(
-        [sys.executable, "-m", "mamlpp.train", *words[1:], "progress_bar=false"],
-        cwd=tmp_path,
+        ["bash", "-c", command.replace("~/mamlpp", str(checkout), 1)],
+        cwd=user,
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    (results,) = (tmp_path / "runs" / "smoke").glob("*/results.json")
+    (results,) = (checkout / "runs" / "smoke").glob("*/results.json")
     assert "model._target_=my_nets.TinyNet" in results.parent.name
     assert "model.kwargs.width=32" in results.parent.name
     assert json.loads(results.read_text())["num_test_tasks"] == 40
+    assert sorted(p.name for p in user.iterdir() if p.name != "__pycache__") == ["my_nets.py"]
 
 
 def test_checkpoints_from_before_the_new_keys_still_resume() -> None:
