@@ -67,7 +67,7 @@ class ModuleBackbone(nn.Module):
                 f"{self.label}: give the head's name (model.head) or example images "
                 "[M, C, H, W] to find the head by a forward pass"
             )
-        # The head's output count only: a module attribute would register it a second time.
+        # The logits' width, which every forward checks (None: unknown, built without example).
         self.head_outputs: int | None = None
         if example is not None:
             logits, linear_outputs = trace(module, example, self.label)
