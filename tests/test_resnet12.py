@@ -12,16 +12,19 @@ import torch
 from conftest import MAMLPP_ALL
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.config import AlgorithmConfig, Config, ConfigError, DatasetConfig, ModelConfig, validate
+from mamlpp.nn.resnet12 import ResNet12, drop_block
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 SIZE, WAYS = 16, 3  # four blocks halve 16 px to 1
 
 
-def resnet_learner(impl: str = "batched", **algorithm: object) -> MetaLearner:
+def resnet_learner(
+    impl: str = "batched", model_keys: dict | None = None, **algorithm: object
+) -> MetaLearner:
     torch.manual_seed(0)
     algorithm.setdefault("inner_steps", 2)
-    model = ModelConfig(name="resnet12", channels=[4, 6, 6, 8])
+    model = ModelConfig(name="resnet12", channels=[4, 6, 6, 8], **(model_keys or {}))
     return MetaLearner(AlgorithmConfig(**algorithm), model, 1, SIZE, WAYS, 100, impl=impl)
 
 
@@ -62,12 +65,17 @@ def test_batch_norm_is_not_adapted_unless_asked() -> None:
     assert "blocks.3.shortcut_norm.weight" in adapt_bn.adapted_names
 
 
-def test_second_order_meta_gradient_matches_finite_differences(make_batch) -> None:
-    learner = resnet_learner(inner_lr=0.2, **MAMLPP_ALL).double()
+@pytest.mark.parametrize("regularised", [False, True], ids=["plain", "dropblock"])
+def test_second_order_meta_gradient_matches_finite_differences(make_batch, regularised) -> None:
+    """With dropout and DropBlock on, every evaluation draws the same masks (same seed; no ramp,
+    so the same rate), and the gradient flows through the kept activations."""
+    keys = dict(drop_rate=0.1, dropblock_size=2, dropblock_ramp=0) if regularised else {}
+    learner = resnet_learner(model_keys=keys, inner_lr=0.2, **MAMLPP_ALL).double()
     batch = make_batch(tasks=2, seed=5, image_size=SIZE, dtype=torch.float64)
     weights = torch.tensor([0.4, 0.3, 0.3], dtype=torch.float64)
 
     def meta_loss() -> torch.Tensor:
+        torch.manual_seed(7)
         loss, _ = learner.adapt_and_predict(batch, 3, True, True, weights)
         return loss.mean()
 
@@ -92,6 +100,87 @@ def test_second_order_meta_gradient_matches_finite_differences(make_batch) -> No
         assert grad[idx].item() == pytest.approx(numeric, rel=1e-5, abs=1e-9), name
 
 
+class ReferenceBlock(torch.nn.Module):
+    """MetaOptNet's / learn2learn's BasicBlock (without DropBlock), from plain torch.nn."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.convs = nn.ModuleList(
+            [nn.Conv2d(cin if j == 0 else cout, cout, 3, padding=1, bias=False) for j in range(3)]
+        )
+        self.norms = nn.ModuleList([nn.BatchNorm2d(cout) for _ in range(3)])
+        self.shortcut = nn.Conv2d(cin, cout, 1, bias=False)
+        self.shortcut_norm = nn.BatchNorm2d(cout)
+        self.relu = nn.LeakyReLU(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for j in range(3):
+            h = self.norms[j](self.convs[j](h))
+            h = self.relu(h) if j < 2 else h
+        return torch.nn.functional.max_pool2d(
+            self.relu(h + self.shortcut_norm(self.shortcut(x))), 2
+        )
+
+
+def test_it_is_the_standard_resnet12(make_batch) -> None:
+    """Same logits as the standard block built from torch.nn (bias-free convs, leaky ReLU 0.1,
+    1x1 shortcut with batch norm, max-pool; global average pooling, linear head), given the
+    same weights; convs start from Kaiming normal (fan_out)."""
+    learner = resnet_learner().double()
+    net = learner.net
+    assert not [n for n, _ in net.named_parameters() if "conv" in n and n.endswith("bias")]
+    widths = [1, 4, 6, 6, 8]
+    blocks = torch.nn.Sequential(*[ReferenceBlock(widths[i], widths[i + 1]) for i in range(4)])
+    head = torch.nn.Linear(8, WAYS)
+    reference = torch.nn.ModuleDict({"blocks": blocks, "head": head}).double()
+    for name, p in reference.named_parameters():
+        with torch.no_grad():
+            mine = dict(net.named_parameters())[name]
+            p.copy_(mine[0] if "norm" in name else mine)
+    x = make_batch(tasks=1, seed=3, image_size=SIZE, dtype=torch.float64).xs
+    params = {n: p.unsqueeze(0) for n, p in net.named_parameters() if "norm" not in n}
+    expected = head(blocks(x[0]).mean((2, 3)))
+    torch.testing.assert_close(net(x, params)[0], expected, rtol=1e-12, atol=1e-12)
+    wide = ResNet12(3, 5, channels=(64, 64, 64, 64)).blocks[1].convs[0].weight
+    assert wide.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.05)
+
+
+def test_drop_block_zeroes_squares_around_drawn_seeds() -> None:
+    """The max-pool mask equals learn2learn's square-by-square construction, and the kept
+    activations are rescaled per task to the same total."""
+    x = torch.ones(2, 2 * 3, 7, 7, dtype=torch.float64)  # M=2 images, B=2 tasks of 3 channels
+    torch.manual_seed(1)
+    out = drop_block(x, 2, torch.tensor(0.1), 3)
+    torch.manual_seed(1)
+    seeds = torch.rand(2, 6, 5, 5) < 0.1
+    keep = torch.ones(2, 6, 7, 7, dtype=torch.float64)
+    for m, c, i, j in seeds.nonzero().tolist():
+        keep[m, c, i : i + 3, j : j + 3] = 0  # a seed at i covers i..i+2 (padding 1, 1)
+    assert seeds.sum() > 0 and (keep == 0).any()
+    torch.testing.assert_close(out == 0, keep == 0)
+    for task in range(2):
+        share = out[:, 3 * task : 3 * task + 3]
+        assert share.sum().item() == pytest.approx(share.numel())
+
+
+def test_dropblock_is_off_by_default_and_ramps_when_on(make_batch) -> None:
+    batch = make_batch(tasks=2, seed=1, image_size=SIZE)
+    plain = resnet_learner()
+    assert "net.dropblock_forwards" not in plain.state_dict()  # old state dicts still fit
+    learner = resnet_learner(model_keys=dict(drop_rate=0.1, dropblock_ramp=40))
+    learner.train_step(batch, 0, 0)
+    # Two tasks x (2 support forwards + 1 target forward) so far: 6 of the 40 of the ramp.
+    assert learner.state_dict()["net.dropblock_forwards"].item() == 6
+    assert learner.net._dropblock_rate(0).item() == pytest.approx(0.1 * 6 / 40)
+    learner.net.dropblock_forwards.fill_(1000)
+    assert learner.net._dropblock_rate(0).item() == pytest.approx(0.1)
+    # Evaluation draws nothing: the same logits as the same weights without DropBlock.
+    plain.load_state_dict({k: v for k, v in learner.state_dict().items() if "dropblock" not in k})
+    torch.testing.assert_close(learner.predict(batch, 2), plain.predict(batch, 2))
+
+
 def test_resnet12_config_checks() -> None:
     ok = Config(model=ModelConfig(name="resnet12"), dataset=DatasetConfig(image_size=32))
     validate(ok)
@@ -99,6 +188,12 @@ def test_resnet12_config_checks() -> None:
         validate(Config(model=ModelConfig(name="resnet12"), dataset=DatasetConfig(image_size=8)))
     with pytest.raises(ConfigError, match="model.name"):
         validate(Config(model=ModelConfig(name="resnet18")))
+    with pytest.raises(ConfigError, match=r"model.drop_rate.*\[0, 1\)"):
+        validate(Config(model=ModelConfig(name="resnet12", drop_rate=1.0)))
+    dropblock = Config(model=ModelConfig(name="resnet12", drop_rate=0.1))
+    dropblock.speed.checkpoint_inner_steps = True
+    with pytest.raises(ConfigError, match="model.drop_rate.*checkpoint_inner_steps"):
+        validate(dropblock)
 
 
 @pytest.mark.slow

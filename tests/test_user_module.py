@@ -34,13 +34,16 @@ sys.path.insert(0, str(USER_CODE))
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def module_learner(vectorize: bool = True, target: str = "SmallCNN", **algorithm) -> MetaLearner:
+def module_learner(
+    vectorize: bool = True, target: str = "SmallCNN", model_keys: dict | None = None, **algorithm
+) -> MetaLearner:
     torch.manual_seed(0)
     model = ModelConfig(
         name="module",
         _target_=f"user_nets.{target}",
-        kwargs={"width": 6} if target == "SmallCNN" else {},
+        kwargs={"width": 6} if target in ("SmallCNN", "EveryNorm", "FunctionalDropout") else {},
         vectorize=vectorize,
+        **(model_keys or {}),
     )
     options = dict(inner_steps=2, inner_lr=0.3, **algorithm)
     return MetaLearner(AlgorithmConfig(**options), model, 1, 12, 5, total_iterations=10)
@@ -249,36 +252,37 @@ def test_user_module_trains_through_the_cli(cli, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_readme_bring_your_own_model_example(omniglot_source_dir, tmp_path) -> None:
-    """README's example as printed: save the module, run the command from its folder."""
-    import shlex
+    """README's example as printed: save the module in a folder of its own and run the command
+    block there with bash, its MAMLPP pointing at a checkout (a venv and datasets/omniglot)."""
     import subprocess
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     module = readme.split("<!-- byo-model -->")[1].split("```python\n")[1].split("```")[0]
     command = readme.split("<!-- byo-command -->")[1].split("```bash\n")[1].split("```")[0]
-    (tmp_path / "my_nets.py").write_text(module)
-    (tmp_path / "datasets" / "omniglot").mkdir(parents=True)
+    checkout, user = tmp_path / "checkout", tmp_path / "user"
+    (checkout / "datasets" / "omniglot").mkdir(parents=True)
+    os.symlink(sys.prefix, checkout / ".venv")
     for name in ("images_background.zip", "images_evaluation.zip"):
-        os.symlink(omniglot_source_dir / name, tmp_path / "datasets" / "omniglot" / name)
-    words = shlex.split(command.strip())
-    env = dict(os.environ)
-    while "=" in words[0]:
-        key, _, value = words.pop(0).partition("=")
-        env[key] = value
-    assert words[0] == "mamlpp-train"
+        os.symlink(omniglot_source_dir / name, checkout / "datasets" / "omniglot" / name)
+    user.mkdir()
+    (user / "my_nets.py").write_text(module)
+    first = command.splitlines()[0]
+    assert first.startswith("MAMLPP=~/mamlpp ")  # the one line a reader edits
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAMLPP")}
     done = subprocess.run(
-        [sys.executable, "-m", "mamlpp.train", *words[1:], "progress_bar=false"],
-        cwd=tmp_path,
+        ["bash", "-c", command.replace("~/mamlpp", str(checkout), 1)],
+        cwd=user,
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    (results,) = (tmp_path / "runs" / "smoke").glob("*/results.json")
+    (results,) = (checkout / "runs" / "smoke").glob("*/results.json")
     assert "model._target_=my_nets.TinyNet" in results.parent.name
     assert "model.kwargs.width=32" in results.parent.name
     assert json.loads(results.read_text())["num_test_tasks"] == 40
+    assert sorted(p.name for p in user.iterdir() if p.name != "__pycache__") == ["my_nets.py"]
 
 
 def test_checkpoints_from_before_the_new_keys_still_resume() -> None:
@@ -303,7 +307,10 @@ def test_a_built_backbone_can_be_handed_to_the_learner(make_batch) -> None:
     from mamlpp.nn.module_backbone import ModuleBackbone
 
     torch.manual_seed(0)
-    net = ModuleBackbone(SmallCNN(1, 5, width=6))
+    with pytest.raises(ConfigError, match="model.head.*example images"):
+        ModuleBackbone(SmallCNN(1, 5, width=6))
+    net = ModuleBackbone(SmallCNN(1, 5, width=6), example=torch.zeros(5, 1, 12, 12))
+    assert net.head_names == {"module.classifier.weight", "module.classifier.bias"}
     learner = MetaLearner(AlgorithmConfig(name="maml", inner_steps=2), net, 1, 12, 5, 10)
     assert learner.net is net
     step = learner.train_step(make_batch(tasks=2, image_size=12), 0, 0)
@@ -325,3 +332,113 @@ def test_constructor_arguments_have_one_spelling() -> None:
     assert flat.run.dir.endswith("model.kwargs.width=32,model=module")
     with pytest.raises(ConfigError, match="model.width"):
         mamlpp.compose("experiment=smoke", "+model.width=32")  # conv4 takes no such key
+
+
+@pytest.mark.parametrize("adapt", ["head", "body"])
+def test_the_head_is_found_by_the_forward_pass(adapt: str) -> None:
+    """ClassifierFirst registers its classifier before a hidden Linear with `ways` outputs:
+    registration order would make the hidden layer the head."""
+    learner = module_learner(target="ClassifierFirst", adapt=adapt)
+    head = {"module.classifier.weight", "module.classifier.bias"}
+    assert learner.net.head_names == head
+    if adapt == "head":  # ANIL adapts the classifier only
+        assert set(learner.adapted_names) == head
+    else:  # BOIL keeps the classifier fixed and adapts the hidden layer
+        assert not head & set(learner.adapted_names)
+        assert "module.hidden.weight" in learner.adapted_names
+
+
+def test_an_ambiguous_head_is_refused_until_named() -> None:
+    with pytest.raises(ConfigError, match="cannot tell its head.*model.head=<") as err:
+        module_learner(target="ScaledLogits", adapt="head")
+    assert "\n" not in str(err.value) and "hidden" in str(err.value)
+    named = module_learner(target="ScaledLogits", model_keys={"head": "hidden"}, adapt="head")
+    assert named.adapted_names == ["module.hidden.weight", "module.hidden.bias"]
+    with pytest.raises(ConfigError, match="model.head.*'hiden'.*classifier, hidden"):
+        module_learner(target="ScaledLogits", model_keys={"head": "hiden"})
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        # No Linear and 7 outputs for 5 ways: trained to 0% with rc 0 before.
+        ("WrongWidth", r"'user_nets.WrongWidth'.*\(5, 7\).*task.ways=5 needs \(5, 5\)"),
+        ("NotLogits", r"'user_nets.NotLogits'.*returns a tuple.*logits \(5, N\) expected"),
+    ],
+)
+def test_a_forward_that_does_not_return_logits_is_one_line(target: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        module_learner(target=target)
+    assert "\n" not in str(err.value)
+
+
+def test_logits_of_the_wrong_shape_during_training_are_one_line(make_batch) -> None:
+    """FirstRowsOnly passes the check on `ways` images and fails on a larger support set."""
+    from mamlpp.errors import MamlppError
+
+    learner = module_learner(target="FirstRowsOnly")
+    with pytest.raises(MamlppError, match=r"FirstRowsOnly.*returned shape \(5, 5\).*\(6, 5\)"):
+        learner.train_step(make_batch(tasks=2, image_size=12), 0, 0)
+
+
+def test_dropout_under_vmap_is_one_line(make_batch) -> None:
+    with pytest.raises(ConfigError, match=r"model.vectorize.*\(drop\).*model.vectorize=false"):
+        module_learner(target="Dropout")
+    batch = make_batch(tasks=2, image_size=12)
+    looped = module_learner(vectorize=False, target="Dropout")
+    assert 0 <= looped.train_step(batch, 0, 0).accuracy <= 1
+    # Dropout through torch.nn.functional shows only in a training forward.
+    functional = module_learner(target="FunctionalDropout")
+    with pytest.raises(ConfigError, match="vmap randomness.*model.vectorize=false") as err:
+        functional.train_step(batch, 0, 0)
+    assert "\n" not in str(err.value)
+
+
+EVERY_NORM = {
+    "batch_norm": {"norms.batch.weight", "norms.batch.bias"},
+    "instance_norm": {"norms.instance.weight", "norms.instance.bias"},
+    "group_norm": {"norms.group.weight", "norms.group.bias"},
+    "layer_norm": {"layer.weight", "layer.bias"},
+    "rms_norm": {"rms.weight"},
+    "MyNorm": {"norms.mine.scale"},
+}
+
+
+@pytest.mark.parametrize(
+    "norm_layers",
+    [None, ["group_norm", "MyNorm"], []],
+    ids=["default", "chosen", "none"],
+)
+def test_one_rule_for_normalisation_layers(norm_layers: list[str] | None) -> None:
+    """model.norm_layers covers every torch.nn kind by default (batch, instance, group, layer
+    and RMS norm) and the user's own classes by name: their weights are shared by the tasks
+    and adapted only with inner_adapt_bn."""
+    keys = {} if norm_layers is None else {"norm_layers": norm_layers}
+    learner = module_learner(target="EveryNorm", model_keys=keys)
+    chosen = [k for k in EVERY_NORM if k != "MyNorm"] if norm_layers is None else norm_layers
+    expected = {f"module.{p}" for k in chosen for p in EVERY_NORM[k]}
+    assert learner.net.norm_names == expected
+    assert not expected & set(learner.fast_names)
+    assert "module.conv.weight" in learner.fast_names
+    every = {f"module.{p}" for names in EVERY_NORM.values() for p in names}
+    assert every - expected <= set(learner.fast_names)
+    adapt_all = module_learner(target="EveryNorm", model_keys=keys, inner_adapt_bn=True)
+    assert every <= set(adapt_all.fast_names)
+    # Running statistics (batch norm, tracked instance norm) are dropped for batch statistics.
+    assert not any("running" in n for n, _ in learner.named_buffers())
+
+
+def test_every_norm_kind_runs_under_vmap_as_in_the_loop(make_batch) -> None:
+    batch = make_batch(tasks=3, seed=2, image_size=12, dtype=torch.float64)
+    batched = grads(module_learner(target="EveryNorm").double(), batch)
+    looped = grads(module_learner(vectorize=False, target="EveryNorm").double(), batch)
+    assert batched.keys() == looped.keys()
+    # Batched and per-task norm kernels sum in other orders: float64 rounding, ~1e-11.
+    for name in batched:
+        torch.testing.assert_close(batched[name], looped[name], rtol=1e-8, atol=1e-10)
+
+
+def test_norm_layers_are_checked() -> None:
+    model = ModelConfig(name="module", _target_="user_nets.SmallCNN", norm_layers=["batch-norm"])
+    with pytest.raises(ConfigError, match="model.norm_layers.*batch_norm, instance_norm"):
+        validate(Config(model=model, algorithm=AlgorithmConfig(name="maml")))

@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from mamlpp.errors import ConfigError
 
 MODELS = ("conv4", "resnet12", "module")
+# model.norm_layers' kinds of torch.nn normalisation layers (mamlpp.nn.norm_rule).
+NORM_LAYER_KINDS = ("batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm")
 ALGORITHMS = ("maml", "fomaml", "mamlpp", "anil", "boil", "metasgd")
 # Algorithm switches that need per-step batch norm in the backbone (MAML++'s BNRS/BNWB and
 # running statistics at evaluation).
@@ -83,8 +85,8 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    """conv4 reads filters/stages/norm/pooling/activation; resnet12 reads channels; module reads
-    _target_/kwargs/vectorize (see MODEL_READS)."""
+    """conv4 reads filters/stages/norm/pooling/activation; resnet12 reads channels and the
+    DropBlock keys; module reads _target_/kwargs/vectorize/head/norm_layers (see MODEL_READS)."""
 
     # conv4 | resnet12 | module (any torch.nn.Module class, model._target_)
     name: str = "conv4"
@@ -96,12 +98,24 @@ class ModelConfig:
     bn_momentum: float = 0.1
     # (resnet12) widths of the four residual blocks.
     channels: list[int] = field(default_factory=lambda: [64, 160, 320, 640])
+    # (resnet12) MetaOptNet's regularisation, off by default: dropout of rate drop_rate after
+    # the first two blocks, DropBlock (dropblock_size x dropblock_size) after the last two,
+    # its rate ramped linearly from 0 over the first dropblock_ramp training forward passes.
+    drop_rate: float = 0.0
+    dropblock_size: int = 5
+    dropblock_ramp: int = 40000
     # (module) the torch.nn.Module class (package.module.Class), the constructor's keyword
     # arguments beyond in_channels/image_size/num_classes, and whether tasks run under
     # torch.func.vmap (true) or one after another (false: for modules vmap cannot batch).
     _target_: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     vectorize: bool = True
+    # (module) the submodule that is the head (ANIL/BOIL); null: found by a forward pass.
+    head: str | None = None
+    # (module) the normalisation layers whose affine weights are shared by the tasks and not
+    # adapted in the inner loop unless algorithm.inner_adapt_bn: kinds of NORM_LAYER_KINDS or
+    # class names of one's own norm layers.
+    norm_layers: list[str] = field(default_factory=lambda: list(NORM_LAYER_KINDS))
 
 
 @dataclass
@@ -406,8 +420,15 @@ DATASET_READS = {
 }
 MODEL_READS = {
     "conv4": ("filters", "stages", "norm", "pooling", "activation", "bn_momentum"),
-    "resnet12": ("channels", "bn_momentum", "norm"),
-    "module": ("_target_", "kwargs", "vectorize"),
+    "resnet12": (
+        "channels",
+        "bn_momentum",
+        "norm",
+        "drop_rate",
+        "dropblock_size",
+        "dropblock_ramp",
+    ),
+    "module": ("_target_", "kwargs", "vectorize", "head", "norm_layers"),
 }
 
 
@@ -654,6 +675,15 @@ def _check_builtin_model(cfg: Config) -> None:
         m.activation in ("relu", "leaky_relu"), "model.activation", m.activation, "relu|leaky_relu"
     )
     _check(0 < m.bn_momentum <= 1, "model.bn_momentum", m.bn_momentum, "in (0, 1]")
+    _check(0 <= m.drop_rate < 1, "model.drop_rate", m.drop_rate, "in [0, 1)")
+    _check(m.dropblock_size >= 1, "model.dropblock_size", m.dropblock_size, ">= 1")
+    _check(m.dropblock_ramp >= 0, "model.dropblock_ramp", m.dropblock_ramp, ">= 0")
+    _check(
+        m.drop_rate == 0 or not cfg.speed.checkpoint_inner_steps,
+        "model.drop_rate",
+        m.drop_rate,
+        "0 with speed.checkpoint_inner_steps=true (its recomputation would draw other masks)",
+    )
     _check(d.image_size >> m.stages >= 1, "model.stages", m.stages, "at most log2(image_size)")
     for key in PER_STEP_BN_KEYS:
         _check(
@@ -673,6 +703,13 @@ def _check_module_model(cfg: Config) -> None:
         m._target_,
         "the torch.nn.Module class as package.module.Class with model=module",
     )
+    for kind in m.norm_layers:
+        _check(
+            kind in NORM_LAYER_KINDS or kind.isidentifier(),
+            "model.norm_layers",
+            list(m.norm_layers),
+            f"a list of {', '.join(NORM_LAYER_KINDS)} or class names of your own norm layers",
+        )
     for key in PER_STEP_BN_KEYS:
         _check(
             not getattr(cfg.algorithm, key),

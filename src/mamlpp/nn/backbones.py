@@ -21,7 +21,14 @@ def build_backbone(
 ) -> nn.Module:
     if model.name == "module":
         return build_module_backbone(
-            model._target_, dict(model.kwargs), in_channels, image_size, ways, model.vectorize
+            model._target_,
+            dict(model.kwargs),
+            in_channels,
+            image_size,
+            ways,
+            model.vectorize,
+            head=model.head,
+            norm_layers=tuple(model.norm_layers),
         )
     if model.name == "resnet12":
         return ResNet12(
@@ -31,6 +38,9 @@ def build_backbone(
             bn_weight_steps=bn_weight_steps,
             bn_stat_steps=bn_stat_steps,
             bn_momentum=model.bn_momentum,
+            drop_rate=model.drop_rate,
+            dropblock_size=model.dropblock_size,
+            dropblock_ramp=model.dropblock_ramp,
         )
     return Conv4(
         in_channels,

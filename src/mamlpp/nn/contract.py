@@ -25,7 +25,10 @@ class MetaBackbone(Protocol):
       batch statistics to fold into the running ones after the meta-step (or None). Returns
       logits [B, M, N]. Autograd must reach `params` through the output, second order included.
     - `head_names`: the classifier's parameter names (what ANIL adapts and BOIL keeps fixed).
-    - `norm_names`: batch-norm affine parameter names (adapted only with inner_adapt_bn).
+    - `norm_names`: the affine parameter names of the normalisation layers, which every task
+      shares and the inner loop adapts only with algorithm.inner_adapt_bn (one rule for all
+      backbones: the built-ins' batch norm; in a user's module the layers `model.norm_layers`
+      covers, see mamlpp.nn.norm_rule).
     - `supports_per_step_bn`: whether per-step batch-norm weights/statistics and running
       statistics at evaluation exist (MAML++'s BNWB/BNRS).
     """
