@@ -4,7 +4,8 @@ A thin wrapper over `mamlpp.api.train`, which runs a validated config in-process
 callable, `mamlpp.train(cfg)`, so that the API name works whether or not it was imported.
 
 Exit codes: 0 done (or already finished), 2 a user error printed as one `mamlpp: error:` line
-(a full traceback with debug=true), 75 (EXIT_RESUMABLE) stopped by SIGTERM/SIGUSR1/SIGUSR2/SIGINT
+(a full traceback with debug=true), 3 the run went non-finite (nan/inf loss or gradient; one
+line, the last good checkpoint kept), 75 (EXIT_RESUMABLE) stopped by SIGTERM/SIGUSR1/SIGUSR2/SIGINT
 after a checkpoint: run the same command again to resume; 130 aborted by a second Ctrl-C (the
 checkpoints written before it are kept). Hydra's own composition errors
 (unknown key or config group option) exit with 1. In a hydra-submitit-launcher job, SIGUSR2
@@ -15,6 +16,7 @@ and exits itself; the requeued job resumes from the checkpoint.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import types
 from pathlib import Path
@@ -69,13 +71,15 @@ def _run(dcfg: DictConfig) -> float:
     except MamlppError as err:
         if debug:
             raise
-        print(f"mamlpp: error: {err}", file=sys.stderr, flush=True)
+        # A config error is the same on every process of a torchrun job: rank 0 says it.
+        if not (isinstance(err, ConfigError) and os.environ.get("RANK", "0") != "0"):
+            print(f"mamlpp: error: {err}", file=sys.stderr, flush=True)
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode == RunMode.MULTIRUN and record_failure(
             hydra_cfg.job.num, hydra_cfg.job.override_dirname or "base", str(err)
         ):
             return float("nan")  # the other jobs of the sweep still run; it ends with a summary
-        sys.exit(2)
+        sys.exit(getattr(err, "exit_code", 2))  # 3: NonFiniteError
     return objective(results, cfg.optimized_metric)  # validation, unless a sweep asks for test
 
 
