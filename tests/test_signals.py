@@ -1,7 +1,8 @@
 """Real signals to real processes: the test phase and the generated experiment scripts.
 
 - SIGTERM in the test phase stops between task batches within seconds, a small part of the
-  test phase (exit 75, checkpoints kept, no results.json), and the same command re-tests to the numbers of an uninterrupted run;
+  test phase (exit 75, checkpoints kept, no results.json), and the same command re-tests to
+  the numbers of an uninterrupted run;
 - SIGTERM to a generated script reaches its training, which checkpoints; the script exits 75
   without relaunching, and no process of it is left.
 """
@@ -64,9 +65,7 @@ def _session_processes(sid: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_sigterm_to_a_generated_script_stops_its_training_and_exits_75(
-    cli, tmp_path: Path
-) -> None:
+def test_sigterm_to_a_generated_script_stops_its_training_and_exits_75(cli, tmp_path: Path) -> None:
     script = REPO_ROOT / "experiment_scripts" / "omniglot_5w1s_mamlpp_seed0.sh"
     train = Path(sys.executable).with_name("mamlpp-train")
     run_dir = tmp_path / "run"
