@@ -30,17 +30,36 @@ if [ $distributed -eq 1 ]; then
   # which resumes from the last checkpoint, a bounded number of times.
   restarts="${MAMLPP_MAX_RESTARTS:-3}"
 fi
-# A signal to this script (Ctrl-C, scancel) stops the loop; a run interrupted on its own resumes.
+# A signal to this script (Ctrl-C, scancel, kill) goes on to the run as SIGTERM (it checkpoints
+# and exits 75) and stops the loop; the script then exits with the run's code. A run
+# interrupted on its own resumes. The run is a background job so that the trap runs at once.
 stop=0
-trap 'stop=1' INT TERM
+child=
+forward() {
+  stop=1
+  [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
+}
+trap forward INT TERM HUP
 while true; do
-  "${launch[@]}" experiment=omniglot_20w5s_mamlpp seed=2 device="$device" "$@"
-  code=$?
-  if [ $code -eq 75 ] && [ $stop -eq 0 ]; then
+  "${launch[@]}" experiment=omniglot_20w5s_mamlpp seed=2 device="$device" "$@" &
+  child=$!
+  while true; do
+    wait "$child"
+    code=$?
+    # wait returns early (code > 128) when a trapped signal arrives: wait for the run itself.
+    kill -0 "$child" 2>/dev/null || break
+  done
+  child=
+  if [ $stop -eq 1 ]; then
+    # torchrun reports its processes' stop with 75 as 1.
+    [ $code -eq 1 ] && [ $distributed -eq 1 ] && code=75
+    exit $code
+  fi
+  if [ $code -eq 75 ]; then
     echo "[omniglot_20w5s_mamlpp_seed2.sh] interrupted (exit 75); resuming" >&2
     continue
   fi
-  if [ $code -ne 0 ] && [ $stop -eq 0 ] && [ "$restarts" -gt 0 ]; then
+  if [ $code -ne 0 ] && [ "$restarts" -gt 0 ]; then
     restarts=$((restarts - 1))
     echo "[omniglot_20w5s_mamlpp_seed2.sh] distributed run ended with $code; resuming ($restarts restarts left)" >&2
     continue

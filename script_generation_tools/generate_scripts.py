@@ -4,11 +4,13 @@
 
 Each script takes GPU ids (`bash experiment_scripts/X.sh 0 1`), sets CUDA_VISIBLE_DEVICES, works
 from any directory, and re-launches the run while it exits with the "interrupted, resumable"
-code (75), so a preempted or Ctrl-C'd run continues where it stopped. With no GPU id it runs on
-the CPU. `--distributed` runs one experiment over all the given GPUs (torchrun, one process per
-GPU; without ids, MAMLPP_NPROC CPU processes, default 2); when it ends with an error (a rank
-died, or the processes stopped with 75) the script starts it again, resuming from the last
-checkpoint, up to MAMLPP_MAX_RESTARTS times (default 3). `--check` exits 1 if the
+code (75), so a run preempted on its own continues where it stopped. A signal to the script
+(SIGTERM, SIGINT, SIGHUP) is passed on to the run as SIGTERM: it checkpoints, and the script
+exits 75 without relaunching. With no GPU id it runs on the CPU. `--distributed` runs one
+experiment over all the given GPUs (torchrun, one process per GPU; without ids, MAMLPP_NPROC
+CPU processes, default 2); when it ends with an error (a rank died, or the processes stopped
+with 75) the script starts it again, resuming from the last checkpoint, up to
+MAMLPP_MAX_RESTARTS times (default 3). `--check` exits 1 if the
 committed scripts differ from what would be generated.
 """
 
@@ -57,17 +59,36 @@ if [ $distributed -eq 1 ]; then
   # which resumes from the last checkpoint, a bounded number of times.
   restarts="${{MAMLPP_MAX_RESTARTS:-3}}"
 fi
-# A signal to this script (Ctrl-C, scancel) stops the loop; a run interrupted on its own resumes.
+# A signal to this script (Ctrl-C, scancel, kill) goes on to the run as SIGTERM (it checkpoints
+# and exits {resumable}) and stops the loop; the script then exits with the run's code. A run
+# interrupted on its own resumes. The run is a background job so that the trap runs at once.
 stop=0
-trap 'stop=1' INT TERM
+child=
+forward() {{
+  stop=1
+  [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
+}}
+trap forward INT TERM HUP
 while true; do
-  "${{launch[@]}}" experiment={preset} seed={seed} device="$device" "$@"
-  code=$?
-  if [ $code -eq {resumable} ] && [ $stop -eq 0 ]; then
+  "${{launch[@]}}" experiment={preset} seed={seed} device="$device" "$@" &
+  child=$!
+  while true; do
+    wait "$child"
+    code=$?
+    # wait returns early (code > 128) when a trapped signal arrives: wait for the run itself.
+    kill -0 "$child" 2>/dev/null || break
+  done
+  child=
+  if [ $stop -eq 1 ]; then
+    # torchrun reports its processes' stop with {resumable} as 1.
+    [ $code -eq 1 ] && [ $distributed -eq 1 ] && code={resumable}
+    exit $code
+  fi
+  if [ $code -eq {resumable} ]; then
     echo "[{name}] interrupted (exit {resumable}); resuming" >&2
     continue
   fi
-  if [ $code -ne 0 ] && [ $stop -eq 0 ] && [ "$restarts" -gt 0 ]; then
+  if [ $code -ne 0 ] && [ "$restarts" -gt 0 ]; then
     restarts=$((restarts - 1))
     echo "[{name}] distributed run ended with $code; resuming ($restarts restarts left)" >&2
     continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -266,6 +267,7 @@ def test_meta_batch_the_ranks_cannot_share_is_one_line(cli, tmp_path) -> None:
         "mamlpp: error: config key 'train.meta_batch_size' = 3 is not divisible by the 2 "
         "processes of this distributed run: use a multiple of 2" in out
     )
+    assert out.count("mamlpp: error:") == 1  # rank 0 says it for the job
     assert not (tmp_path / "r" / "checkpoints").exists() or not any(
         (tmp_path / "r" / "checkpoints").iterdir()
     )
@@ -323,3 +325,38 @@ def test_two_nodes_by_rendezvous_equal_one_node(cli, distributed_run, tmp_path) 
     a, b = _weights(run), _weights(distributed_run)
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_killing_the_torchrun_agent_stops_its_workers(cli, tmp_path, signum) -> None:
+    """SIGTERM: torchrun passes it on and the workers checkpoint and exit 75. SIGKILL: the
+    kernel sends the workers SIGTERM (PR_SET_PDEATHSIG), so no orphan trains on."""
+    run = tmp_path / "run"
+    proc = _torchrun(
+        cli, f"hydra.run.dir={run}", "run.checkpoint_every_iters=1", "train.epochs=50", cwd=tmp_path
+    )
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoints" / "latest.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, _finish(proc)
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(proc.pid, signum)
+    _finish(proc, timeout=120)
+    deadline = time.monotonic() + 60
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers), "a worker outlived its torchrun agent"
+    log = (run / "train.log").read_text()
+    assert "SIGTERM received" in log and "interrupted by SIGTERM" in log
+    assert not (run / "results.json").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat")
+    return not (state.exists() and state.read_text().split(")")[-1].split()[0] == "Z")

@@ -8,6 +8,8 @@ checks ranges and cross-field constraints and raises a one-line `ConfigError` na
 from __future__ import annotations
 
 import difflib
+import functools
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -401,6 +403,27 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"config key '{key}' = {value!r} is invalid: allowed {allowed}")
 
 
+# Seeds feed numpy's legacy seeding (np.random.seed), which takes 0 <= seed < 2**32.
+SEED_KEYS = ("seed", "eval.task_seed", "dataset.split_seed")
+SEED_LIMIT = 2**32
+
+
+def _check_finite(node: Any, key: str = "") -> None:
+    """Refuse inf and nan in every float of the config (keys, list items, kwargs values): no
+    setting means "unbounded" with inf, and a nan would only surface as a diverged run."""
+    if is_dataclass(node):
+        for f in fields(node):
+            _check_finite(getattr(node, f.name), f"{key}.{f.name}" if key else f.name)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            _check_finite(v, f"{key}.{k}")
+    elif isinstance(node, list | tuple):
+        for v in node:
+            _check_finite(v, key)
+    elif isinstance(node, float) and not math.isfinite(node):
+        _check(False, key, node, "a finite number (inf and nan are refused)")
+
+
 # The keys each dataset loader and backbone reads, beyond `name`: a key given on the command
 # line that the chosen one does not read would be silently ignored, so it is refused.
 _DATASET_COMMON = (
@@ -464,6 +487,10 @@ def check_unread_overrides(cfg: Config, overrides: list[str]) -> None:
 def validate(cfg: Config) -> Config:
     """Range and cross-field checks; the schema already checked names and types."""
     d, t, m, a, tr, ev = cfg.dataset, cfg.task, cfg.model, cfg.algorithm, cfg.train, cfg.eval
+    _check_finite(cfg)
+    for key in SEED_KEYS:
+        value = functools.reduce(getattr, key.split("."), cfg)
+        _check(0 <= value < SEED_LIMIT, key, value, f"0 <= {key} < 2**32 ({SEED_LIMIT})")
     _check(
         cfg.device in DEVICES or re.fullmatch(r"cuda:\d+", cfg.device) is not None,
         "device",

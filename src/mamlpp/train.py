@@ -5,8 +5,9 @@ callable, `mamlpp.train(cfg)` or `mamlpp.train("experiment=smoke")` (see
 `mamlpp.api.train`), so that the API name works whether or not it was imported.
 
 Exit codes: 0 done (or already finished), 2 a user error (or a file-system fault: a full disk,
-a read-only place) printed as one `mamlpp: error:` line
-(a full traceback with debug=true), 75 (EXIT_RESUMABLE) stopped by SIGTERM/SIGUSR1/SIGUSR2/SIGINT
+a read-only place) printed as one `mamlpp: error:` line (a full traceback with debug=true), 3 the
+run went non-finite (nan/inf loss or gradient; one line, the last good checkpoint kept),
+75 (EXIT_RESUMABLE) stopped by SIGTERM/SIGUSR1/SIGUSR2/SIGINT
 after a checkpoint: run the same command again to resume; 130 aborted by a second Ctrl-C (the
 checkpoints written before it are kept). Hydra's own composition errors
 (unknown key or config group option) exit with 1. In a hydra-submitit-launcher job, SIGUSR2
@@ -79,12 +80,14 @@ def _run(dcfg: DictConfig) -> float:
         if debug:
             raise
         message = str(err) if isinstance(err, MamlppError) else _os_error(err)
-        print(f"mamlpp: error: {message}", file=sys.stderr, flush=True)
+        # A config error is the same on every process of a torchrun job: rank 0 says it.
+        if not (isinstance(err, ConfigError) and os.environ.get("RANK", "0") != "0"):
+            print(f"mamlpp: error: {message}", file=sys.stderr, flush=True)
         if hydra_cfg.mode == RunMode.MULTIRUN and record_failure(
             hydra_cfg.job.num, hydra_cfg.job.override_dirname or "base", message
         ):
             return float("nan")  # the other jobs of the sweep still run; it ends with a summary
-        sys.exit(2)
+        sys.exit(getattr(err, "exit_code", 2))  # 3: NonFiniteError
     except Exception:
         if new:
             _discard(Path(output_dir))

@@ -8,7 +8,7 @@ code one task at a time as the reference the batched path is tested against.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
@@ -59,6 +59,8 @@ class StepResult:
     second_order: bool
     multi_step_loss: bool
     meta_lr: float
+    # False: the loss or a meta-gradient was nan/inf, and the update was skipped.
+    finite: bool = True
 
 
 def _widen(logits: Tensor) -> Tensor:
@@ -273,12 +275,14 @@ class MetaLearner(nn.Module):
             sink = self.sync.gather_batch_stats(sink)
             loss_sum, acc_sum = self.sync.sum(loss_sum, acc_sum)
             b *= self.sync.world_size
-        if cfg.grad_clip is not None:
-            clipped = self.net if cfg.grad_clip_network_only else self
-            nn.utils.clip_grad_value_(clipped.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        apply_batch_stats(sink)
-        return StepResult(loss_sum.item() / b, acc_sum.item() / b, second, msl, lr)
+        finite = _all_finite(loss_sum, self.parameters())
+        if finite:  # before the clip, which would turn an inf into a finite gradient
+            if cfg.grad_clip is not None:
+                clipped = self.net if cfg.grad_clip_network_only else self
+                nn.utils.clip_grad_value_(clipped.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            apply_batch_stats(sink)
+        return StepResult(loss_sum.item() / b, acc_sum.item() / b, second, msl, lr, finite)
 
     def forward_backward(
         self,
@@ -332,6 +336,13 @@ class MetaLearner(nn.Module):
         steps = num_steps or self.cfg.inner_steps_eval
         _, logits = self.adapt_and_predict(batch, steps, training=False)
         return logits.detach()
+
+
+def _all_finite(loss: Tensor, params: Iterable[nn.Parameter]) -> bool:
+    """Whether the loss and every meta-gradient are finite (one host synchronisation)."""
+    checks = [loss.isfinite().all()]
+    checks += [p.grad.isfinite().all() for p in params if p.grad is not None]
+    return bool(torch.stack(checks).all())
 
 
 def _checkpointed(

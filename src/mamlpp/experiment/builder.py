@@ -18,6 +18,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,8 @@ from mamlpp.experiment.gpu_claim import GpuClaim, claim_free_gpu, cuda_ids
 from mamlpp.experiment.lock import RunLock
 from mamlpp.experiment.members import load_learner_state, member_state
 from mamlpp.experiment.metrics import write_metrics_csv
+from mamlpp.experiment.nonfinite import check_eval as check_nonfinite
+from mamlpp.experiment.nonfinite import check_step, refuse_running_stats_training
 from mamlpp.experiment.results import (
     RunResults,
     config_summary,
@@ -173,6 +176,7 @@ class ExperimentBuilder:
     """Owns one run directory: trains, validates, checkpoints, resumes and tests."""
 
     def __init__(self, cfg: Config, run_dir: Path) -> None:
+        refuse_running_stats_training(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -474,6 +478,7 @@ class ExperimentBuilder:
             first = it * mbs + self.dist.rank * local
             batch = self.sampler.batch("train", cfg.seed, first, local)
             step = self.learner.train_step(batch, epoch, it)
+            check_step(step.finite, step.loss, it + 1, cfg)  # nothing of it is saved
             dt = time.perf_counter() - t0
             progress.next_iteration = it + 1
             progress.epoch_loss_sum += step.loss
@@ -501,6 +506,12 @@ class ExperimentBuilder:
                 bar.close()
                 raise StopRequested(self._stop_name(), progress.next_iteration)
         bar.close()
+
+    def _stop_if_requested(self, progress: TrainingProgress) -> None:
+        """In the test phase: a stop signal ends the run now (nothing of the test is kept:
+        the same command resumes into the test phase, which starts again)."""
+        if self.dist.any(self.signals.requested):
+            raise StopRequested(self._stop_name(), progress.next_iteration)
 
     def _stop_name(self) -> str:
         return self.signals.signal_name or "a stop signal to another process of the job"
@@ -537,6 +548,8 @@ class ExperimentBuilder:
             cfg.eval.batch_size,
             self.dist,
         )
+        where = f"in the validation after epoch {epoch} (iteration {progress.next_iteration})"
+        check_nonfinite(val.losses(), "validation", where, cfg)
         val_acc = val.accuracies().mean().item()
         val_loss = val.losses().mean().item()
         progress.eval_seconds += time.perf_counter() - t_val
@@ -597,6 +610,10 @@ class ExperimentBuilder:
             cfg.eval.test_tasks,
             cfg.eval.batch_size,
             self.dist,
+            between=partial(self._stop_if_requested, progress),
+            check=lambda info, preds: check_nonfinite(
+                preds.losses(), "test", f"for the member of epoch {info['epoch']}", cfg
+            ),
         )
         t_test = time.perf_counter() - t_test
         mean, ci = tested["test_accuracy_mean"], tested["test_accuracy_ci95"]
@@ -623,8 +640,7 @@ class ExperimentBuilder:
     def _top_k_members(self, progress: TrainingProgress) -> Iterator[tuple[dict, MetaLearner]]:
         """The top-k members, loaded one at a time (a stop signal stops between them)."""
         for entry in progress.top_k:
-            if self.dist.any(self.signals.requested):
-                raise StopRequested(self._stop_name(), progress.next_iteration)
+            self._stop_if_requested(progress)
             learner = self._new_learner()
             path = self.ckpt_dir / member_file(entry["epoch"])
             try:

@@ -11,7 +11,10 @@ round-robin and gathered. Only rank 0 writes files. Every collective has a timeo
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -61,6 +64,7 @@ class Distributed:
         """Join the process group (NCCL on GPU, gloo on CPU); return this rank's device."""
         if not self.enabled:
             return device
+        _stop_with_agent()
         if device.type == "cuda":
             device = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(device)
@@ -160,6 +164,21 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+
+def _stop_with_agent() -> None:
+    """Under torchrun (Linux), have the kernel send this worker SIGTERM when its agent dies,
+    even by SIGKILL: it then checkpoints and exits 75 instead of training on as an orphan that
+    holds the run lock. (A SIGTERM to the agent already reaches the workers through torchrun.)"""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    agent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != agent:  # the agent died just before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _submitit_tasks() -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ from torch import Tensor
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.data.episodes import EpisodeSampler
 from mamlpp.experiment.distributed import SINGLE, Distributed
+from mamlpp.experiment.nonfinite import check_eval
 from mamlpp.tasks import task_accuracies, task_losses
 
 
@@ -36,14 +37,21 @@ def predict_tasks(
     num_tasks: int,
     batch_size: int,
     dist: Distributed = SINGLE,
+    between: Callable[[], None] | None = None,
 ) -> TaskPredictions:
     """Adapt to tasks 0..num_tasks-1 of `split` (fixed by `seed`) and keep their target logits.
 
     In a distributed run the batches are dealt round-robin to the ranks and gathered, so every
-    rank gets what one process computes, batch for batch."""
+    rank gets what one process computes, batch for batch. `between()` runs before each round of
+    batches on every rank alike (the test phase checks for a stop signal there)."""
     starts = range(0, num_tasks, batch_size)
     mine = {}
-    for j in range(dist.rank, len(starts), dist.world_size):
+    for first in range(0, len(starts), dist.world_size):
+        if between is not None:
+            between()
+        j = first + dist.rank
+        if j >= len(starts):
+            continue
         start = starts[j]
         batch = sampler.batch(split, seed, start, min(batch_size, num_tasks - start))
         mine[j] = (learner.predict(batch).cpu(), batch.yt.cpu())
@@ -76,15 +84,21 @@ def evaluate_ensemble(
     num_tasks: int,
     batch_size: int,
     dist: Distributed = SINGLE,
+    between: Callable[[], None] | None = None,
+    check: Callable[[dict[str, Any], TaskPredictions], None] | None = None,
 ) -> dict[str, Any]:
     """Test each member on the same fixed tasks, then their ensemble (averaged logits).
 
     `members` yields (info, learner) pairs one at a time, so only one model need be in memory;
-    each `per_model` entry is the member's info plus its test accuracy and CI.
+    each `per_model` entry is the member's info plus its test accuracy and CI. `between` goes
+    to `predict_tasks`; `check(info, predictions)` vets each member's predictions (default:
+    non-finite losses raise NonFiniteError instead of scoring exactly chance).
     """
+    check = check or _refuse_nonfinite(split)
     predictions, per_model = [], []
     for info, learner in members:
-        preds = predict_tasks(learner, sampler, split, seed, num_tasks, batch_size, dist)
+        preds = predict_tasks(learner, sampler, split, seed, num_tasks, batch_size, dist, between)
+        check(info, preds)
         mean, ci = mean_ci95(preds.accuracies())
         predictions.append(preds)
         per_model.append({**info, "test_accuracy_mean": mean, "test_accuracy_ci95": ci})
@@ -95,3 +109,11 @@ def evaluate_ensemble(
         "ensemble_size": len(predictions),
         "per_model": per_model,
     }
+
+
+def _refuse_nonfinite(split: str) -> Callable[[dict[str, Any], TaskPredictions], None]:
+    def check(info: dict[str, Any], preds: TaskPredictions) -> None:
+        where = f"for the member of epoch {info.get('epoch')}"
+        check_eval(preds.losses(), f"{split} split's", where)
+
+    return check
