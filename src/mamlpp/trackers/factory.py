@@ -8,6 +8,7 @@ from pathlib import Path
 from mamlpp.config import Config, LoggerConfig
 from mamlpp.errors import ConfigError
 from mamlpp.trackers.base import FanOut, MetricLogger
+from mamlpp.trackers.mlflow_store import check_reachable
 
 # Trackers that need an optional package: the modules to import, and the pip extra.
 PACKAGES = {
@@ -24,7 +25,8 @@ def _installed(module: str) -> bool:
 
 
 def check_installed(cfg: LoggerConfig) -> None:
-    """Refuse, in one line naming the pip extra, a chosen tracker whose package is missing."""
+    """Refuse, in one line, a chosen tracker that cannot work: its package missing (naming the
+    pip extra) or its tracking server unreachable."""
     for name in cfg.chosen():
         modules, extra = PACKAGES.get(name, ((), ""))
         missing = [m for m in modules if not _installed(m)]
@@ -33,6 +35,8 @@ def check_installed(cfg: LoggerConfig) -> None:
                 f"config key 'logger' chooses {name}, but {', '.join(missing)} is not "
                 f"installed: pip install 'mamlpp[{extra}]'"
             )
+    if cfg.mlflow.enabled:
+        check_reachable(cfg.mlflow)
 
 
 def open_trackers(cfg: Config, run_dir: Path) -> MetricLogger:
@@ -50,7 +54,8 @@ def open_trackers(cfg: Config, run_dir: Path) -> MetricLogger:
     if c.mlflow.enabled:
         from mamlpp.trackers.mlflow_tracker import MlflowLogger
 
-        loggers.append(MlflowLogger(c.mlflow, run_dir, cfg.experiment_name))
+        runs_dir = Path(cfg.paths.runs_dir)
+        loggers.append(MlflowLogger(c.mlflow, run_dir, cfg.experiment_name, runs_dir))
     if c.wandb.enabled:
         from mamlpp.trackers.wandb_tracker import WandbLogger
 
