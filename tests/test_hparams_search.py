@@ -69,7 +69,7 @@ def params_of(run_dir: Path) -> dict[str, float | int]:
     return {key: OmegaConf.select(cfg, key) for key in PARAMS}
 
 
-def wait_for_checkpoint(run: CliRun, path: Path, timeout: float = 180) -> None:
+def wait_for_checkpoint(run: CliRun, path: Path, timeout: float = 600) -> None:
     """Until `path` holds at least one iteration (it is replaced atomically)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -98,8 +98,8 @@ def killed_search(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("search")
     args = search_args(cli, root)
     first = cli.start(*args, tiny=False)
-    first.wait_for(r"\[mamlpp #0 .*\] outputs are in ")
-    killed_dir = Path(first.wait_for(r"\[mamlpp #1 .*\] run directory: (.+)$")[1].strip())
+    first.wait_for(r"\[mamlpp #0 .*\] outputs are in ", timeout=600)  # a shared machine
+    killed_dir = Path(first.wait_for(r"\[mamlpp #1 .*\] run directory: (.+)$", 600)[1].strip())
     wait_for_checkpoint(first, killed_dir / "checkpoints" / "latest.pt")
     first.kill()
     killed_states = {t.number: t.state for t in load(root).trials}
