@@ -123,6 +123,22 @@ def test_unreachable_mlflow_server_is_one_line_in_seconds(monkeypatch: pytest.Mo
     )
 
 
+def test_unreachable_wandb_server_online_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = closed_port()
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    for var in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    check_installed(compose("logger=wandb").logger)  # offline: no server needed
+    online = compose("logger=wandb", "logger.wandb.mode=online")
+    with pytest.raises(ConfigError) as err:
+        check_installed(online.logger)
+    assert str(err.value) == (
+        f"wandb server http://127.0.0.1:{port} is unreachable (Connection refused) and "
+        "logger.wandb.mode is online: set logger.wandb.mode=offline (then `wandb sync`), or "
+        "WANDB_BASE_URL"
+    )
+
+
 @pytest.mark.slow
 def test_cli_refuses_an_unreachable_mlflow_server_before_training(cli: Cli, tmp_path: Path):
     run_dir = tmp_path / "run"

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from mamlpp.config import Config, LoggerConfig
 from mamlpp.errors import ConfigError
 from mamlpp.trackers.base import FanOut, MetricLogger
 from mamlpp.trackers.mlflow_store import check_reachable
+from mamlpp.trackers.reachable import unreachable
 
 # Trackers that need an optional package: the modules to import, and the pip extra.
 PACKAGES = {
     "mlflow": (("mlflow", "sqlalchemy", "alembic"), "mlflow"),
     "wandb": (("wandb",), "wandb"),
 }
+WANDB_CLOUD = "https://api.wandb.ai"  # wandb's server unless WANDB_BASE_URL says otherwise
 
 
 def _installed(module: str) -> bool:
@@ -37,6 +40,14 @@ def check_installed(cfg: LoggerConfig) -> None:
             )
     if cfg.mlflow.enabled:
         check_reachable(cfg.mlflow)
+    if cfg.wandb.enabled and cfg.wandb.mode == "online":
+        url = os.environ.get("WANDB_BASE_URL") or WANDB_CLOUD
+        why = unreachable(url)
+        if why is not None:
+            raise ConfigError(
+                f"wandb server {url} is unreachable ({why}) and logger.wandb.mode is online: "
+                "set logger.wandb.mode=offline (then `wandb sync`), or WANDB_BASE_URL"
+            )
 
 
 def open_trackers(cfg: Config, run_dir: Path) -> MetricLogger:

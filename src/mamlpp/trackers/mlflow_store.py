@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import fcntl
 import os
-import socket
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from mamlpp.config import MlflowLoggerConfig
 from mamlpp.errors import ConfigError
+from mamlpp.trackers.reachable import unreachable
 
 ENV = "MLFLOW_TRACKING_URI"
-PROBE_SECONDS = 5.0
 # MLflow's HTTP settings while a run opens its MLflow run (the user's own values win): a server
 # that answers but fails gives up in seconds, not after MLflow's ~4 minutes of retries.
 FIRST_CONTACT = {
@@ -96,30 +93,15 @@ def first_contact() -> Iterator[None]:
             os.environ.pop(k, None)
 
 
-def _address(url: urllib.parse.SplitResult) -> tuple[str, int]:
-    """Where a connection to `url` goes: its proxy where one applies."""
-    proxy = urllib.request.getproxies().get(url.scheme)
-    if proxy and not urllib.request.proxy_bypass(url.hostname or ""):
-        p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        return p.hostname or "", p.port or 80
-    return url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
-
-
 def check_reachable(cfg: MlflowLoggerConfig) -> None:
     """Refuse, in one line, an http(s) tracking server that cannot be connected to."""
     uri, source = chosen_uri(cfg)
     if uri is None:
         return
-    url = urllib.parse.urlsplit(uri)
-    if url.scheme not in ("http", "https"):
-        return
-    host, port = _address(url)
-    try:
-        socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
-    except OSError as exc:
-        why = exc.strerror or str(exc) or type(exc).__name__
+    why = unreachable(uri)
+    if why is not None:
         raise ConfigError(
             f"MLflow tracking server {uri} (from {source}) is unreachable ({why}): start it, "
             "or choose another with logger.mlflow.tracking_uri or MLFLOW_TRACKING_URI (neither "
             "set: a SQLite store in the runs folder)"
-        ) from None
+        )
