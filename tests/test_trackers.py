@@ -82,6 +82,12 @@ def test_cli_refuses_a_missing_tracker_before_training(cli: Cli, tmp_path: Path)
 
 
 # --------------------------------------------------------------------------- the environment
+def without_tracker_variables(env: dict[str, str]) -> dict[str, str]:
+    """`env` without MLFLOW_*, WANDB_* and HTTP proxies (the servers here are loopback)."""
+    drop = ("MLFLOW_", "WANDB_", "HTTP_PROXY", "HTTPS_PROXY")
+    return {k: v for k, v in env.items() if not k.upper().startswith(drop)}
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
     with socket.socket() as s:
@@ -108,7 +114,7 @@ def test_mlflow_store_is_the_key_then_the_variable_then_one_per_runs_root(
 def test_unreachable_mlflow_server_is_one_line_in_seconds(monkeypatch: pytest.MonkeyPatch):
     port = closed_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-    for var in ("http_proxy", "HTTP_PROXY"):
+    for var in ("http_proxy", "HTTP_PROXY", "WANDB_MODE"):
         monkeypatch.delenv(var, raising=False)
     cfg = compose("experiment=smoke", "logger=[tensorboard,mlflow]")
     start = time.monotonic()
@@ -126,7 +132,7 @@ def test_unreachable_mlflow_server_is_one_line_in_seconds(monkeypatch: pytest.Mo
 def test_unreachable_wandb_server_online_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     port = closed_port()
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
-    for var in ("http_proxy", "HTTP_PROXY"):
+    for var in ("http_proxy", "HTTP_PROXY", "WANDB_MODE"):
         monkeypatch.delenv(var, raising=False)
     check_installed(compose("logger=wandb").logger)  # offline: no server needed
     online = compose("logger=wandb", "logger.wandb.mode=online")
@@ -142,7 +148,10 @@ def test_unreachable_wandb_server_online_is_one_line(monkeypatch: pytest.MonkeyP
 @pytest.mark.slow
 def test_cli_refuses_an_unreachable_mlflow_server_before_training(cli: Cli, tmp_path: Path):
     run_dir = tmp_path / "run"
-    env = {**cli.env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"}
+    env = {
+        **without_tracker_variables(cli.env),
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}",
+    }
     start = time.monotonic()
     proc = subprocess.run(
         cli.command(f"hydra.run.dir={run_dir}", "logger=[tensorboard,mlflow]"),
@@ -213,7 +222,7 @@ def test_parallel_sweep_shares_one_mlflow_store_and_loses_no_point(cli: Cli, tmp
     from mlflow.tracking import MlflowClient
 
     root = tmp_path / "sweep"
-    env = {k: v for k, v in cli.env.items() if not k.startswith(("MLFLOW_", "WANDB_"))}
+    env = without_tracker_variables(cli.env)
     proc = subprocess.run(
         [
             *cli.command("-m", tiny=False),
@@ -273,19 +282,23 @@ def tracked_run(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every tracker at once; SIGKILLed in epoch 0 and in epoch 1 (each time at a random moment
     after an iteration checkpoint), then run to the end."""
     run_dir = tmp_path_factory.mktemp("tracked") / "run"
-    assert not [k for k in cli.env if k.startswith(("MLFLOW_", "WANDB_"))], "tracker variables set"
     args = (
         f"hydra.run.dir={run_dir}",
         "run.checkpoint_every_iters=1",
         "logger=[tensorboard,csv,mlflow,wandb]",
     )
     rng = random.Random()
-    for iteration in (1, 5):
-        run = cli.start(*args)
-        _wait_for_checkpoint(run_dir, iteration, run)
-        time.sleep(rng.uniform(0.0, 0.2))
-        run.kill()
-    done = cli.run(*args)
+    env = cli.env
+    cli.env = without_tracker_variables(env)  # the stores these tests read back
+    try:
+        for iteration in (1, 5):
+            run = cli.start(*args)
+            _wait_for_checkpoint(run_dir, iteration, run)
+            time.sleep(rng.uniform(0.0, 0.2))
+            run.kill()
+        done = cli.run(*args)
+    finally:
+        cli.env = env
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.count("resumed from") == 1, done.stderr

@@ -75,14 +75,26 @@ class MlflowLogger:
             for key in run.data.metrics
         }
 
-    def _new_run(self) -> str:
+    def _experiment_id(self) -> str:
+        """The MLflow experiment's id, created if missing (by this run or, on a server shared
+        by parallel runs, by another one at the same moment)."""
+        from mlflow.exceptions import MlflowException
+
         found = self.client.get_experiment_by_name(self.experiment)
         if found is not None:
-            experiment_id = found.experiment_id
-        else:
-            db = sqlite_file(self.uri)  # artifacts beside the store, not in ./mlruns
-            where = (db.parent / "artifacts").resolve().as_uri() if db is not None else None
-            experiment_id = self.client.create_experiment(self.experiment, where)
+            return found.experiment_id
+        db = sqlite_file(self.uri)  # artifacts beside the store, not in ./mlruns
+        where = (db.parent / "artifacts").resolve().as_uri() if db is not None else None
+        try:
+            return self.client.create_experiment(self.experiment, where)
+        except MlflowException:
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def _new_run(self) -> str:
+        experiment_id = self._experiment_id()
         name = f"{self.run_dir.resolve().parent.name}/{self.run_dir.name}"
         tags = {"mamlpp.run_dir": str(self.run_dir.resolve())}
         return self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
