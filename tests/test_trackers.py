@@ -209,7 +209,11 @@ def test_wandb_run_goes_where_the_variables_say(
     logger.close()
     run_id = json.loads((run_dir / "trackers.json").read_text())["wandb"]["run_id"]
     (segment,) = offline_files(tmp_path / "wandb_root" / "wandb", run_id)
-    run = next(r.run for r in records(segment) if r.WhichOneof("record_type") == "run")
+    deadline = time.monotonic() + 60  # wandb's service process may still be writing the file
+    while not (runs := [r.run for r in records(segment) if r.WhichOneof("record_type") == "run"]):
+        assert time.monotonic() < deadline, f"no run record in {segment}"
+        time.sleep(0.5)
+    run = runs[0]
     assert (run.project, run.run_group) == ("from-env", "group-env")
     assert not (run_dir / "wandb").exists()
 
