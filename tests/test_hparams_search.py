@@ -1,10 +1,13 @@
 """Hyperparameter search (hparams_search=omniglot_mamlpp): an Optuna study in the sweep folder,
-read back with Optuna's own storage API, that survives a SIGKILL in the middle of a trial."""
+read back with Optuna's own storage API, that survives a SIGKILL in the middle of a trial, is
+another study for other fixed overrides, refuses a second search at the same time, and prints
+one line per trial."""
 
 from __future__ import annotations
 
 import csv
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +21,7 @@ from omegaconf import OmegaConf
 from conftest import TINY_ARGS, Cli, CliRun
 from mamlpp import compose
 from mamlpp.config import experiment_keys
-from mamlpp.experiment.optuna_sweeper import INTERRUPTED
+from mamlpp.experiment.optuna_sweeper import IDENTITY, INTERRUPTED
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +46,18 @@ def search_args(cli: Cli, root: Path) -> tuple[str, ...]:
     )
 
 
-def load(root: Path) -> optuna.Study:
-    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{root}/optuna.db")
+def studies(root: Path) -> list[str]:
+    """The names of the studies in the sweep folder's storage."""
+    summaries = optuna.get_all_study_summaries(storage=f"sqlite:///{root}/optuna.db")
+    return sorted(s.study_name for s in summaries)
+
+
+def load(root: Path, name: str | None = None) -> optuna.Study:
+    """The study `name`, or the only one, in the sweep folder's storage."""
+    if name is None:
+        (name,) = studies(root)
+    assert name.startswith(f"{STUDY}-"), name  # the preset's name and the experiment's hash
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{root}/optuna.db")
 
 
 def run_dirs(root: Path) -> list[Path]:
@@ -56,7 +69,7 @@ def params_of(run_dir: Path) -> dict[str, float | int]:
     return {key: OmegaConf.select(cfg, key) for key in PARAMS}
 
 
-def wait_for_checkpoint(run: CliRun, path: Path, timeout: float = 180) -> None:
+def wait_for_checkpoint(run: CliRun, path: Path, timeout: float = 600) -> None:
     """Until `path` holds at least one iteration (it is replaced atomically)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -85,8 +98,8 @@ def killed_search(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("search")
     args = search_args(cli, root)
     first = cli.start(*args, tiny=False)
-    first.wait_for(r"\[mamlpp #0 .*\] outputs are in ")
-    killed_dir = Path(first.wait_for(r"\[mamlpp #1 .*\] run directory: (.+)$")[1].strip())
+    first.wait_for(r"\[mamlpp #0 .*\] outputs are in ", timeout=600)  # a shared machine
+    killed_dir = Path(first.wait_for(r"\[mamlpp #1 .*\] run directory: (.+)$", 600)[1].strip())
     wait_for_checkpoint(first, killed_dir / "checkpoints" / "latest.pt")
     first.kill()
     killed_states = {t.number: t.state for t in load(root).trials}
@@ -119,10 +132,11 @@ def test_killed_trial_reruns_with_its_parameters_and_resumes(killed_search: dict
     root, killed_dir = killed_search["root"], killed_search["killed_dir"]
     running = optuna.trial.TrialState.RUNNING
     assert killed_search["killed_states"] == {0: optuna.trial.TrialState.COMPLETE, 1: running}
+    name = load(root).study_name
     assert (
-        f"optuna study '{STUDY}': 1 trial(s) done, 2 to run; interrupted trial(s) [1] run again"
-        in killed_search["again"]
-    )
+        f"optuna study '{name}' in sqlite:///{root}/optuna.db: 1 trial(s) done, 2 to run; "
+        "interrupted trial(s) [1] run again"
+    ) in killed_search["again"]
     trials = load(root).trials
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert [t.number for t in failed] == [1] and failed[0].user_attrs[INTERRUPTED] is True
@@ -153,10 +167,74 @@ def test_rerunning_a_finished_search_adds_and_trains_nothing(cli: Cli, killed_se
     stamps = {d: (d / "checkpoints" / "latest.pt").stat().st_mtime_ns for d in run_dirs(root)}
     done = cli.run(*killed_search["args"], tiny=False)
     assert done.returncode == 0, done.stderr
-    assert f"optuna study '{STUDY}': {N_TRIALS} trial(s) done, 0 to run" in done.stderr
+    name = load(root).study_name
+    assert (
+        f"optuna study '{name}' in sqlite:///{root}/optuna.db: {N_TRIALS} trial(s) done, 0 to run"
+        in done.stderr
+    )
     assert "run directory:" not in done.stderr
     assert len(load(root).trials) == before
     assert {d: (d / "checkpoints" / "latest.pt").stat().st_mtime_ns for d in stamps} == stamps
+
+
+def test_a_search_prints_trials_parameters_and_objectives_only(killed_search: dict):
+    """No alembic plugin lines, optuna INFO lines, launcher listings or ExperimentalWarnings:
+    per trial its parameters, then its objective."""
+    output = killed_search["first"] + killed_search["again"]
+    for noise in ("alembic", "ExperimentalWarning", "[HYDRA]", "[I 20", "Study name:"):
+        assert noise not in output, noise
+    again = killed_search["again"].splitlines()
+    trials = [line for line in again if line.startswith("[mamlpp] trial ")]
+    assert trials[0].startswith("[mamlpp] trial 2: algorithm.inner_lr=")  # the re-queued #1
+    assert " algorithm.meta_lr=" in trials[0] and " algorithm.msl_epochs=" in trials[0]
+    values = [line for line in trials if ": val/best_acc = " in line]
+    assert len(values) == 2, trials
+    best = load(killed_search["root"]).best_trial
+    assert f"[mamlpp] best: trial {best.number}, val/best_acc = {best.value:.6g}: " in again[-1]
+
+
+def test_other_fixed_overrides_are_another_study(cli: Cli, killed_search: dict):
+    """task.shots=2 on the same sweep folder: a study of its own, the old one untouched."""
+    root = killed_search["root"]
+    (old,) = studies(root)
+    before = len(load(root, old).trials)
+    args = [a for a in killed_search["args"] if not a.startswith("hydra.sweeper.n_trials=")]
+    other = cli.run(*args, "task.shots=2", "hydra.sweeper.n_trials=1", tiny=False, timeout=600)
+    assert other.returncode == 0, other.stderr
+    (new,) = [n for n in studies(root) if n != old]
+    assert f"optuna study '{new}' in sqlite:///{root}/optuna.db: 0 trial(s) done, 1 to run" in (
+        other.stderr
+    )
+    assert len(load(root, old).trials) == before
+    study = load(root, new)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
+    assert study.user_attrs[IDENTITY]["task.shots"] == 2
+    assert load(root, old).user_attrs[IDENTITY]["task.shots"] == 1
+    assert "algorithm.inner_lr" not in study.user_attrs[IDENTITY]  # searched: no identity
+
+
+def test_a_second_search_of_a_running_study_is_refused(cli: Cli, tmp_path: Path):
+    root = tmp_path / "search"
+    args = [
+        *(a for a in search_args(cli, root) if not a.startswith("hydra.sweeper.n_trials=")),
+        "hydra.sweeper.n_trials=1",
+        "train.iters_per_epoch=20",  # time for the second command to start
+    ]
+    first = cli.start(*args, tiny=False)
+    first.wait_for(r"^\[mamlpp\] trial 0: ", timeout=300)
+    second = cli.run(*args, tiny=False, timeout=300)
+    done = first.finish(timeout=600)
+    assert second.returncode == 2, second.stderr
+    assert "Traceback" not in second.stderr
+    name = load(root).study_name
+    assert second.stderr.splitlines()[-1] == (
+        f"mamlpp: error: optuna study '{name}' is being searched by pid {first.proc.pid} on "
+        f"host {socket.gethostname()}; a second search at the same time would corrupt its "
+        "trials: wait for it or stop it"
+    )
+    assert done.returncode == 0, done.stderr
+    assert [t.state for t in load(root).trials] == [optuna.trial.TrialState.COMPLETE]
+    assert "run directory:" not in second.stderr
 
 
 @pytest.mark.parametrize("choice", ["hparams_search=omniglot_mamlpp", "hydra/sweeper=optuna"])

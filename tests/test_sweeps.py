@@ -88,7 +88,7 @@ def test_report_table_equals_mean_of_results(sweep: dict, tmp_path: Path):
         assert int(row["seeds"]) == len(accs) == 2
         assert float(row["test_acc_mean"]) == pytest.approx(statistics.fmean(accs), abs=1e-9)
         assert float(row["test_acc_std"]) == pytest.approx(statistics.stdev(accs), abs=1e-9)
-        assert row["paper"] == "99.47"
+        assert row["paper"] == ""  # a tiny schedule is not the paper's protocol
         assert f"{statistics.fmean(accs):.2f}" in (out / "results.md").read_text()
 
 

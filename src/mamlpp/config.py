@@ -276,7 +276,7 @@ class MlflowLoggerConfig:
 
     # Set by choosing the tracker in the `logger` group.
     enabled: bool = False
-    # None: an SQLite store inside the run directory, sqlite:///<run dir>/mlflow/mlflow.db.
+    # None: $MLFLOW_TRACKING_URI, else <runs root>/mlflow/mlflow.db (mamlpp.trackers.mlflow_store).
     tracking_uri: str | None = None
     # The MLflow experiment; None: experiment_name.
     experiment: str | None = None
@@ -292,7 +292,8 @@ class WandbLoggerConfig:
     entity: str | None = None
     # offline (files only; `wandb sync` uploads them later) | online | disabled
     mode: str = "offline"
-    # Where wandb/ is made; None: the run directory.
+    # Where wandb/ is made; None: the run directory. conf/logger/wandb.yaml takes the defaults
+    # of project, entity, mode and dir from WANDB_PROJECT, WANDB_ENTITY, WANDB_MODE, WANDB_DIR.
     dir: str | None = None
 
 

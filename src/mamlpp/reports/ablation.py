@@ -2,8 +2,9 @@
 
 An ablation is found, not declared: the rows of one experiment that differ only in the MAML++
 switches (FEATURE_KEYS), e.g. the `omniglot_5w1s_ablation` sweep. Each variant gets mean +- std
-over its seeds and, where ../shared/docs/reference.md has one, the paper's number. reference.md
-gives MAML's and MAML++'s numbers only, so the single-feature rows have no paper column value.
+over its seeds and, where ../shared/docs/reference.md has one and the runs follow the paper's
+protocol (mamlpp.reports.paper), the paper's number. reference.md gives MAML's and MAML++'s
+numbers only, so the single-feature rows have no paper column value.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from mamlpp.reports.grouping import Group
-from mamlpp.reports.paper import paper_number
+from mamlpp.reports.output import safe_name
+from mamlpp.reports.paper import paper_number_of
 from mamlpp.reports.plots import pyplot
 
 # The experiment keys an ablation varies (algorithm.name: MAML++ with all of them is 'mamlpp').
@@ -63,25 +65,29 @@ def ablation_rows(members: list[Group]) -> list[dict[str, Any]]:
                 "seeds": len(accs),
                 "test_acc_mean": statistics.fmean(accs),
                 "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                "paper": paper_number(c["dataset"], c["ways"], c["shots"], g.variant),
+                "paper": paper_number_of(g.results[0], g.variant),
             }
         )
     return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
+    """The table; its paper column only where a row is on the paper's protocol."""
     r0 = rows[0]
+    paper = any(r["paper"] for r in rows)
+    head = ["variant", "test acc % (mean +- std over seeds)", "seeds"]
+    head += ["paper %"] if paper else []
     lines = [
         f"### Ablation: {r0['experiment']} ({r0['dataset']} {r0['ways']}-way {r0['shots']}-shot)",
         "",
-        "| variant | test acc % (mean +- std over seeds) | seeds | paper % |",
-        "|---|---|---|---|",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
     ]
     for r in rows:
         spread = f"+- {r['test_acc_std']:.2f}" if r["seeds"] > 1 else "(1 seed)"
-        lines.append(
-            f"| {r['variant']} | {r['test_acc_mean']:.2f} {spread} | {r['seeds']} | {r['paper']} |"
-        )
+        cells = [r["variant"], f"{r['test_acc_mean']:.2f} {spread}", r["seeds"]]
+        cells += [r["paper"]] if paper else []
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -128,7 +134,8 @@ def write_ablation(groups: list[Group], out: Path) -> list[Path]:
             w.writerows(rows)
     paths = [md, csv_path]
     for i, rows in enumerate(tables):
-        png = out / f"ablation_{rows[0]['experiment']}{f'_{i}' if len(tables) > 1 else ''}.png"
+        suffix = f"_{i}" if len(tables) > 1 else ""
+        png = out / f"ablation_{safe_name(rows[0]['experiment'])}{suffix}.png"
         if bar_chart(rows, png):
             paths.append(png)
     return paths

@@ -107,6 +107,19 @@ def differing_keys(groups: list[Group]) -> list[str]:
     return sorted(k for k, vs in values.items() if len(vs) > 1 and k not in SHOWN)
 
 
+def shown_keys(groups: list[Group]) -> list[str]:
+    """The differing keys the printed table shows: those that tell apart rows of one
+    experiment. Rows of different experiments are told apart by the experiment's name, and the
+    keys in which whole experiments differ (often 30 and more) are left to results.csv."""
+    by_experiment: dict[str, list[Group]] = {}
+    for g in groups:
+        by_experiment.setdefault(g.experiment, []).append(g)
+    keys: set[str] = set()
+    for members in by_experiment.values():
+        keys.update(differing_keys(members))
+    return sorted(keys)
+
+
 def format_value(value: Any) -> str:
     """A key's value for a table cell; '' where a group does not know the key."""
     if value is None:

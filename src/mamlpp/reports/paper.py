@@ -1,6 +1,13 @@
-"""Published test accuracies (%) from ../shared/docs/reference.md, keyed by what they measure."""
+"""Published test accuracies (%) from ../shared/docs/reference.md, keyed by what they measure,
+and the protocol they were measured under: a run is compared with them only on that protocol.
+
+A 20-iteration smoke run or a ResNet-12 beside "99.47" reads as a comparison that it is not, so
+the number is attached only where every protocol key of the run equals the paper's.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 # (dataset, ways, shots, algorithm variant) -> the published number, as the paper prints it.
 PAPER = {
@@ -18,7 +25,63 @@ PAPER = {
     ("miniimagenet", 5, 5, "mamlpp"): "68.32 +- 0.44",
 }
 
+# The MAML++ paper's protocol (reference.md; the omniglot_*/miniimagenet_* presets): its
+# schedule, its top-5 ensemble on 600 test tasks and its Conv4, per dataset its data setting.
+PROTOCOL = {
+    "train.epochs": 100,
+    "train.iters_per_epoch": 500,
+    "eval.test_tasks": 600,
+    "eval.top_k": 5,
+    "model.name": "conv4",
+    "model.stages": 4,
+}
+DATASET_PROTOCOL = {
+    "omniglot": {
+        "dataset.protocol": "mamlpp",
+        "dataset.split_sizes": None,
+        "dataset.image_size": 28,
+        "task.targets": 1,
+        "model.filters": 64,
+    },
+    "miniimagenet": {"dataset.image_size": 84, "task.targets": 15, "model.filters": 48},
+}
+
 
 def paper_number(dataset: str, ways: int, shots: int, variant: str) -> str:
     """The published number for this setting, or '' where reference.md has none."""
     return PAPER.get((dataset, ways, shots, variant), "")
+
+
+def _known(result: dict[str, Any]) -> dict[str, Any]:
+    """The protocol keys a results.json states: its identity, or (older files) its summary
+    and the counts it recorded."""
+    if isinstance(result.get("identity"), dict):
+        return result["identity"]
+    c = result["config"]
+    known: dict[str, Any] = {
+        "dataset.protocol": c.get("protocol"),
+        "task.targets": c.get("targets"),
+    }
+    epochs, iterations = result.get("epochs"), result.get("iterations")
+    if isinstance(epochs, int) and isinstance(iterations, int) and epochs > 0:
+        known.update({"train.epochs": epochs, "train.iters_per_epoch": iterations // epochs})
+    if "num_test_tasks" in result:
+        known["eval.test_tasks"] = result["num_test_tasks"]
+    return {k: v for k, v in known.items() if v is not None}
+
+
+def off_protocol(result: dict[str, Any]) -> list[str]:
+    """The protocol keys on which a run differs from the paper's ([]: the paper's protocol).
+    A key an older results.json does not record is not held against it."""
+    c = result["config"]
+    wanted = {**PROTOCOL, **DATASET_PROTOCOL.get(c["dataset"], {})}
+    known = _known(result)
+    return sorted(k for k, v in wanted.items() if k in known and known[k] != v)
+
+
+def paper_number_of(result: dict[str, Any], variant: str) -> str:
+    """The published number beside this run, or '' where there is none or the run's protocol
+    is not the paper's."""
+    c = result["config"]
+    number = paper_number(c["dataset"], c["ways"], c["shots"], variant)
+    return number if number and not off_protocol(result) else ""

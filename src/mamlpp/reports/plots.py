@@ -27,9 +27,9 @@ def pyplot() -> Any | None:
     return plt
 
 
-def row_label(row: dict[str, Any], sep: str = " ") -> str:
-    """What tells a row apart: setting, variant and its values of the differing keys."""
-    extra = [f"{k}={v}" for k, v in row.items() if "." in k and v != ""]
+def row_label(row: dict[str, Any], keys: list[str], sep: str = " ") -> str:
+    """What tells a row apart: setting, variant and its values of the differing `keys`."""
+    extra = [f"{k}={row[k]}" for k in keys if row.get(k, "") != ""]
     base = f"{row['experiment']}{sep}{row['ways']}w{row['shots']}s {row['algorithm']}"
     return " ".join([base, *extra])
 
@@ -43,7 +43,9 @@ def _val_curve(run_dir: Path) -> tuple[list[int], list[float]] | None:
     return [int(h["iteration"]) for h in hist], [100 * float(h["val_acc"]) for h in hist]
 
 
-def write_plots(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> list[Path]:
+def write_plots(
+    groups: list[Group], rows: list[dict[str, Any]], keys: list[str], out: Path
+) -> list[Path]:
     """val_accuracy.png (each run's validation curve, a colour per row) and test_accuracy.png."""
     plt = pyplot()
     if plt is None:
@@ -53,7 +55,7 @@ def write_plots(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> l
     for i, (g, row) in enumerate(zip(groups, rows)):
         curves = [c for c in (_val_curve(d) for d, _ in g.runs) if c is not None]
         for j, (xs, ys) in enumerate(curves):
-            label = row_label(row) if j == 0 else None
+            label = row_label(row, keys) if j == 0 else None
             ax.plot(xs, ys, label=label, color=f"C{i % 10}", alpha=0.8)
     ax.set(
         xlabel="iteration",
@@ -74,7 +76,7 @@ def write_plots(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> l
         fmt="o",
         capsize=4,
     )
-    ax.set_xticks(range(len(rows)), [row_label(r, "\n") for r in rows], fontsize=8)
+    ax.set_xticks(range(len(rows)), [row_label(r, keys, "\n") for r in rows], fontsize=8)
     ax.set(ylabel="test accuracy (%)", title="Test accuracy per setting (mean +- std over seeds)")
     ax.grid(alpha=0.3)
     paths.append(out / "test_accuracy.png")

@@ -3,24 +3,27 @@
 A row is one experiment: the runs whose identity (every experiment key) is equal except `seed`
 (mamlpp.reports.grouping). Over its seeds the table gives the mean test accuracy +- std, the mean
 95% CI over tasks, the number of seeds, the best validation accuracy and training hours, with the
-published number beside ours where one exists. Keys whose values differ between rows get a
-column each. Experiments that differ only in MAML++ switches also get an ablation table.
+published number beside ours where the run is on the paper's protocol. Keys whose values differ
+between rows of one experiment get a column each (results.csv has every key that differs).
+Experiments that differ only in MAML++ switches also get an ablation table. Everything goes to
+--out (./report by default), where no file that mamlpp-report did not write is replaced.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 from mamlpp.reports.ablation import write_ablation
-from mamlpp.reports.grouping import Group, differing_keys, format_value, group_runs
-from mamlpp.reports.paper import paper_number
+from mamlpp.reports.grouping import Group, differing_keys, format_value, group_runs, shown_keys
+from mamlpp.reports.output import ReportError, write_report
+from mamlpp.reports.paper import paper_number_of
 from mamlpp.reports.plots import write_plots
+from mamlpp.reports.runs import scan_runs
 
 COLUMNS = (
     "experiment",
@@ -39,16 +42,12 @@ COLUMNS = (
 
 
 def find_runs(dirs: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
-    runs = []
-    for d in dirs:
-        for path in sorted(d.rglob("results.json")):
-            if path.parent.parent.name == "eval":
-                continue  # mamlpp-eval's re-evaluations (<run>/eval/<name>/) are not runs
-            try:
-                runs.append((path.parent, json.loads(path.read_text())))
-            except (OSError, json.JSONDecodeError) as exc:
-                print(f"mamlpp-report: skipping unreadable {path}: {exc}", file=sys.stderr)
-    return runs
+    """Every run under `dirs`, each once (mamlpp.reports.runs); what was left out is said on
+    stderr, one line each."""
+    found = scan_runs(dirs)
+    for note in found.notes:
+        print(note, file=sys.stderr)
+    return found.runs
 
 
 def group_row(g: Group, extra: list[str]) -> dict[str, Any]:
@@ -67,7 +66,7 @@ def group_row(g: Group, extra: list[str]) -> dict[str, Any]:
         "ci95_mean": statistics.fmean(100 * r["test_accuracy_ci95"] for r in rs),
         "best_val_acc": statistics.fmean(100 * r["best_val_accuracy"] for r in rs),
         "train_hours": statistics.fmean(r.get("train_seconds", 0.0) for r in rs) / 3600,
-        "paper": paper_number(c["dataset"], c["ways"], c["shots"], g.variant),
+        "paper": paper_number_of(rs[0], g.variant),
     }
     row.update({k: format_value(g.identity[k]) if k in g.identity else "" for k in extra})
     return row
@@ -95,48 +94,74 @@ def old_format_note(runs: list[tuple[Path, dict[str, Any]]]) -> str | None:
     )
 
 
-def write_tables(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    extra = [k for k in rows[0] if k not in COLUMNS] if rows else []
-    csv_path, md_path = out / "results.csv", out / "results.md"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*COLUMNS, *extra])
-        w.writeheader()
-        w.writerows(rows)
-    head = ["experiment", "dataset", "way", "shot", "algorithm", *extra]
+def markdown(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    """The printed table: the setting, the `keys` that tell rows apart, the results, and the
+    paper's number only where a row is on the paper's protocol."""
+    paper = any(r["paper"] for r in rows)
+    head = ["experiment", "dataset", "way", "shot", "algorithm", *keys]
     head += ["test acc % (mean +- std over seeds)", "95% CI (mean)", "seeds", "best val %"]
-    head += ["train h", "paper %"]
+    head += ["train h"] + (["paper %"] if paper else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         # One seed has no spread across seeds: say so instead of printing +- 0.00.
         spread = f"+- {r['test_acc_std']:.2f}" if r["seeds"] > 1 else "(1 seed)"
         cells = [r["experiment"], r["dataset"], r["ways"], r["shots"], r["algorithm"]]
-        cells += [r[k] for k in extra]
+        cells += [r[k] for k in keys]
         cells += [f"{r['test_acc_mean']:.2f} {spread}", f"{r['ci95_mean']:.2f}", r["seeds"]]
-        cells += [f"{r['best_val_acc']:.2f}", f"{r['train_hours']:.2f}", r["paper"]]
+        cells += [f"{r['best_val_acc']:.2f}", f"{r['train_hours']:.2f}"]
+        cells += [r["paper"]] if paper else []
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    md_path.write_text("\n".join(lines) + "\n")
+    hidden = [k for k in rows[0] if k not in COLUMNS and k not in keys]
+    if hidden:
+        lines += ["", f"{len(hidden)} more keys differ between experiments: see results.csv."]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(rows: list[dict[str, Any]], keys: list[str], out: Path) -> tuple[Path, Path]:
+    """results.csv (every key that differs between rows) and results.md (`keys` only)."""
+    extra = [k for k in rows[0] if k not in COLUMNS]
+    csv_path, md_path = out / "results.csv", out / "results.md"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*COLUMNS, *extra])
+        w.writeheader()
+        w.writerows(rows)
+    md_path.write_text(markdown(rows, keys))
     return csv_path, md_path
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="mamlpp-report", description=__doc__.splitlines()[0])
     p.add_argument("dirs", nargs="+", type=Path, help="directories searched for results.json")
-    p.add_argument("--out", type=Path, default=Path("."), help="where tables and plots go")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("report"),
+        help="where tables and plots go (default: ./report); files there that mamlpp-report "
+        "did not write are never replaced",
+    )
     args = p.parse_args(argv)
     missing = [str(d) for d in args.dirs if not d.is_dir()]
     if missing:
         p.exit(2, f"mamlpp-report: error: not a directory: {', '.join(missing)}\n")
     runs = find_runs(args.dirs)
     if not runs:
-        p.exit(2, f"mamlpp-report: error: no results.json under {', '.join(map(str, args.dirs))}\n")
+        where = ", ".join(map(str, args.dirs))
+        p.exit(2, f"mamlpp-report: error: no results.json of a mamlpp run under {where}\n")
     note = old_format_note(runs)
     if note:
         print(note, file=sys.stderr)
     groups = group_runs(runs)
     rows = rows_of(groups)
-    outputs = [*write_tables(rows, args.out), *write_plots(groups, rows, args.out)]
-    outputs += write_ablation(groups, args.out)
+    keys = shown_keys(groups)
+
+    def write(folder: Path) -> list[Path]:
+        paths = [*write_tables(rows, keys, folder), *write_plots(groups, rows, keys, folder)]
+        return paths + write_ablation(groups, folder)
+
+    try:
+        outputs = write_report(args.out, write)
+    except ReportError as err:
+        p.exit(2, f"mamlpp-report: error: {err}\n")
     print((args.out / "results.md").read_text())
     if any(o.name == "ablation.md" for o in outputs):
         print((args.out / "ablation.md").read_text())

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from mamlpp.config import Config, LoggerConfig
 from mamlpp.errors import ConfigError
 from mamlpp.trackers.base import FanOut, MetricLogger
+from mamlpp.trackers.mlflow_store import check_reachable
+from mamlpp.trackers.reachable import unreachable
 
 # Trackers that need an optional package: the modules to import, and the pip extra.
 PACKAGES = {
     "mlflow": (("mlflow", "sqlalchemy", "alembic"), "mlflow"),
     "wandb": (("wandb",), "wandb"),
 }
+WANDB_CLOUD = "https://api.wandb.ai"  # wandb's server unless WANDB_BASE_URL says otherwise
 
 
 def _installed(module: str) -> bool:
@@ -24,7 +28,8 @@ def _installed(module: str) -> bool:
 
 
 def check_installed(cfg: LoggerConfig) -> None:
-    """Refuse, in one line naming the pip extra, a chosen tracker whose package is missing."""
+    """Refuse, in one line, a chosen tracker that cannot work: its package missing (naming the
+    pip extra) or its tracking server unreachable."""
     for name in cfg.chosen():
         modules, extra = PACKAGES.get(name, ((), ""))
         missing = [m for m in modules if not _installed(m)]
@@ -32,6 +37,16 @@ def check_installed(cfg: LoggerConfig) -> None:
             raise ConfigError(
                 f"config key 'logger' chooses {name}, but {', '.join(missing)} is not "
                 f"installed: pip install 'mamlpp[{extra}]'"
+            )
+    if cfg.mlflow.enabled:
+        check_reachable(cfg.mlflow)
+    if cfg.wandb.enabled and cfg.wandb.mode == "online":
+        url = os.environ.get("WANDB_BASE_URL") or WANDB_CLOUD
+        why = unreachable(url)
+        if why is not None:
+            raise ConfigError(
+                f"wandb server {url} is unreachable ({why}) and logger.wandb.mode is online: "
+                "set logger.wandb.mode=offline (then `wandb sync`), or WANDB_BASE_URL"
             )
 
 
@@ -50,7 +65,8 @@ def open_trackers(cfg: Config, run_dir: Path) -> MetricLogger:
     if c.mlflow.enabled:
         from mamlpp.trackers.mlflow_tracker import MlflowLogger
 
-        loggers.append(MlflowLogger(c.mlflow, run_dir, cfg.experiment_name))
+        runs_dir = Path(cfg.paths.runs_dir)
+        loggers.append(MlflowLogger(c.mlflow, run_dir, cfg.experiment_name, runs_dir))
     if c.wandb.enabled:
         from mamlpp.trackers.wandb_tracker import WandbLogger
 

@@ -1,7 +1,15 @@
-"""A Weights & Biases run per run directory (pip install 'mamlpp[wandb]'), offline by default."""
+"""A Weights & Biases run per run directory (pip install 'mamlpp[wandb]'), offline by default.
+
+WANDB_PROJECT, WANDB_ENTITY, WANDB_MODE and WANDB_DIR are the defaults of the `logger.wandb`
+keys (conf/logger/wandb.yaml); WANDB_RUN_GROUP and WANDB_NAME replace the group (the experiment)
+and the name; wandb reads the others itself (WANDB_API_KEY, WANDB_BASE_URL, WANDB_TAGS, ...).
+The run id is mamlpp's, one per run directory, so that a resume continues it: WANDB_RUN_ID and
+WANDB_RESUME are not used.
+"""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,8 +52,8 @@ class WandbLogger:
             dir=str(self.root),
             id=run_id,
             resume="allow",
-            name=f"{self.experiment}/{self.run_dir.name}",
-            group=self.experiment,
+            name=os.environ.get("WANDB_NAME") or f"{self.experiment}/{self.run_dir.name}",
+            group=os.environ.get("WANDB_RUN_GROUP") or self.experiment,
             reinit="create_new",
             settings=wandb.Settings(
                 console="off",  # leave stdout/stderr to the run's own log
