@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import statistics
 import subprocess
@@ -29,6 +30,7 @@ SETTINGS = {
     "maml_5w1s_b16": ("maml", 5, 16),
     "fomaml_5w1s_b16": ("fomaml", 5, 16),
 }
+SETTING_RE = re.compile(r"(mamlpp|maml|fomaml)_(\d+)w1s_b(\d+)(?:_s(\d+))?")
 IMPLS = ("batched", "loop")
 # name: (SpeedConfig fields, train.precision)
 VARIANTS = {
@@ -43,12 +45,27 @@ VARIANTS = {
 }
 
 
-def _algorithm(name: str):
+def parse_setting(name: str) -> tuple[str, int, int, int]:
+    """(algorithm, ways, meta batch, inner steps) of a SETTINGS name or of any name of the form
+    ALGO_{W}w1s_b{B}[_s{S}] (S inner steps, 5 by default)."""
+    m = SETTING_RE.fullmatch(name)
+    if m is None:
+        raise SystemExit(
+            f"bench_meta_step.py: setting {name!r} is not ALGO_<ways>w1s_b<batch>[_s<steps>] "
+            "with ALGO one of mamlpp, maml, fomaml"
+        )
+    algo, ways, batch, steps = m.groups()
+    return algo, int(ways), int(batch), int(steps or 5)
+
+
+def _algorithm(name: str, steps: int = 5):
     from mamlpp.config import AlgorithmConfig
 
     if name == "mamlpp":
         return AlgorithmConfig(
             name="mamlpp",
+            inner_steps=steps,
+            inner_steps_eval=steps,
             inner_lr=0.1,
             multi_step_loss=True,
             learn_inner_lr=True,
@@ -56,7 +73,13 @@ def _algorithm(name: str):
             per_step_bn_weights=True,
             cosine_meta_lr=True,
         )
-    return AlgorithmConfig(name=name, inner_lr=0.4, second_order=name == "maml")
+    return AlgorithmConfig(
+        name=name,
+        inner_steps=steps,
+        inner_steps_eval=steps,
+        inner_lr=0.4,
+        second_order=name == "maml",
+    )
 
 
 def measure(setting: str, impl: str, variant: str, device: str, warmup: int, repeats: int) -> dict:
@@ -66,7 +89,7 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
     from mamlpp.config import ModelConfig, SpeedConfig
     from mamlpp.experiment.builder import configure_backends
 
-    algo, ways, batch = SETTINGS[setting]
+    algo, ways, batch, steps = parse_setting(setting)
     options, precision = VARIANTS[variant]
     speed = SpeedConfig(**options)
     dev = torch.device(device)
@@ -75,7 +98,7 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
     configure_backends(speed, dev)
     torch.manual_seed(0)
     learner = MetaLearner(
-        _algorithm(algo), ModelConfig(), 1, 28, ways, 10_000, impl, precision, speed
+        _algorithm(algo, steps), ModelConfig(), 1, 28, ways, 10_000, impl, precision, speed
     ).to(dev)
     if speed.cuda_graphs:
         learner.use_cuda_graphs()
@@ -106,6 +129,10 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
     images_per_task = ways * 2  # 1 support + 1 target per class
     return {
         "setting": setting,
+        "ways": ways,
+        "batch": batch,
+        "inner_steps": steps,
+        "threads": torch.get_num_threads(),
         "impl": impl,
         "variant": variant,
         "options": {**options, "precision": precision},
@@ -119,10 +146,16 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--setting", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument(
+        "--setting",
+        nargs="*",
+        default=list(SETTINGS),
+        help=f"{', '.join(SETTINGS)} or any ALGO_<ways>w1s_b<batch>[_s<inner steps>]",
+    )
     p.add_argument("--impl", nargs="*", default=list(IMPLS), choices=list(IMPLS))
     p.add_argument("--variant", nargs="*", default=["base"], choices=list(VARIANTS))
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default=None, help="write {'results': [...]} here")
@@ -130,6 +163,12 @@ def main() -> None:
         "--worker", nargs=3, metavar=("SETTING", "IMPL", "VARIANT"), help=argparse.SUPPRESS
     )
     args = p.parse_args()
+    for name in args.setting:
+        parse_setting(name)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(measure(*args.worker, args.device, args.warmup, args.repeats)))
         return
@@ -159,6 +198,8 @@ def main() -> None:
                 str(args.warmup),
                 "--repeats",
                 str(args.repeats),
+                "--threads",
+                str(args.threads),
             ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))

@@ -76,7 +76,6 @@ def _batchnorm_double_backward(
     x_mu_s3 = x_mu * s3
     go_xmu_sum = _sum_exclude_dim1(gO * x_mu)
     go_sum = _sum_exclude_dim1(gO)
-    x_mu_s2 = x_mu.mul(s2)
     gI = gG = ggO = None
     if ggI is not None:
         ggi_sum = _sum_exclude_dim1(ggI)
@@ -87,23 +86,25 @@ def _batchnorm_double_backward(
             .sub_(_sum_exclude_dim1(gO * ggI))
             .add_((s2 * go_xmu_sum * ggi_xmu_sum).mul_(3.0 / m))
         )
-        gi_0 = (x_mu_s3 * all_sub).div_(m)
-        gi_1 = (ggi_xmu_sum * s3).div_(m) * (go_sum.div(m) - gO)
-        gi_2 = (go_xmu_sum * s3).div_(m) * (ggi_sum.div(m) - ggI)
-        gI = gamma_e * (gi_0.add_(gi_1).add_(gi_2))
+        gI = (x_mu_s3 * all_sub).div_(m)
+        gI.add_((ggi_xmu_sum * s3).div_(m) * (go_sum.div(m) - gO))
+        gI.add_((go_xmu_sum * s3).div_(m) * (ggi_sum.div(m) - ggI))
+        gI = gamma_e * gI
     if ggG is not None:
         t0 = gO * s1
-        t1 = (s1 * go_sum).div_(-m)
-        t2 = (x_mu_s3 * go_xmu_sum).div_(-m)
-        term = ggG.view(view) * (t0.add_(t1).add_(t2))
+        t0.add_((s1 * go_sum).div_(-m)).add_((x_mu_s3 * go_xmu_sum).div_(-m))
+        term = ggG.view(view) * t0
+        del t0
         gI = term if gI is None else gI.add_(term)
+    del x_mu_s3
     if ggI is not None:
-        h0 = s1.div(m)  # ATen: ones * s1 / m
+        x_mu_s2 = x_mu.mul(s2)
         h1 = (m * gO).sub_(go_sum).sub_(x_mu_s2 * go_xmu_sum)
-        gG = _sum_exclude_dim1(ggI * (h0 * h1), False)
-        h0 = (gamma_e * s1).div_(m)
+        gG = _sum_exclude_dim1(ggI * (s1.div(m) * h1), False)  # ATen: gamma = ones
         h1 = (m * ggI).sub_(ggi_sum).sub_(x_mu_s2 * ggi_xmu_sum)
-        ggO = h0 * h1
+        del x_mu_s2
+        ggO = (gamma_e * s1).div_(m) * h1
+        del h1
     if ggG is not None:
         term = ggG.view(view) * x_mu * s1
         ggO = term if ggO is None else ggO.add_(term)
