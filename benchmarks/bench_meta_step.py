@@ -30,7 +30,7 @@ SETTINGS = {
     "maml_5w1s_b16": ("maml", 5, 16),
     "fomaml_5w1s_b16": ("fomaml", 5, 16),
 }
-SETTING_RE = re.compile(r"(mamlpp|maml|fomaml)_(\d+)w1s_b(\d+)(?:_s(\d+))?")
+SETTING_RE = re.compile(r"(mamlpp|maml|fomaml)_(\d+)w1s_b(\d+)(?:_s(\d+))?(_resnet12)?")
 IMPLS = ("batched", "loop")
 # name: (SpeedConfig fields, train.precision)
 VARIANTS = {
@@ -45,17 +45,18 @@ VARIANTS = {
 }
 
 
-def parse_setting(name: str) -> tuple[str, int, int, int]:
-    """(algorithm, ways, meta batch, inner steps) of a SETTINGS name or of any name of the form
-    ALGO_{W}w1s_b{B}[_s{S}] (S inner steps, 5 by default)."""
+def parse_setting(name: str) -> tuple[str, int, int, int, bool]:
+    """(algorithm, ways, meta batch, inner steps, ResNet-12) of a SETTINGS name or of any name
+    ALGO_{W}w1s_b{B}[_s{S}][_resnet12] (S inner steps, 5 by default; _resnet12: ResNet-12 on
+    3x32x32 images, Tiny-ImageNet's shape, instead of Conv4 on 1x28x28)."""
     m = SETTING_RE.fullmatch(name)
     if m is None:
         raise SystemExit(
             f"bench_meta_step.py: setting {name!r} is not ALGO_<ways>w1s_b<batch>[_s<steps>] "
-            "with ALGO one of mamlpp, maml, fomaml"
+            "[_resnet12] with ALGO one of mamlpp, maml, fomaml"
         )
-    algo, ways, batch, steps = m.groups()
-    return algo, int(ways), int(batch), int(steps or 5)
+    algo, ways, batch, steps, resnet = m.groups()
+    return algo, int(ways), int(batch), int(steps or 5), resnet is not None
 
 
 def _algorithm(name: str, steps: int = 5):
@@ -89,7 +90,8 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
     from mamlpp.config import ModelConfig, SpeedConfig
     from mamlpp.experiment.builder import configure_backends
 
-    algo, ways, batch, steps = parse_setting(setting)
+    algo, ways, batch, steps, resnet = parse_setting(setting)
+    channels, size = (3, 32) if resnet else (1, 28)
     options, precision = VARIANTS[variant]
     speed = SpeedConfig(**options)
     dev = torch.device(device)
@@ -98,29 +100,39 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
     configure_backends(speed, dev)
     torch.manual_seed(0)
     learner = MetaLearner(
-        _algorithm(algo, steps), ModelConfig(), 1, 28, ways, 10_000, impl, precision, speed
+        _algorithm(algo, steps),
+        ModelConfig(name="resnet12" if resnet else "conv4"),
+        channels,
+        size,
+        ways,
+        10_000,
+        impl,
+        precision,
+        speed,
     ).to(dev)
     if speed.cuda_graphs:
         learner.use_cuda_graphs()
     g = torch.Generator().manual_seed(0)
 
     def images() -> torch.Tensor:
-        return (torch.rand(batch, ways, 1, 28, 28, generator=g) > 0.2).float().to(dev)
+        x = torch.rand(batch, ways, channels, size, size, generator=g)
+        return (x if resnet else (x > 0.2).float()).to(dev)
 
     labels = torch.arange(ways, device=dev).expand(batch, -1).contiguous()
     data = EpisodeBatch(images(), labels, images(), labels)
-    times = []
+    times, cpu_times = [], []
     for i in range(warmup + repeats):
         if dev.type == "cuda":
             torch.cuda.synchronize()
             if i == warmup:
                 torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         learner.train_step(data, epoch=0, iteration=i)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
     if dev.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -138,6 +150,9 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
         "options": {**options, "precision": precision},
         "device": device,
         "median_s_per_iter": med,
+        # CPU seconds of this process: on a machine shared with other jobs, a steadier measure of
+        # the work than wall time (with 1 thread; more threads add their spin-waits).
+        "median_cpu_s_per_iter": statistics.median(cpu_times),
         "tasks_per_s": batch / med,
         "images_per_s": batch * images_per_task / med,
         "peak_mem_mb": peak_mb,

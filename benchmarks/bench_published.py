@@ -118,19 +118,20 @@ cond = {
 }
 
 cuda = torch.cuda.is_available()
-times = []
+times, cpu_times = [], []
 for i in range(cli.warmup + cli.repeats):
     if cuda:
         torch.cuda.synchronize()
         if i == cli.warmup:
             torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     # experiment_builder passes epoch_idx = current_iter / total_iter_per_epoch; int() -> 0 here
     losses, _ = model.run_train_iter(data_batch=data, epoch=epoch + i / args.total_iter_per_epoch)
     if cuda:
         torch.cuda.synchronize()
     if i >= cli.warmup:
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
 
 if cli.profile:
     from torch.profiler import ProfilerActivity, profile
@@ -145,6 +146,7 @@ print(
         {
             "impl": "published",
             "median_s_per_iter": statistics.median(times),
+            "median_cpu_s_per_iter": statistics.median(cpu_times),
             "times": [round(t, 4) for t in times],
             "config": cli.config,
             "device": "cuda" if cuda else "cpu",
