@@ -7,10 +7,11 @@
 Each round runs every implementation once per setting, each in a fresh process
 (bench_published.py / bench_meta_step.py), and the order of the implementations flips from one
 round to the next, so load on a shared machine falls on both. The table gives the median over
-rounds of each run's median s/iter, the peak memory (RSS on CPU, allocated GPU memory on CUDA)
-and the published code's s/iter divided by each row's. `--published` defaults to
+rounds of each run's median s/iter and the published code's s/iter divided by each row's; the
+same for the process's CPU seconds (steadier than wall time on a shared machine; with 1 thread);
+and the peak memory (RSS on CPU, allocated GPU memory on CUDA). `--published` defaults to
 .gpu/published (benchmarks/gpu_prepare.sh copies the published Python files there).
-`--baseline main=/work/main/src` adds another mamlpp checkout's src/ (e.g. the commit before a
+`--baseline main=../main/src` adds another mamlpp checkout's src/ (e.g. the commit before a
 change) as extra rows.
 """
 

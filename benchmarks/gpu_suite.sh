@@ -86,7 +86,7 @@ for m in ("hydra", "omegaconf", "yaml", "pytest", "numpy", "PIL", "tqdm", "tenso
       if [ $dry = 1 ]; then
         budget 600 bench "$py" benchmarks/bench_side_by_side.py --device cpu \
           --published "$stage/published" --setting mamlpp_5w1s_b8 --variant base \
-          --rounds 1 --warmup 0 --repeats 1 --json "$res/bench.json"
+          --rounds 1 --warmup 0 --repeats 1 --threads 1 --json "$res/bench.json"
       else
         budget 150 bench "$py" benchmarks/bench_side_by_side.py --device cuda \
           --published "$stage/published" --setting mamlpp_5w1s_b8 mamlpp_20w1s_b8 \
@@ -112,7 +112,7 @@ for m in ("hydra", "omegaconf", "yaml", "pytest", "numpy", "PIL", "tqdm", "tenso
     resnet12)
       if [ $dry = 1 ]; then
         budget 600 resnet12 "$py" benchmarks/bench_meta_step.py --device cpu \
-          --setting maml_5w1s_b1_s1_resnet12 --impl batched --warmup 0 --repeats 1 \
+          --setting maml_5w1s_b1_s1_resnet12 --impl batched --warmup 0 --repeats 1 --threads 1 \
           --json "$res/resnet12.json"
       else
         budget 40 resnet12 "$py" benchmarks/bench_meta_step.py --device cuda \
