@@ -98,6 +98,9 @@ def main() -> None:
             res = _run(cmd, path)
             setting, label = key.split("|")
             rows.setdefault((setting, label), []).append(res)
+            if args.json:  # kept as it goes: a time limit may stop the rounds
+                raw = [{"setting": s, "impl": lb, "runs": v} for (s, lb), v in rows.items()]
+                Path(args.json).write_text(json.dumps({"partial": raw}, indent=2))
             print(
                 f"round {r + 1}: {setting:16} {label:22} {res['median_s_per_iter']:.4f} s/iter "
                 f"{res['peak_mem_mb']:.0f} MB",
@@ -141,7 +144,8 @@ def main() -> None:
             f"{t['cpu_speedup_vs_published']:.2f}x | {t['peak_mem_mb']:.0f} |"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": table}, indent=2))
+        raw = [{"setting": s, "impl": lb, "runs": v} for (s, lb), v in rows.items()]
+        Path(args.json).write_text(json.dumps({"results": table, "partial": raw}, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,14 +6,16 @@
 #   env [5]      the machine, torch/CUDA versions, which staged modules import
 #   tests [75]   the CUDA tests (graph replay == eager, backend switches, bf16/channels-last on
 #                CUDA, device sampler == CPU sampler) with the CPU kernel and meta-gradient tests
-#   bench [150]  ours against the published code on this GPU, MAML++ 5w1s b8 and 20w1s b8, every
+#   bench [140]  ours against the published code on this GPU, MAML++ 5w1s b8 and 20w1s b8, every
 #                speed switch (base, tf32, cudnn, graphs, graphs+tf32+cudnn, bf16)
 #   train [95]   real Omniglot MAML++ 5w1s, second order from the first iteration, graphs + TF32 +
 #                cuDNN autotune: $TRAIN_EPOCHS x $TRAIN_ITERS iterations, then validation/test
-#   train_bf16 [85] the same in bf16
+#   train_bf16 [95] the same in bf16
 #   nccl [30]    a one-rank torchrun run (NCCL on CUDA) of the smoke preset
 #   resnet12 [40] ResNet-12 (3x32x32) MAML second order, batch 2: s/iter and GPU memory
-# Results go to $OUT (default /tmp/mamlpp_gpu_suite), packed into $OUT/gpu_suite.tar.gz.
+# Results go to $OUT (default /tmp/mamlpp_gpu_suite), packed into $OUT/gpu_suite.tar.gz; a step
+# stopped by its limit keeps what it wrote (bench.json grows run by run, metrics.csv by epoch).
+# TRAIN_EPOCHS (4), TRAIN_ITERS (500) and TRAIN_BUDGET (95 s) size the training runs.
 # DEVICE=cpu PYTHON=.venv/bin/python runs the whole suite here as a dry run with tiny budgets
 # (make gpu-dry-run); CUDA-only parts then say they are skipped.
 set -uo pipefail
@@ -49,7 +51,7 @@ train_run() {  # NAME EXTRA...: a real Omniglot MAML++ run, second order from th
   local name=$1
   shift
   local size=(train.epochs="${TRAIN_EPOCHS:-4}" train.iters_per_epoch="${TRAIN_ITERS:-500}"
-              eval.val_tasks=200 eval.test_tasks=600 eval.top_k=1)
+              eval.val_tasks=100 eval.test_tasks=600 eval.top_k=1)
   [ $dry = 1 ] && size=(train.epochs=1 train.iters_per_epoch=2 eval.val_tasks=4
                         eval.test_tasks=4 eval.top_k=1)
   budget "$([ $dry = 1 ] && echo 600 || echo "${TRAIN_BUDGET:-95}")" "$name" \
@@ -88,7 +90,7 @@ for m in ("hydra", "omegaconf", "yaml", "pytest", "numpy", "PIL", "tqdm", "tenso
           --published "$stage/published" --setting mamlpp_5w1s_b8 --variant base \
           --rounds 1 --warmup 0 --repeats 1 --threads 1 --json "$res/bench.json"
       else
-        budget 150 bench "$py" benchmarks/bench_side_by_side.py --device cuda \
+        budget 140 bench "$py" benchmarks/bench_side_by_side.py --device cuda \
           --published "$stage/published" --setting mamlpp_5w1s_b8 mamlpp_20w1s_b8 \
           --variant base tf32 cudnn graphs graphs_tf32 bf16 --rounds 1 --warmup 5 \
           --repeats 20 --json "$res/bench.json"
