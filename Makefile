@@ -44,3 +44,22 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_meta_step.py $(ARGS)
+
+# Issue 21: ours against the published MAML++ code, side by side (PUBLISHED: a checkout of
+# github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch; default .gpu/published from gpu-prepare).
+.PHONY: bench-side-by-side bench-scaling gpu-prepare gpu-dry-run
+PUBLISHED ?= .gpu/published
+bench-side-by-side: install
+	$(BIN)/python benchmarks/bench_side_by_side.py --published $(PUBLISHED) $(ARGS)
+
+bench-scaling: install
+	$(BIN)/python benchmarks/bench_scaling.py --json benchmarks/scaling_cpu.json \
+	  --plot benchmarks/scaling_cpu.png $(ARGS)
+
+# Stage what a GPU machine without internet lacks (PUBLISHED_SRC: the published checkout).
+gpu-prepare: install
+	PUBLISHED_SRC=$${PUBLISHED_SRC:-../HowToTrainYourMAMLPytorch} bash benchmarks/gpu_prepare.sh
+
+# The whole GPU suite on this CPU with tiny budgets; CUDA-only parts say they are skipped.
+gpu-dry-run: gpu-prepare
+	DEVICE=cpu PYTHON=$(BIN)/python OUT=$${OUT:-/tmp/mamlpp_gpu_dry_run} bash benchmarks/gpu_suite.sh

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import statistics
 import subprocess
@@ -29,6 +30,7 @@ SETTINGS = {
     "maml_5w1s_b16": ("maml", 5, 16),
     "fomaml_5w1s_b16": ("fomaml", 5, 16),
 }
+SETTING_RE = re.compile(r"(mamlpp|maml|fomaml)_(\d+)w1s_b(\d+)(?:_s(\d+))?(_resnet12)?")
 IMPLS = ("batched", "loop")
 # name: (SpeedConfig fields, train.precision)
 VARIANTS = {
@@ -43,12 +45,28 @@ VARIANTS = {
 }
 
 
-def _algorithm(name: str):
+def parse_setting(name: str) -> tuple[str, int, int, int, bool]:
+    """(algorithm, ways, meta batch, inner steps, ResNet-12) of a SETTINGS name or of any name
+    ALGO_{W}w1s_b{B}[_s{S}][_resnet12] (S inner steps, 5 by default; _resnet12: ResNet-12 on
+    3x32x32 images, Tiny-ImageNet's shape, instead of Conv4 on 1x28x28)."""
+    m = SETTING_RE.fullmatch(name)
+    if m is None:
+        raise SystemExit(
+            f"bench_meta_step.py: setting {name!r} is not ALGO_<ways>w1s_b<batch>[_s<steps>] "
+            "[_resnet12] with ALGO one of mamlpp, maml, fomaml"
+        )
+    algo, ways, batch, steps, resnet = m.groups()
+    return algo, int(ways), int(batch), int(steps or 5), resnet is not None
+
+
+def _algorithm(name: str, steps: int = 5):
     from mamlpp.config import AlgorithmConfig
 
     if name == "mamlpp":
         return AlgorithmConfig(
             name="mamlpp",
+            inner_steps=steps,
+            inner_steps_eval=steps,
             inner_lr=0.1,
             multi_step_loss=True,
             learn_inner_lr=True,
@@ -56,7 +74,13 @@ def _algorithm(name: str):
             per_step_bn_weights=True,
             cosine_meta_lr=True,
         )
-    return AlgorithmConfig(name=name, inner_lr=0.4, second_order=name == "maml")
+    return AlgorithmConfig(
+        name=name,
+        inner_steps=steps,
+        inner_steps_eval=steps,
+        inner_lr=0.4,
+        second_order=name == "maml",
+    )
 
 
 def measure(setting: str, impl: str, variant: str, device: str, warmup: int, repeats: int) -> dict:
@@ -66,7 +90,8 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
     from mamlpp.config import ModelConfig, SpeedConfig
     from mamlpp.experiment.builder import configure_backends
 
-    algo, ways, batch = SETTINGS[setting]
+    algo, ways, batch, steps, resnet = parse_setting(setting)
+    channels, size = (3, 32) if resnet else (1, 28)
     options, precision = VARIANTS[variant]
     speed = SpeedConfig(**options)
     dev = torch.device(device)
@@ -75,29 +100,39 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
     configure_backends(speed, dev)
     torch.manual_seed(0)
     learner = MetaLearner(
-        _algorithm(algo), ModelConfig(), 1, 28, ways, 10_000, impl, precision, speed
+        _algorithm(algo, steps),
+        ModelConfig(name="resnet12" if resnet else "conv4"),
+        channels,
+        size,
+        ways,
+        10_000,
+        impl,
+        precision,
+        speed,
     ).to(dev)
     if speed.cuda_graphs:
         learner.use_cuda_graphs()
     g = torch.Generator().manual_seed(0)
 
     def images() -> torch.Tensor:
-        return (torch.rand(batch, ways, 1, 28, 28, generator=g) > 0.2).float().to(dev)
+        x = torch.rand(batch, ways, channels, size, size, generator=g)
+        return (x if resnet else (x > 0.2).float()).to(dev)
 
     labels = torch.arange(ways, device=dev).expand(batch, -1).contiguous()
     data = EpisodeBatch(images(), labels, images(), labels)
-    times = []
+    times, cpu_times = [], []
     for i in range(warmup + repeats):
         if dev.type == "cuda":
             torch.cuda.synchronize()
             if i == warmup:
                 torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         learner.train_step(data, epoch=0, iteration=i)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
     if dev.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -106,11 +141,18 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
     images_per_task = ways * 2  # 1 support + 1 target per class
     return {
         "setting": setting,
+        "ways": ways,
+        "batch": batch,
+        "inner_steps": steps,
+        "threads": torch.get_num_threads(),
         "impl": impl,
         "variant": variant,
         "options": {**options, "precision": precision},
         "device": device,
         "median_s_per_iter": med,
+        # CPU seconds of this process: on a machine shared with other jobs, a steadier measure of
+        # the work than wall time (with 1 thread; more threads add their spin-waits).
+        "median_cpu_s_per_iter": statistics.median(cpu_times),
         "tasks_per_s": batch / med,
         "images_per_s": batch * images_per_task / med,
         "peak_mem_mb": peak_mb,
@@ -119,10 +161,16 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--setting", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument(
+        "--setting",
+        nargs="*",
+        default=list(SETTINGS),
+        help=f"{', '.join(SETTINGS)} or any ALGO_<ways>w1s_b<batch>[_s<inner steps>]",
+    )
     p.add_argument("--impl", nargs="*", default=list(IMPLS), choices=list(IMPLS))
     p.add_argument("--variant", nargs="*", default=["base"], choices=list(VARIANTS))
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default=None, help="write {'results': [...]} here")
@@ -130,6 +178,12 @@ def main() -> None:
         "--worker", nargs=3, metavar=("SETTING", "IMPL", "VARIANT"), help=argparse.SUPPRESS
     )
     args = p.parse_args()
+    for name in args.setting:
+        parse_setting(name)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(measure(*args.worker, args.device, args.warmup, args.repeats)))
         return
@@ -159,6 +213,8 @@ def main() -> None:
                 str(args.warmup),
                 "--repeats",
                 str(args.repeats),
+                "--threads",
+                str(args.threads),
             ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))

@@ -6,7 +6,11 @@ mirrors `bench_meta_step.py --setting mamlpp_5w1s_b8`: a fresh process, epoch 0 
 MSL on, as in its Omniglot MAML++ config), 2 warm-up + 5 timed iterations, median s/iter, peak
 RSS of the process, flushed denormals, 2 threads, binary Omniglot-shaped random images.
 
-    python benchmarks/bench_published.py --src ../HowToTrainYourMAMLPytorch [--set key=json ...]
+    python benchmarks/bench_published.py --src ../HowToTrainYourMAMLPytorch [--config NAME]
+                                         [--set key=json ...]
+
+On a machine with CUDA the published code runs on the GPU (its own choice); the timing then
+synchronises and peak memory is the GPU's. bench_side_by_side.py alternates it with ours.
 """
 
 import argparse
@@ -19,6 +23,11 @@ import time
 
 p = argparse.ArgumentParser()
 p.add_argument("--src", required=True, help="a checkout of HowToTrainYourMAMLPytorch")
+p.add_argument(
+    "--config",
+    default="omniglot_maml++-omniglot_1_8_0.1_64_5_0.json",
+    help="a file in the published experiment_config/ (default: Omniglot MAML++ 5-way 1-shot)",
+)
 p.add_argument("--warmup", type=int, default=2)
 p.add_argument("--repeats", type=int, default=5)
 p.add_argument("--threads", type=int, default=2)
@@ -48,7 +57,7 @@ os.environ.setdefault("DATASET_DIR", os.path.join(SRC, "datasets"))
 sys.argv = [
     sys.argv[0],
     "--name_of_args_json_file",
-    os.path.join(SRC, "experiment_config/omniglot_maml++-omniglot_1_8_0.1_64_5_0.json"),
+    os.path.join(SRC, "experiment_config", cli.config),
 ]
 import contextlib  # noqa: E402
 import io  # noqa: E402
@@ -108,13 +117,21 @@ cond = {
     "n_outer_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
 }
 
-times = []
+cuda = torch.cuda.is_available()
+times, cpu_times = [], []
 for i in range(cli.warmup + cli.repeats):
-    t0 = time.perf_counter()
+    if cuda:
+        torch.cuda.synchronize()
+        if i == cli.warmup:
+            torch.cuda.reset_peak_memory_stats()
+    t0, c0 = time.perf_counter(), time.process_time()
     # experiment_builder passes epoch_idx = current_iter / total_iter_per_epoch; int() -> 0 here
     losses, _ = model.run_train_iter(data_batch=data, epoch=epoch + i / args.total_iter_per_epoch)
+    if cuda:
+        torch.cuda.synchronize()
     if i >= cli.warmup:
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
 
 if cli.profile:
     from torch.profiler import ProfilerActivity, profile
@@ -129,8 +146,14 @@ print(
         {
             "impl": "published",
             "median_s_per_iter": statistics.median(times),
+            "median_cpu_s_per_iter": statistics.median(cpu_times),
             "times": [round(t, 4) for t in times],
+            "config": cli.config,
+            "device": "cuda" if cuda else "cpu",
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20
+            if cuda
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "loss": float(losses["loss"]),
             **cond,
         }

@@ -11,6 +11,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import IMAGE_SIZE, MAMLPP_ALL, WAYS
 from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
@@ -330,3 +331,67 @@ def test_channels_last_is_the_same_arithmetic_in_float64_on_omniglot(
         )
     assert learner.net.channels_last
     assert ((grads[1] - grads[0]).norm() / grads[0].norm()).item() < 1e-12
+
+
+# --------------------------------------------------------------------------- CPU kernels
+
+
+def _second_order_grads(fn, x0: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor):
+    """Output, inner gradients (create_graph) and the meta-gradients through them."""
+    x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+    tgt = torch.linspace(-1, 1, x0.numel(), dtype=x0.dtype).view_as(x0)
+    y = fn(x * 1.0, w * 1.0, b * 1.0)
+    gx, gw = torch.autograd.grad((y * tgt).sin().sum(), [x, w], create_graph=True)
+    ((gx * tgt).pow(2).sum() + gw.pow(2).sum()).backward()
+    return [y, gx, gw, x.grad, w.grad, b.grad]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_norm_kernel_is_atens_bit_for_bit(dtype: torch.dtype) -> None:
+    """The CPU batch norm (ATen forward/backward, double backward with shared sub-expressions)
+    gives exactly ATen's numbers to second order, so the default path's results do not move."""
+    from mamlpp.nn.layers import batch_norm_train
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(5, 24, 9, 9, generator=g, dtype=dtype) * 2 + 0.5
+    w0 = torch.rand(24, generator=g, dtype=dtype) + 0.5
+    b0 = torch.randn(24, generator=g, dtype=dtype)
+    ours = _second_order_grads(lambda x, w, b: batch_norm_train(x, w, b, 1e-5)[0], x0, w0, b0)
+    aten = _second_order_grads(
+        lambda x, w, b: torch.native_batch_norm(x, w, b, None, None, True, 0.0, 1e-5)[0],
+        x0,
+        w0,
+        b0,
+    )
+    for a, b in zip(ours, aten, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_batch_norm_kernel_passes_gradgradcheck() -> None:
+    from mamlpp.nn.layers import batch_norm_train
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 4, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(4, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, w, b: batch_norm_train(x, w, b, 1e-5)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+def test_max_pool_kernel_is_atens_bit_for_bit() -> None:
+    """Ties (flat background after batch norm) go to the same element as F.max_pool2d."""
+    from mamlpp.nn.layers import max_pool_2x2
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(5, 16, 12, 12, generator=g)
+    x0 = torch.where(torch.rand(x0.shape, generator=g) > 0.5, x0, torch.full_like(x0, -0.3))
+    results = []
+    for pool in (max_pool_2x2, lambda h: F.max_pool2d(h, 2)):
+        x = x0.clone().requires_grad_()
+        y = pool(x * 1.0)
+        (gx,) = torch.autograd.grad((y * y).sum(), [x], create_graph=True)
+        (gx * x0).sum().backward()
+        results.append([y, gx, x.grad])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)

@@ -12,6 +12,7 @@ from mamlpp.nn.layers import (
     MetaBatchNorm2d,
     MetaConv2d,
     MetaLinear,
+    max_pool_2x2,
     meta_batch_norm,
     to_grouped,
 )
@@ -78,6 +79,6 @@ class Conv4(GroupedBackbone):
                 )
             h = F.leaky_relu(h) if self.activation == "leaky_relu" else F.relu(h)
             if self.pooling == "max":
-                h = F.max_pool2d(h, 2)
+                h = max_pool_2x2(h)
         features = h.reshape(m, b, self.feature_dim)
         return self.head(features, params["head.weight"], params["head.bias"])
