@@ -329,3 +329,34 @@ def test_the_cli_refuses_and_accepts_in_a_subprocess(
     results = json.loads((model.parent / "eval" / "mine" / "results.json").read_text())
     assert results["num_test_tasks"] == 4
     assert np.isfinite(results["test_accuracy_mean"])
+
+
+class _Pickled:
+    """What a malicious pickle does on loading: call a function (here, leave the marker)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.write_text, (self.marker, "unpickled"))
+
+
+def test_mamlpp_train_unpickles_nothing(
+    tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Hydra's --experimental-rerun unpickles a config.pickle: mamlpp-train refuses it."""
+    import pickle
+
+    import mamlpp.train
+
+    planted = tmp_path / ".hydra" / "config.pickle"
+    planted.parent.mkdir()
+    planted.write_bytes(pickle.dumps(_Pickled(marker)))
+    for argv in (["--experimental-rerun", str(planted)], [f"--experimental-rerun={planted}"]):
+        monkeypatch.setattr(sys, "argv", ["mamlpp-train", *argv])
+        with pytest.raises(SystemExit) as exc:
+            mamlpp.train.main()
+        assert exc.value.code == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("mamlpp: error: --experimental-rerun is not supported")
+    assert not marker.exists()
