@@ -226,7 +226,9 @@ def test_cross_domain_image_folder_converts_channels(
                 Image.fromarray(tinted).save(out / f"{i}.png")
     readme = (REPO_ROOT / "README.md").read_text()
     [printed] = [
-        line for line in readme.splitlines() if "dataset=image_folder dataset.source=" in line
+        line
+        for line in readme.splitlines()
+        if line.startswith(".venv/bin/mamlpp-eval") and "dataset=image_folder" in line
     ]
     command = printed.split("#")[0].split()
     assert command[:2] == [".venv/bin/mamlpp-eval", "runs/smoke/base"]
