@@ -23,9 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_ARGS, Cli, read_metric_rows, result_accuracies
+from conftest import REPO_ROOT, TINY_ARGS, Cli, read_metric_rows, result_accuracies
 from mamlpp.data.preprocessing import Preprocessing, convert_channels
 from mamlpp.evaluate import main as eval_main
+from mamlpp.experiment.checkpoints import save_checkpoint
 from mamlpp.experiment.members import MEMBER_FORMAT
 from mamlpp.experiment.results_table import format_results
 from mamlpp.reports.report import find_runs, summarize
@@ -134,14 +135,14 @@ def test_eval_overrides(run_copy: Path) -> None:
 
     best_epoch = results["per_model"][0]["epoch"]
     worst_epoch = results["per_model"][-1]["epoch"]
-    done = run_eval(
+    done = run_eval(  # overrides before and after --name
         str(run_copy),
         "members=best",
         "eval.task_seed=7",
-        "algorithm.inner_steps_eval=3",
-        "algorithm.use_running_stats_eval=true",
         "--name",
         "variant",
+        "algorithm.inner_steps_eval=3",
+        "algorithm.use_running_stats_eval=true",
     )
     assert done.returncode == 0, done.stderr
     variant = json.loads((run_copy / "eval" / "variant" / "results.json").read_text())
@@ -153,6 +154,36 @@ def test_eval_overrides(run_copy: Path) -> None:
     assert done.returncode == 0, done.stderr
     single = json.loads(next((run_copy / "eval").glob("members=epoch*/results.json")).read_text())
     assert single["test_accuracy_mean"] == results["per_model"][-1]["test_accuracy_mean"]
+
+
+def test_eval_other_splits_and_training_state(
+    run_copy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """split=val evaluates on the validation tasks as training validated (eval.val_tasks), so
+    each member scores its recorded validation accuracy; latest.pt says what it is."""
+    results = json.loads((run_copy / "results.json").read_text())
+    capsys.readouterr()
+    eval_main([str(run_copy), "split=val"])
+    out = capsys.readouterr()
+    val = json.loads((run_copy / "eval" / "split=val" / "results.json").read_text())
+    assert val["split"] == "val" and val["num_test_tasks"] == 20  # smoke's eval.val_tasks
+    for member in val["per_model"]:  # training's mean is float32, evaluation's float64
+        assert member["test_accuracy_mean"] == pytest.approx(member["val_accuracy"], abs=1e-6)
+    assert "on 20 val tasks" in out.err and ": 20 val tasks" in out.out
+    assert "test" not in out.out and "acc on val tasks (%)" in out.out
+
+    eval_main([str(run_copy), "split=train", "eval.test_tasks=6"])
+    assert "on 6 train tasks" in capsys.readouterr().err
+
+    latest = run_copy / "checkpoints" / "latest.pt"
+    eval_main([str(latest), "eval.test_tasks=6"])
+    out = capsys.readouterr().out
+    assert "epoch None" not in out and "| latest.pt after iteration 8 |" in out
+    [member] = json.loads((run_copy / "eval" / "eval.test_tasks=6" / "results.json").read_text())[
+        "per_model"
+    ]
+    assert member["epoch"] is None and member["iteration"] == 8
+    assert results["num_test_tasks"] == 40  # the run's own results are untouched
 
 
 def test_member_checkpoints_describe_themselves(run_copy: Path, tmp_path: Path) -> None:
@@ -181,7 +212,9 @@ def test_member_checkpoints_describe_themselves(run_copy: Path, tmp_path: Path) 
 def test_cross_domain_image_folder_converts_channels(
     trained_run: Path, own_images: Path, tmp_path: Path
 ) -> None:
-    """An Omniglot (grey) model on an RGB image folder: 3 -> 1 channels, same ways."""
+    """An Omniglot (grey) model on an RGB image folder: 3 -> 1 channels, same ways. The
+    README's command as printed, from an empty directory (no dataset.data_dir: the decoded
+    cache goes to ./datasets/image_folder, as mamlpp-train would put it)."""
     root = tmp_path / "rgb"
     for split in ("train", "val", "test"):  # the eval alphabets, one split each, tinted RGB
         for cls in sorted((own_images / "query").iterdir()):
@@ -191,21 +224,27 @@ def test_cross_domain_image_folder_converts_channels(
                 grey = np.asarray(Image.open(png).convert("L"))
                 tinted = np.stack([grey, grey, np.minimum(grey, 200)], -1).astype(np.uint8)
                 Image.fromarray(tinted).save(out / f"{i}.png")
-    model = tmp_path / "model.pt"
-    shutil.copy(next((trained_run / "checkpoints").glob("epoch_*.pt")), model)
-    done = run_eval(
-        str(model),
-        "dataset=image_folder",
-        f"dataset.source={root}",
-        f"dataset.data_dir={tmp_path / 'cache'}",
-        "task.targets=2",
-        "eval.test_tasks=60",
-    )
+    readme = (REPO_ROOT / "README.md").read_text()
+    [printed] = [
+        line
+        for line in readme.splitlines()
+        if line.startswith(".venv/bin/mamlpp-eval") and "dataset=image_folder" in line
+    ]
+    command = printed.split("#")[0].split()
+    assert command[:2] == [".venv/bin/mamlpp-eval", "runs/smoke/base"]
+    args = [a.replace("/data/my_images", str(root)) for a in command[2:]]
+    assert args == ["dataset=image_folder", f"dataset.source={root}"]
+    run = tmp_path / "runs" / "smoke" / "base"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval"))
+    cwd = tmp_path / "here"
+    cwd.mkdir()
+    done = run_eval(str(run), *args, cwd=cwd)
     assert done.returncode == 0, done.stderr
     assert "converting the dataset's 3->1 channel images" in done.stderr
-    out = json.loads(next((tmp_path / "eval").glob("*/results.json")).read_text())
+    assert (cwd / "datasets" / "image_folder" / "cache").is_dir()
+    out = json.loads(next((run / "eval").glob("*/results.json")).read_text())
     assert out["channels_converted"] == "3->1" and out["config"]["dataset"] == "image_folder"
-    assert out["num_test_tasks"] == 60
+    assert out["num_test_tasks"] == 40  # the run's own eval.test_tasks
     print(f"\ncross-domain (tinted RGB folder, 5-way 1-shot): {out['test_accuracy_mean']:.3f}")
     assert out["test_accuracy_mean"] > 0.4  # chance is 0.2
 
@@ -317,6 +356,12 @@ def test_bad_inputs_fail_in_one_line(
     assert "did you mean eval.test_tasks" in eval_error(capsys, str(run_copy), "eval.test_taks=9")
     assert "defines the trained model" in eval_error(capsys, str(run_copy), "model.filters=8")
     assert "members=" in eval_error(capsys, str(run_copy), "members=worst")
+    # --name is one plain folder under eval/: no way out of it, nothing overwritten.
+    outside = run_copy.parent / "outside"
+    for name in ("..", ".", "../results", "a/b", str(outside), "", ".hidden", "-x", "x" * 151):
+        line = eval_error(capsys, str(run_copy), f"--name={name}")
+        assert "is not a plain folder name" in line
+    assert not outside.exists()
     assert "keeps epochs" in eval_error(capsys, str(run_copy), "members=epoch=99")
 
     support, query = own_images / "support", own_images / "query"
@@ -337,6 +382,83 @@ def test_bad_inputs_fail_in_one_line(
     assert "cannot decode image" in line and "drawing.png" in line
 
     assert hashes(run_copy) == before  # nothing written, not even eval/
+
+
+# --------------------------------------------------------------------------- where the data is
+
+
+def _moved_member(run_copy: Path, tmp_path: Path) -> Path:
+    """The run's best member as if trained on another machine under MAMLPP_ROOT=<there>: its
+    saved paths and dataset.data_dir (derived from paths.data_dir) name a folder absent here."""
+    source = run_copy / "checkpoints" / "epoch_0000.pt"
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    there = tmp_path / "other_machine"
+    state["config"]["paths"] = {
+        "root": str(there),
+        "data_dir": str(there / "datasets"),
+        "runs_dir": str(there / "runs"),
+    }
+    state["config"]["dataset"]["data_dir"] = str(there / "datasets" / "omniglot")
+    model = tmp_path / "model" / "model.pt"
+    model.parent.mkdir()
+    save_checkpoint(model, state)
+    return model
+
+
+@pytest.mark.parametrize("variable", ["MAMLPP_DATA_DIR", "MAMLPP_ROOT"])
+def test_eval_honours_mamlpp_root_and_data_dir(
+    run_copy: Path,
+    omniglot_data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    variable: str,
+) -> None:
+    """As mamlpp-train: the data (here the decoded Omniglot cache) is found where the variable
+    says, for the run's own dataset and for dataset=<name>, not fetched again elsewhere."""
+    for name in ("MAMLPP_ROOT", "MAMLPP_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    model = _moved_member(run_copy, tmp_path)
+    here = tmp_path / "data_here"
+    data_dir = here if variable == "MAMLPP_DATA_DIR" else here / "datasets"
+    data_dir.mkdir(parents=True)
+    (data_dir / "omniglot").symlink_to(omniglot_data_dir)
+    monkeypatch.setenv(variable, str(here))
+    monkeypatch.chdir(tmp_path / "model")
+    results = json.loads((run_copy / "results.json").read_text())
+    source = torch.load(model, weights_only=True)["config"]["dataset"]["source"]
+
+    capsys.readouterr()
+    eval_main([str(model)])
+    err = capsys.readouterr().err
+    assert f"loaded cached {data_dir / 'omniglot' / 'cache'}" in err, err
+    out = json.loads((model.parent / "eval" / "default" / "results.json").read_text())
+    epoch0 = next(m for m in results["per_model"] if m["epoch"] == 0)
+    assert out["test_accuracy_mean"] == epoch0["test_accuracy_mean"]
+
+    eval_main([str(model), "dataset=omniglot", f"dataset.source={source}", "eval.test_tasks=6"])
+    assert f"loaded cached {data_dir / 'omniglot' / 'cache'}" in capsys.readouterr().err
+    assert not (tmp_path / "other_machine").exists()
+    assert not (tmp_path / "model" / "datasets").exists()
+
+
+def test_eval_dataset_groups_resolve_their_data_dir(
+    run_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dataset=<name> without dataset.data_dir: the group's default under paths.data_dir."""
+    from mamlpp.evaluate import eval_config
+
+    saved = torch.load(run_copy / "checkpoints" / "epoch_0000.pt", weights_only=True)["config"]
+    monkeypatch.delenv("MAMLPP_ROOT", raising=False)
+    monkeypatch.setenv("MAMLPP_DATA_DIR", str(tmp_path / "d"))
+    for name in ("omniglot", "tiny_imagenet", "image_folder", "miniimagenet"):
+        cfg, _ = eval_config(saved, [f"dataset={name}", f"dataset.source={tmp_path}"])
+        assert cfg.dataset.data_dir == str(tmp_path / "d" / name)
+    monkeypatch.delenv("MAMLPP_DATA_DIR")
+    cfg, _ = eval_config(saved, ["dataset=tiny_imagenet"])
+    assert cfg.dataset.data_dir == os.path.join("datasets", "tiny_imagenet")
+    cfg, _ = eval_config(saved, [])  # the run's own, as training wrote it without a variable
+    assert cfg.dataset.data_dir == saved["dataset"]["data_dir"]
 
 
 # --------------------------------------------------------------------------- finished runs

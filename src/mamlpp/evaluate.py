@@ -4,9 +4,11 @@
     mamlpp-eval runs/smoke/base eval.test_tasks=2000 eval.task_seed=7 members=best
     mamlpp-eval model.pt dataset=image_folder dataset.source=DIR      # another dataset, same ways
     mamlpp-eval runs/smoke/base --support DIR --query DIR   # adapt on your images, predict
+    mamlpp-eval runs/own_model/base model._target_=my_nets.Net    # the code a run names: name it
 
 Outputs go to `<run>/eval/<name>/` (beside a lone checkpoint: `<its folder>/eval/<name>/`);
-the run's own files are only read. Exit codes: 0 done, 2 a user error in one line.
+the run's own files are only read, and no code they name is imported unless the command line
+names it too (or --trust-code). Exit codes: 0 done, 2 a user error in one line.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ from mamlpp.errors import ConfigError, DataError, MamlppError
 from mamlpp.experiment.builder import configure_device, make_sampler, resolve_device
 from mamlpp.experiment.checkpoints import atomic_write_text
 from mamlpp.experiment.console import log
+from mamlpp.experiment.data_paths import current_paths, relocated_data_dir
 from mamlpp.experiment.evaluation import evaluate_ensemble
 from mamlpp.experiment.results import config_summary
 from mamlpp.experiment.results_table import format_results
 from mamlpp.experiment.trained import TrainedRun, open_trained
+from mamlpp.experiment.trust import named_targets
 from mamlpp.inference import (
     TrainedModel,
     build_members,
@@ -51,6 +55,7 @@ from mamlpp.inference import (
 # Keys an evaluation may change; everything else defines the trained model.
 EVAL_KEYS = (
     "eval.test_tasks",
+    "eval.val_tasks",
     "eval.task_seed",
     "eval.batch_size",
     "algorithm.inner_steps_eval",
@@ -63,6 +68,8 @@ EVAL_KEYS = (
 )
 OWN_KEYS = ("members", "split")  # mamlpp-eval's own: which models, which split's tasks
 SPLITS = ("test", "val", "train")
+# An output folder's name: one plain path component (no separators, not . or ..).
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=,+-]{0,149}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -71,7 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Evaluate a trained mamlpp run or checkpoint, or predict your own images.",
         epilog=(
             f"overrides: {', '.join(EVAL_KEYS)}, dataset=<name> and dataset.<key> (another "
-            "dataset with the same ways), members=top-k|best|epoch=N, split=test|val|train"
+            "dataset with the same ways), members=top-k|best|epoch=N, split=test|val|train; "
+            "model._target_/dataset._target_ name the code a saved config needs"
         ),
     )
     parser.add_argument("target", help="a run directory or a checkpoint .pt")
@@ -79,7 +87,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--support", type=Path, help="labelled support images: DIR/<class>/<image>")
     parser.add_argument("--query", type=Path, help="images to classify: DIR/<image> (or <class>/)")
     parser.add_argument("--name", help="the output folder under eval/ (default: from overrides)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="import the code the saved config names (model._target_, dataset._target_) "
+        "without naming it here: only for files you trust",
+    )
+    args = parser.parse_intermixed_args(argv)  # overrides before or after the options
     if (args.support is None) != (args.query is None):
         parser.error("--support and --query go together")
     return args
@@ -87,7 +101,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def eval_config(saved: dict[str, Any], overrides: list[str]) -> tuple[Config, dict[str, str]]:
     """The training config with evaluation overrides applied and checked; and the own keys."""
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"the saved config: {str(exc).splitlines()[0]}") from exc
+    now = current_paths()  # where data lives for this process (MAMLPP_ROOT, MAMLPP_DATA_DIR)
+    relocated = relocated_data_dir(saved, now)
+    if relocated is not None:
+        cfg.dataset.data_dir = relocated
+    cfg = OmegaConf.merge(cfg, {"paths": now})
     cfg.device = "auto"  # where the model trained is no concern of where it is evaluated
     cfg.speed = OmegaConf.structured(SpeedConfig)  # speed switches are for training steps
     own = {"members": "top-k", "split": "test"}
@@ -102,8 +124,15 @@ def eval_config(saved: dict[str, Any], overrides: list[str]) -> tuple[Config, di
             cfg.dataset = _dataset_group(value)
         elif key in EVAL_KEYS or key.startswith("dataset."):
             dotlist.append(item)
+        elif key == "model._target_":
+            trained_target = saved.get("model", {}).get("_target_")
+            if value != trained_target:
+                raise ConfigError(
+                    f"model._target_={value} but the model was trained with "
+                    f"model._target_={trained_target} (it names the model's code)"
+                )
         else:
-            known = [*EVAL_KEYS, *OWN_KEYS, "dataset"]
+            known = [*EVAL_KEYS, *OWN_KEYS, "dataset", "model._target_"]
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(
@@ -139,7 +168,14 @@ def _dataset_group(name: str) -> Any:
 
 
 def output_name(args: argparse.Namespace, default: str) -> str:
-    if args.name:
+    """The folder under eval/: --name (a plain name, so it stays inside eval/), or one made
+    from the overrides with every other character replaced."""
+    if args.name is not None:
+        if not NAME.fullmatch(args.name):
+            raise ConfigError(
+                f"--name {args.name!r} is not a plain folder name: letters, digits and ._=,+- "
+                "only (no path separators, not starting with '.' or '-', at most 150 characters)"
+            )
         return args.name
     if not args.overrides:
         return default
@@ -156,6 +192,7 @@ def evaluate_tasks(
     saved_cfg = config_of(trained)
     prep = preprocessing_of(trained, saved_cfg)
     # The model's own normalisation is applied below, so the dataset computes no statistics.
+    trained.policy.dataset_config(cfg)
     data = load_dataset(replace(cfg.dataset, normalization="none"))
     converted = None
     if data.images.channels != prep.channels:
@@ -167,7 +204,8 @@ def evaluate_tasks(
     data.check_task_fits(t.ways, t.shots, t.targets)
     sampler = make_sampler(cfg, data, device)
     split = own["split"]
-    log(f"evaluating {len(trained.members)} model(s) on {cfg.eval.test_tasks} {split} tasks")
+    tasks = cfg.eval.val_tasks if split == "val" else cfg.eval.test_tasks  # as training validates
+    log(f"evaluating {len(trained.members)} model(s) on {tasks} {split} tasks")
     learners = iter_members(trained, cfg, prep.channels, device)
     started = time.perf_counter()
     tested = evaluate_ensemble(
@@ -175,14 +213,14 @@ def evaluate_tasks(
         sampler,
         split,
         cfg.eval.task_seed,
-        cfg.eval.test_tasks,
+        tasks,
         cfg.eval.batch_size,
     )
     vals = [i["val_accuracy"] for i in trained.infos if i["val_accuracy"] is not None]
     return {
         "test_accuracy_mean": tested["test_accuracy_mean"],
         "test_accuracy_ci95": tested["test_accuracy_ci95"],
-        "num_test_tasks": cfg.eval.test_tasks,
+        "num_test_tasks": tasks,
         "ensemble_size": tested["ensemble_size"],
         "per_model": tested["per_model"],
         "best_val_accuracy": max(vals) if vals else None,
@@ -291,9 +329,12 @@ def _print_predictions(summary: dict[str, Any], rows: list[dict[str, Any]]) -> N
 
 def run(args: argparse.Namespace) -> Path:
     """Evaluate as `args` say; return the output folder."""
+    output_name(args, "")  # a bad --name fails before anything is read or computed
     members = [o.partition("=")[2] for o in args.overrides if o.startswith("members=")]
-    trained = open_trained(args.target, members[-1] if members else "top-k")
+    named = named_targets(args.overrides)
+    trained = open_trained(args.target, members[-1] if members else "top-k", named, args.trust_code)
     cfg, own = eval_config(trained.config, args.overrides)
+    trained.policy.model_config(cfg)  # code the file names is refused before any work
     device = resolve_device(cfg.device)
     configure_device(device, cfg.speed)
     torch.manual_seed(cfg.seed)  # the members' fresh init is overwritten; keep it reproducible

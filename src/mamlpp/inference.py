@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
 from mamlpp.algorithms.factory import build_learner
@@ -30,28 +31,37 @@ from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.config import Config, to_config
 from mamlpp.data.preprocessing import Preprocessing
 from mamlpp.data.registry import load_dataset
-from mamlpp.errors import DataError, MamlppError
+from mamlpp.errors import DataError, MamlppError, first_line
 from mamlpp.experiment.builder import resolve_device
 from mamlpp.experiment.members import load_learner_state
 from mamlpp.experiment.trained import TrainedRun, open_trained
+from mamlpp.experiment.trust import CODE_KEYS, named_targets
 from mamlpp.image_inputs import ImageInput, image_sources
 
 
 def config_of(trained: TrainedRun) -> Config:
     """The validated training config of a trained run (its checkpoint's or config.yaml)."""
-    return to_config(OmegaConf.merge(OmegaConf.structured(Config), trained.config))
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), trained.config)
+    except OmegaConfBaseException as exc:
+        raise MamlppError(f"the config in {trained.policy.source}: {first_line(exc)}") from exc
+    return to_config(merged)
 
 
 def preprocessing_of(trained: TrainedRun, cfg: Config) -> Preprocessing:
     """The members' preprocessing; members older than that record get it from their dataset."""
     prep = trained.members[0].preprocessing
-    return prep if prep is not None else Preprocessing.of(load_dataset(cfg.dataset))
+    if prep is not None:
+        return prep
+    trained.policy.dataset_config(cfg)
+    return Preprocessing.of(load_dataset(cfg.dataset))
 
 
 def iter_members(
     trained: TrainedRun, cfg: Config, channels: int, device: torch.device
 ) -> Iterator[MetaLearner]:
     """The members as learners, built one at a time (an evaluation holds one in memory)."""
+    cfg = trained.policy.model_config(cfg)
     for member in trained.members:
         learner = build_learner(cfg, channels, device)
         load_learner_state(learner, member.learner, member.path)
@@ -168,11 +178,32 @@ class TrainedModel:
         return AdaptedModel(self, fast, steps)
 
 
-def load(path: str | Path, members: str = "top-k", device: str = "auto") -> TrainedModel:
+def load(
+    path: str | Path,
+    members: str = "top-k",
+    device: str = "auto",
+    overrides: Sequence[str] = (),
+    trust_code: bool = False,
+) -> TrainedModel:
     """A trained model from a run directory (its top-k ensemble; members=best or epoch=N picks
-    one) or from a single checkpoint file, on `device` (auto: a GPU if there is one)."""
-    trained = open_trained(path, members)
+    one) or from a single checkpoint file, on `device` (auto: a GPU if there is one).
+
+    A model whose config names code (model=module's `model._target_`, dataset=custom's
+    `dataset._target_`) loads when `overrides` names the same value, e.g.
+    `overrides=["model._target_=my_nets.Net"]`, or with `trust_code=True` (which logs what it
+    imports); a file alone never makes mamlpp import anything."""
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    named = named_targets(overrides)
+    unknown = [o for o in overrides if o.partition("=")[0] not in CODE_KEYS]
+    if unknown:
+        raise MamlppError(
+            f"load: override {unknown[0]!r} is not allowed: overrides name the code the saved "
+            f"config needs ({', '.join(k + '=...' for k in CODE_KEYS)}); evaluation settings "
+            "are mamlpp-eval's"
+        )
+    trained = open_trained(path, members, named, trust_code)
     cfg = config_of(trained)
+    trained.policy.model_config(cfg)  # refused before the data is read for old members
     prep = preprocessing_of(trained, cfg)
     device = resolve_device(device)
     return TrainedModel(cfg, prep, build_members(trained, cfg, prep.channels, device), device)

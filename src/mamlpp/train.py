@@ -156,6 +156,14 @@ def missing_plugin(argv: list[str]) -> str | None:
 
 
 def main() -> None:
+    if any(a.split("=")[0] == "--experimental-rerun" for a in sys.argv[1:]):
+        # Hydra's rerun unpickles the named file, and a pickle can run code.
+        print(
+            "mamlpp: error: --experimental-rerun is not supported (it unpickles a file, which "
+            "can run code): re-run the run's command (overrides: <run>/.hydra/overrides.yaml)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     problem = missing_plugin(sys.argv[1:])
     if problem is not None:
         print(f"mamlpp: error: {problem}", file=sys.stderr)

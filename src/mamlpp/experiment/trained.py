@@ -2,13 +2,15 @@
 
 `mamlpp-eval` and `mamlpp.load` both start here: a run directory gives its top-k members in the
 order training ensembled them (so a re-evaluation reproduces results.json to the last digit);
-one `.pt` gives itself. Nothing here writes anything.
+one `.pt` gives itself. Nothing here writes anything, and nothing a file names is imported
+unless its CodePolicy allows it (mamlpp.experiment.trust).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from mamlpp.experiment.checkpoints import load_checkpoint
 from mamlpp.experiment.members import Member, read_member
 from mamlpp.experiment.run_state import LATEST
 from mamlpp.experiment.topk import member_file
+from mamlpp.experiment.trust import CodePolicy, check_literal
 
 MEMBER_CHOICES = "top-k (the run's ensemble), best, or epoch=N"
 
@@ -27,17 +30,25 @@ MEMBER_CHOICES = "top-k (the run's ensemble), best, or epoch=N"
 @dataclass
 class TrainedRun:
     """Members to evaluate (in ensemble order), each with its info for results.json, the
-    training config (plain dict) and where evaluation outputs go (`<out_root>/<name>/`)."""
+    training config (plain dict, read literally), where evaluation outputs go
+    (`<out_root>/<name>/`) and what of the code the config names may be imported."""
 
     members: list[Member]
     infos: list[dict[str, Any]]
     config: dict[str, Any]
     out_root: Path
     run_dir: Path | None
+    policy: CodePolicy
 
 
-def open_trained(target: str | Path, members: str = "top-k") -> TrainedRun:
-    """The members `members` selects from a run directory or a checkpoint file."""
+def open_trained(
+    target: str | Path,
+    members: str = "top-k",
+    named: Mapping[str, str] | None = None,
+    trust_code: bool = False,
+) -> TrainedRun:
+    """The members `members` selects from a run directory or a checkpoint file. `named` holds
+    the `_target_` values the user gave (only those are imported, unless `trust_code`)."""
     target = Path(target)
     if target.is_dir():
         run_dir: Path | None = target
@@ -51,17 +62,18 @@ def open_trained(target: str | Path, members: str = "top-k") -> TrainedRun:
     else:
         raise MamlppError(f"{target} does not exist: give a run directory or a checkpoint .pt")
     loaded = [read_member(p) for p in paths]
-    infos = [
-        {"epoch": _epoch_of(m), "val_accuracy": m.val_acc, "checkpoint": str(m.path)}
-        for m in loaded
-    ]
+    infos = [_info(m) for m in loaded]
     if run_dir is not None:
         _fill_from_history(run_dir, infos)
-    config = loaded[0].config
+    config, source = loaded[0].config, loaded[0].path
     if config is None:
-        config = _config_beside(target, run_dir)
+        config, source = _config_beside(target, run_dir)
+    if not isinstance(config, dict):
+        raise MamlppError(f"the config in {source} is not a mapping of keys")
+    check_literal(config, str(source))
     out_root = (run_dir if run_dir is not None else target.parent) / "eval"
-    return TrainedRun(loaded, infos, config, out_root, run_dir)
+    policy = CodePolicy(str(source), dict(named or {}), trust_code)
+    return TrainedRun(loaded, infos, config, out_root, run_dir, policy)
 
 
 def _run_members(run_dir: Path, spec: str) -> list[Path]:
@@ -134,14 +146,29 @@ def _bad_results(path: Path, exc: Exception) -> MamlppError:
     )
 
 
-def _config_beside(target: Path, run_dir: Path | None) -> dict[str, Any]:
+def _config_beside(target: Path, run_dir: Path | None) -> tuple[Any, Path]:
     path = run_dir / "config.yaml" if run_dir is not None else None
     if path is None or not path.is_file():
         raise MamlppError(
             f"checkpoint {target} carries no config (written before checkpoints described "
             "themselves) and no run directory with config.yaml holds it: evaluate the run directory"
         )
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    try:  # OmegaConf's YAML loader builds plain values only (no Python tags)
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False), path
+    except Exception as exc:
+        raise MamlppError(f"{path} is not a readable config ({first_line(exc)})") from exc
+
+
+def _info(member: Member) -> dict[str, Any]:
+    """A member's entry of results.json; a training-state file (latest.pt, previous.pt) has
+    no epoch of its own, so it says after which iteration it was saved."""
+    info = {"epoch": _epoch_of(member), "val_accuracy": member.val_acc}
+    info["checkpoint"] = str(member.path)
+    if info["epoch"] is None:
+        progress = load_checkpoint(member.path).get("progress")
+        if isinstance(progress, dict) and isinstance(progress.get("next_iteration"), int):
+            info["iteration"] = progress["next_iteration"]
+    return info
 
 
 def _epoch_of(member: Member) -> int | None:
