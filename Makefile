@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 SHARED_OMNIGLOT := $(abspath ../shared/datasets/omniglot)
 ARGS ?=
 
-.PHONY: install data train smoke test lint bench clean-runs
+.PHONY: install data train smoke test test-fast lint bench clean-runs
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ smoke: install data
 
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The in-process tier: no test that starts mamlpp-train or a launcher (see tests/conftest.py).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks script_generation_tools

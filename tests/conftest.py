@@ -345,3 +345,14 @@ def read_scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+# Fixtures that start mamlpp processes or train through the CLI: a test that uses one belongs to
+# the slow tier (`make test` runs everything; `make test-fast` runs `-m "not slow"`).
+PROCESS_FIXTURES = frozenset({"cli", "reference_run", "sweep", "submitit_reference"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -89,7 +89,7 @@ def test_compose_typos_say_what_was_meant() -> None:
 
 def test_train_says_what_it_takes(tmp_path: Path) -> None:
     cfg = mamlpp.compose("experiment=smoke")
-    for bad in ((42,), (["experiment=smoke", 3],), (cfg, "seed=3"), (cfg, str(tmp_path))):
+    for bad in ((42,), (["experiment=smoke", 3],), (cfg, "seed=3"), (cfg, "seed=3", "x")):
         with pytest.raises(ConfigError) as err:
             mamlpp.train(*bad)
         assert "mamlpp.train takes a Config" in one_line(err) and "run_dir=" in str(err.value)

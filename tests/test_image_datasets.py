@@ -425,6 +425,7 @@ def test_real_tiny_imagenet_cache_reused_and_deterministic(
     assert abs(batch.xt.mean().item()) < 0.5  # normalised
 
 
+@pytest.mark.slow
 def test_real_tiny_imagenet_cache_invalidated_when_the_zip_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -460,6 +461,7 @@ def test_tiny_imagenet_missing_source_is_one_line(tmp_path: Path) -> None:
     assert "dataset.source" in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_cli_trains_on_an_image_folder(tmp_path: Path) -> None:
     """The whole pipeline (registry, 3-channel model, normalisation, augmentation) on a folder."""
     root = make_presplit(tmp_path / "src", classes=(4, 3, 3), per_class=5)

@@ -105,8 +105,13 @@ def train(
 
     `cfg` is a Config (from `compose`) or override strings, as `compose` takes them:
     `train("experiment=smoke", "seed=3")` or `train(["experiment=smoke", "seed=3"])`. The run
-    goes to `run_dir` (default: cfg.run.dir, the directory mamlpp-train would use). A stop
-    signal raises StopRequested after the checkpoint, as the command line's exit code 75."""
+    goes to `run_dir` (default: cfg.run.dir, the directory mamlpp-train would use); after a
+    Config it may also come second, as before (`train(cfg, "runs/x")`). A stop signal raises
+    StopRequested after the checkpoint, as the command line's exit code 75."""
+    if isinstance(cfg, Config) and len(overrides) == 1 and run_dir is None:
+        second = overrides[0]
+        if isinstance(second, Path) or (isinstance(second, str) and "=" not in second):
+            run_dir, overrides = second, ()
     cfg = _config_of(cfg, overrides)
     where = run_dir if run_dir is not None else cfg.run.dir
     if where is None:
