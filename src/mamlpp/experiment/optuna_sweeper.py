@@ -23,13 +23,11 @@ that package); it calls `prepare` before the stock sweep.
 from __future__ import annotations
 
 import copy
-import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
-import socket
 import sys
 import warnings
 from collections.abc import Sequence
@@ -43,6 +41,7 @@ from optuna.trial import Trial, TrialState
 
 from mamlpp.config import experiment_keys, to_config
 from mamlpp.errors import MamlppError
+from mamlpp.experiment.lock import HolderLock
 
 INTERRUPTED = "interrupted"  # user attribute of a trial failed by a kill, re-queued
 IDENTITY = "mamlpp.identity"  # user attribute of a study: what its trials optimise
@@ -117,41 +116,24 @@ def digest(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
-class StudyLock:
-    """flock on `.optuna-<study>.lock` beside a SQLite storage (else in the sweep folder),
-    naming its holder; the OS releases it if the search process dies."""
+class StudyLock(HolderLock):
+    """`.optuna-<study>.lock` beside a SQLite storage (else in the sweep folder): one search of a
+    study at a time."""
+
+    open_flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 
     def __init__(self, storage: str, study_name: str, sweep_dir: Path) -> None:
         folder = sweep_dir
         if storage.startswith("sqlite:///"):
             folder = Path(storage[len("sqlite:///") :].split("?", 1)[0]).parent
-        self.path = folder / f".optuna-{study_name}.lock"
+        super().__init__(folder / f".optuna-{study_name}.lock")
         self.study_name = study_name
-        self._fd: int | None = None
 
-    def acquire(self) -> StudyLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise StudyLockedError(
-                f"optuna study '{self.study_name}' is being searched by {holder}; a second "
-                "search at the same time would corrupt its trials: wait for it or stop it"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+    def busy_error(self, holder: str) -> MamlppError:
+        return StudyLockedError(
+            f"optuna study '{self.study_name}' is being searched by {holder or 'another process'}; "
+            "a second search at the same time would corrupt its trials: wait for it or stop it"
+        )
 
 
 def prepare(sweeper: OptunaSweeperImpl, arguments: Sequence[str] = ()) -> StudyLock | None:
