@@ -356,3 +356,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    """The text of a raised mamlpp error, which must be one non-empty line."""
+    text = str(exc.value)
+    assert "\n" not in text and text, repr(text)
+    return text
+
+
+def eval_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    """mamlpp-eval in-process on bad input: exit code 2 and exactly one stderr line, returned."""
+    from mamlpp.evaluate import main as eval_main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        eval_main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2, err
+    assert len(err) == 1 and err[0].startswith("mamlpp-eval: error: "), err
+    return err[0]

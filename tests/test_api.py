@@ -21,18 +21,12 @@ import torch
 from PIL import Image
 
 import mamlpp
-from conftest import REPO_ROOT, TINY_ARGS, Cli
+from conftest import REPO_ROOT, TINY_ARGS, Cli, one_line
 from mamlpp.errors import ConfigError, DataError, MamlppError
 from mamlpp.inference import TrainedModel
 
 USER_CODE = REPO_ROOT / "tests" / "user_code"
 WAYS = 5
-
-
-def one_line(exc: pytest.ExceptionInfo) -> str:
-    text = str(exc.value)
-    assert "\n" not in text and text, repr(text)
-    return text
 
 
 @pytest.fixture

@@ -23,7 +23,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO_ROOT, TINY_ARGS, Cli, read_metric_rows, result_accuracies
+from conftest import (
+    REPO_ROOT,
+    TINY_ARGS,
+    Cli,
+    eval_error,
+    read_metric_rows,
+    result_accuracies,
+)
 from mamlpp.data.preprocessing import Preprocessing, convert_channels
 from mamlpp.evaluate import main as eval_main
 from mamlpp.experiment.checkpoints import save_checkpoint
@@ -47,17 +54,6 @@ def run_eval(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "mamlpp.evaluate", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def eval_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
-    """Run mamlpp-eval in-process on bad input: exit code 2 and exactly one stderr line."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        eval_main(list(argv))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code == 2, err
-    assert len(err) == 1 and err[0].startswith("mamlpp-eval: error: "), err
-    return err[0]
 
 
 @pytest.fixture

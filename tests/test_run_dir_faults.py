@@ -25,9 +25,8 @@ import pytest
 import torch
 
 import mamlpp
-from conftest import TINY_ARGS, Cli, result_accuracies
+from conftest import TINY_ARGS, Cli, eval_error, one_line, result_accuracies
 from mamlpp.errors import MamlppError
-from mamlpp.evaluate import main as eval_main
 from mamlpp.experiment import checkpoints, checksum
 from mamlpp.experiment.checkpoints import CheckpointError, load_checkpoint
 from mamlpp.experiment.console import log, run_log
@@ -74,23 +73,6 @@ def as_old_checkpoint(path: Path) -> None:
 
 def tiny_cfg(cli: Cli, *overrides: str) -> mamlpp.Config:
     return mamlpp.compose(*TINY_ARGS, *cli.data_args, *overrides)
-
-
-def eval_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
-    """mamlpp-eval in-process: exit code 2 and exactly one stderr line."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        eval_main(list(argv))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code == 2, err
-    assert len(err) == 1 and err[0].startswith("mamlpp-eval: error: "), err
-    return err[0]
-
-
-def one_line(exc: pytest.ExceptionInfo) -> str:
-    text = str(exc.value)
-    assert "\n" not in text, text
-    return text
 
 
 # --------------------------------------------------------------------------- checksums

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import mamlpp
+from conftest import eval_error
 from mamlpp.algorithms.factory import build_learner
 from mamlpp.config import Config
 from mamlpp.data.preprocessing import Preprocessing
@@ -86,17 +87,6 @@ def plant_run(root: Path, cfg: Config, edit: dict[str, Any]) -> Path:
     return root
 
 
-def refused(capsys: pytest.CaptureFixture, *argv: str) -> str:
-    """mamlpp-eval in-process: exit code 2 and exactly one stderr line, which it returns."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        eval_main(list(argv))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code == 2, err
-    assert len(err) == 1 and err[0].startswith("mamlpp-eval: error: "), err
-    return err[0]
-
-
 def evaluated(capsys: pytest.CaptureFixture, *argv: str) -> tuple[dict[str, Any], str]:
     """mamlpp-eval in-process, successfully: its results.json and its stderr."""
     capsys.readouterr()
@@ -135,14 +125,14 @@ def test_a_checkpoint_naming_a_shell_command_runs_nothing(
     edit["dataset.kwargs"] = {"command": command}
     model = plant(tmp_path / "model.pt", cfg, edit, Preprocessing(28, 1))
 
-    line = refused(capsys, str(model), FEW_TASKS)
+    line = eval_error(capsys, str(model), FEW_TASKS)
     assert "'dataset._target_' = 'os.system'" in line and str(model) in line
     assert "--trust-code" in line
     assert not marker.exists()
     assert not (tmp_path / "eval").exists()  # nothing written either
     # Naming another lister on the command line replaces the planted one; naming nothing
     # but the dataset's other keys does not.
-    line = refused(capsys, str(model), FEW_TASKS, "dataset.kwargs.command=true")
+    line = eval_error(capsys, str(model), FEW_TASKS, "dataset.kwargs.command=true")
     assert "os.system" in line and not marker.exists()
     # The Python API needs no dataset for a self-describing member: it loads and imports nothing.
     loaded = mamlpp.load(model, device="cpu")
@@ -159,7 +149,7 @@ def test_a_run_directory_naming_code_runs_nothing(
     run = plant_run(tmp_path / "run", cfg, edit)
     config_yaml = str(run / "config.yaml")
 
-    line = refused(capsys, str(run), FEW_TASKS)
+    line = eval_error(capsys, str(run), FEW_TASKS)
     assert "'dataset._target_' = 'planted.lister'" in line and config_yaml in line
     with pytest.raises(ConfigError, match="dataset._target_.*trust_code=True") as err:
         mamlpp.load(run, device="cpu")
@@ -168,7 +158,7 @@ def test_a_run_directory_naming_code_runs_nothing(
     for c in range(5):
         (support / f"c{c}").mkdir(parents=True)
         Image.new("L", (28, 28), 40 * c).save(support / f"c{c}" / "a.png")
-    line = refused(capsys, str(run), "--support", str(support), "--query", str(support))
+    line = eval_error(capsys, str(run), "--support", str(support), "--query", str(support))
     assert "planted.lister" in line
     assert not marker.exists()
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "results.json"]
@@ -183,12 +173,12 @@ def test_a_module_backbone_named_by_a_file_is_not_imported(
         tmp_path / "model.pt", cfg, {"model._target_": "planted.Net"}, Preprocessing(28, 1)
     )
 
-    line = refused(capsys, str(model), FEW_TASKS)
+    line = eval_error(capsys, str(model), FEW_TASKS)
     assert "'model._target_' = 'planted.Net'" in line and "model._target_=planted.Net" in line
     with pytest.raises(ConfigError, match="model._target_"):
         mamlpp.load(model, device="cpu")
     # Naming another class is not naming this one: it would be another model.
-    line = refused(capsys, str(model), "model._target_=user_nets.SmallCNN")
+    line = eval_error(capsys, str(model), "model._target_=user_nets.SmallCNN")
     assert "trained with model._target_=planted.Net" in line
     assert not marker.exists()
     assert "planted" not in sys.modules
@@ -213,7 +203,7 @@ def test_a_config_yaml_builds_no_objects(
     """config.yaml is read as plain YAML: no Python tags, no interpolations resolved."""
     run = plant_run(tmp_path / "run", mamlpp.compose(*SMOKE, *omniglot), {})
     (run / "config.yaml").write_text(text.format(marker=marker))
-    line = refused(capsys, str(run), FEW_TASKS)
+    line = eval_error(capsys, str(run), FEW_TASKS)
     assert message in line and "config" in line
     with pytest.raises(MamlppError, match=message):
         mamlpp.load(run, device="cpu")
@@ -249,7 +239,7 @@ def test_named_or_trusted_code_is_imported(
     model = plant(tmp_path / "model.pt", cfg, {}, Preprocessing(28, 1))
     name = "model._target_=user_nets.SmallCNN"
 
-    assert name in refused(capsys, str(model), FEW_TASKS)
+    assert name in eval_error(capsys, str(model), FEW_TASKS)
     named, err = evaluated(capsys, str(model), FEW_TASKS, name)
     assert "warning" not in err
     trusted, err = evaluated(capsys, str(model), FEW_TASKS, "--trust-code", "--name", "trusted")
@@ -285,7 +275,7 @@ def test_a_named_dataset_lister_is_called(
     model = plant(tmp_path / "model.pt", cfg, {}, Preprocessing(28, 1))
     monkeypatch.chdir(tmp_path)
 
-    line = refused(capsys, str(model), FEW_TASKS)
+    line = eval_error(capsys, str(model), FEW_TASKS)
     assert "'dataset._target_' = 'user_data.list_flat'" in line
     results, _ = evaluated(capsys, str(model), FEW_TASKS, "dataset._target_=user_data.list_flat")
     assert results["config"]["dataset"] == "custom" and results["num_test_tasks"] == 4
