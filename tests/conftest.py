@@ -288,6 +288,29 @@ class Cli:
     ) -> subprocess.CompletedProcess:
         return self.start(*args, cwd=cwd, tiny=tiny).finish(timeout)
 
+    def start_script(
+        self, script: Path, run_dir: Path, *overrides: str, cwd: Path, timeout: float
+    ) -> subprocess.Popen:
+        """A generated experiment script (in its own session) training into `run_dir` with the
+        installed mamlpp-train, returned once its first checkpoint exists."""
+        train = Path(sys.executable).with_name("mamlpp-train")
+        assert train.exists(), "the package's console script must be installed next to python"
+        args = (*overrides, *self.data_args, f"hydra.run.dir={run_dir}")
+        proc = subprocess.Popen(
+            ["bash", str(script), "--", *args],
+            cwd=cwd,
+            env={**self.env, "MAMLPP_TRAIN": str(train)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while not (run_dir / "checkpoints" / "latest.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.2)
+        return proc
+
 
 @pytest.fixture(scope="session")
 def cli(

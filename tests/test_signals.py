@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -67,7 +66,6 @@ def _session_processes(sid: int) -> list[str]:
 @pytest.mark.slow
 def test_sigterm_to_a_generated_script_stops_its_training_and_exits_75(cli, tmp_path: Path) -> None:
     script = REPO_ROOT / "experiment_scripts" / "omniglot_5w1s_mamlpp_seed0.sh"
-    train = Path(sys.executable).with_name("mamlpp-train")
     run_dir = tmp_path / "run"
     tiny = (
         "train.epochs=50",
@@ -78,22 +76,8 @@ def test_sigterm_to_a_generated_script_stops_its_training_and_exits_75(cli, tmp_
         "eval.val_tasks=5",
         "progress_bar=false",
         "run.checkpoint_every_iters=1",
-        *cli.data_args,
-        f"hydra.run.dir={run_dir}",
     )
-    proc = subprocess.Popen(
-        ["bash", str(script), "--", *tiny],
-        cwd=tmp_path,
-        env={**cli.env, "MAMLPP_TRAIN": str(train)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 240
-    while not (run_dir / "checkpoints" / "latest.pt").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.2)
+    proc = cli.start_script(script, run_dir, *tiny, cwd=tmp_path, timeout=240)
     os.kill(proc.pid, signal.SIGTERM)  # the script, as `kill` or a scheduler would
     try:
         _, err = proc.communicate(timeout=120)

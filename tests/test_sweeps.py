@@ -241,8 +241,6 @@ def test_generated_scripts_are_up_to_date_and_parse():
 
 def test_generated_script_runs_on_cpu_and_resumes_after_sigterm(cli: Cli, tmp_path: Path):
     script = REPO_ROOT / "experiment_scripts" / "omniglot_5w1s_mamlpp_seed0.sh"
-    train = Path(sys.executable).with_name("mamlpp-train")
-    assert train.exists(), "the package's console script must be installed next to python"
     run_dir = tmp_path / "run"
     tiny = (
         "train.epochs=2",
@@ -253,22 +251,8 @@ def test_generated_script_runs_on_cpu_and_resumes_after_sigterm(cli: Cli, tmp_pa
         "progress_bar=false",
         "run.checkpoint_every_iters=1",
         *FAST,
-        *cli.data_args,
-        f"hydra.run.dir={run_dir}",
     )
-    proc = subprocess.Popen(
-        ["bash", str(script), "--", *tiny],
-        cwd=tmp_path,
-        env={**cli.env, "MAMLPP_TRAIN": str(train)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 180
-    while not (run_dir / "checkpoints" / "latest.pt").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.2)
+    proc = cli.start_script(script, run_dir, *tiny, cwd=tmp_path, timeout=180)
     children = subprocess.run(
         ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
     ).stdout.split()
