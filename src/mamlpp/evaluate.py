@@ -33,7 +33,7 @@ from mamlpp.config import Config, DatasetConfig, SpeedConfig, conf_dir, to_confi
 from mamlpp.data.image_folder import is_image
 from mamlpp.data.preprocessing import with_channels
 from mamlpp.data.registry import load_dataset
-from mamlpp.errors import ConfigError, DataError, MamlppError
+from mamlpp.errors import ConfigError, DataError, MamlppError, first_line
 from mamlpp.experiment.builder import configure_device, make_sampler, resolve_device
 from mamlpp.experiment.checkpoints import atomic_write_text
 from mamlpp.experiment.console import log
@@ -104,7 +104,7 @@ def eval_config(saved: dict[str, Any], overrides: list[str]) -> tuple[Config, di
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"the saved config: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(f"the saved config: {first_line(exc)}") from exc
     now = current_paths()  # where data lives for this process (MAMLPP_ROOT, MAMLPP_DATA_DIR)
     relocated = relocated_data_dir(saved, now)
     if relocated is not None:
@@ -144,7 +144,7 @@ def eval_config(saved: dict[str, Any], overrides: list[str]) -> tuple[Config, di
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"override: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(f"override: {first_line(exc)}") from exc
     if cfg.dataset.image_size != trained_size:
         raise ConfigError(
             f"dataset.image_size={cfg.dataset.image_size} but the model was trained on "

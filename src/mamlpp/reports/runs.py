@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mamlpp.errors import first_line
+
 PREFIX = "mamlpp-report"
 # What the report reads from every results.json.
 CONFIG_FIELDS = ("dataset", "ways", "shots", "algorithm")
@@ -70,7 +72,7 @@ def _read(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     except OSError as exc:
         return None, f"cannot read it ({exc.strerror or exc})"
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"not JSON ({str(exc).splitlines()[0]})"
+        return None, f"not JSON ({first_line(exc)})"
     why = problem(result)
     return (result, None) if why is None else (None, f"not a mamlpp run's results.json ({why})")
 
