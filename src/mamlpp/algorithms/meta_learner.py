@@ -31,7 +31,7 @@ from mamlpp.errors import ConfigError
 from mamlpp.nn.backbones import build_backbone
 from mamlpp.nn.contract import MetaBackbone
 from mamlpp.nn.layers import BatchStats, apply_batch_stats
-from mamlpp.tasks import EpisodeBatch, task_accuracies, task_losses
+from mamlpp.tasks import CLASSIFICATION, EpisodeBatch, Objective, task_accuracies, task_losses
 
 __all__ = ["EpisodeBatch", "MetaLearner", "StepResult", "task_accuracies", "task_losses"]
 
@@ -82,12 +82,15 @@ class MetaLearner(nn.Module):
         speed: SpeedConfig | None = None,
         iters_per_epoch: int = 0,
         optimizer: OptimizerFactory | None = None,
+        objective: Objective = CLASSIFICATION,
     ) -> None:
         """`model` is a config (nn.backbones builds it) or a network already built that meets
         the MetaBackbone contract (mamlpp.nn.contract). `optimizer(params, lr)` builds the
         meta-optimizer (algorithms.optimizer; Adam when None) over the meta-parameters: the
-        network's and the learned inner rates."""
+        network's and the learned inner rates. `objective` is the task family's per-task loss
+        and score (mamlpp.tasks: cross-entropy/accuracy or MSE/MSE), chosen by the dataset."""
         super().__init__()
+        self.objective = objective
         speed = speed or SpeedConfig()
         self.cfg = algorithm
         self.impl = impl
@@ -208,7 +211,7 @@ class MetaLearner(nn.Module):
         with torch.enable_grad():
             with self._autocast(batch.xs.device):
                 logits_s = self.net(batch.xs, fast, step, use_running, sink)
-            support_loss = task_losses(_widen(logits_s), batch.ys).sum()
+            support_loss = self.objective.loss(_widen(logits_s), batch.ys).sum()
             grads = torch.autograd.grad(
                 support_loss,
                 [fast[n] for n in self.adapted_names],
@@ -226,7 +229,7 @@ class MetaLearner(nn.Module):
         with torch.set_grad_enabled(training):
             with self._autocast(batch.xt.device):
                 logits_t = _widen(self.net(batch.xt, fast, step, use_running, sink))
-            return fast, task_losses(logits_t, batch.yt), logits_t
+            return fast, self.objective.loss(logits_t, batch.yt), logits_t
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         """bf16 autocast of the network's forward (train.precision); the caller computes losses
@@ -304,11 +307,11 @@ class MetaLearner(nn.Module):
                 )
                 (loss.sum() / b).backward()
                 loss_sum = loss_sum + loss.detach().sum()
-                acc_sum = acc_sum + task_accuracies(logits.detach(), task.yt).sum()
+                acc_sum = acc_sum + self.objective.score(logits.detach(), task.yt).sum()
             return loss_sum, acc_sum
         loss, logits = self.adapt_and_predict(batch, steps, True, second_order, step_weights, sink)
         loss.mean().backward()
-        return loss.detach().sum(), task_accuracies(logits.detach(), batch.yt).sum()
+        return loss.detach().sum(), self.objective.score(logits.detach(), batch.yt).sum()
 
     def adapt(self, xs: Tensor, ys: Tensor, num_steps: int) -> dict[str, Tensor]:
         """Fast weights after `num_steps` inner steps on support sets xs [B, M, C, H, W] / ys
