@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,3 +102,10 @@ class SinusoidSampler:
         k = self.shots
         parts = (x[:, :k], y[:, :k], x[:, k:], y[:, k:])
         return EpisodeBatch(*(t.contiguous().to(self.device) for t in parts))
+
+
+def sinusoid_sampler(dataset: Any, task: Any, device: torch.device | str) -> SinusoidSampler:
+    """The sampler of a config's dataset (amplitude, phase, input_range) and task (shots,
+    targets: support and target points per task) sections."""
+    cfg = SinusoidConfig(list(dataset.amplitude), list(dataset.phase), list(dataset.input_range))
+    return SinusoidSampler(cfg, task.shots, task.targets, device)

@@ -1,4 +1,5 @@
-"""Evaluation on fixed tasks: per-task logits, accuracy with a 95% CI, top-k ensembles."""
+"""Evaluation on fixed tasks: per-task outputs, the task family's score (accuracy, or MSE for
+regression) with a 95% CI, top-k ensembles (averaged outputs)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,21 @@ from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.data.episodes import EpisodeSampler
 from mamlpp.experiment.distributed import SINGLE, Distributed
 from mamlpp.experiment.nonfinite import check_eval
-from mamlpp.tasks import task_accuracies, task_losses
+from mamlpp.tasks import CLASSIFICATION, Objective
 
 
 @dataclass
 class TaskPredictions:
-    logits: Tensor  # [tasks, M, N] on CPU
-    labels: Tensor  # [tasks, M]
+    logits: Tensor  # [tasks, M, N] on CPU (regression: predictions [tasks, M, D])
+    labels: Tensor  # [tasks, M] (regression: [tasks, M, D])
+    objective: Objective = CLASSIFICATION
 
     def accuracies(self) -> Tensor:
-        return task_accuracies(self.logits, self.labels)
+        """The per-task score: accuracy, or MSE for a regression objective."""
+        return self.objective.score(self.logits, self.labels)
 
     def losses(self) -> Tensor:
-        return task_losses(self.logits, self.labels)
+        return self.objective.loss(self.logits, self.labels)
 
 
 def predict_tasks(
@@ -59,7 +62,7 @@ def predict_tasks(
         mine = {j: out for part in dist.gather(mine) for j, out in part.items()}
     logits = [mine[j][0] for j in range(len(starts))]
     labels = [mine[j][1] for j in range(len(starts))]
-    return TaskPredictions(torch.cat(logits), torch.cat(labels))
+    return TaskPredictions(torch.cat(logits), torch.cat(labels), learner.objective)
 
 
 def mean_ci95(values: Tensor) -> tuple[float, float]:
@@ -73,7 +76,7 @@ def mean_ci95(values: Tensor) -> tuple[float, float]:
 def ensemble(predictions: list[TaskPredictions]) -> TaskPredictions:
     """Average the logits of several models on the same tasks."""
     stacked = torch.stack([p.logits for p in predictions])
-    return TaskPredictions(stacked.mean(0), predictions[0].labels)
+    return TaskPredictions(stacked.mean(0), predictions[0].labels, predictions[0].objective)
 
 
 def evaluate_ensemble(

@@ -97,11 +97,33 @@ class RunResults:
     config: dict[str, Any]
     # The experiment keys (mamlpp.experiment.run_state.run_identity): what the run *is*.
     identity: dict[str, Any]
+    # What the score fields hold: accuracy (a fraction) or, for a regression run, the mean
+    # squared error (lower is better): test_accuracy_*, best_val_accuracy and per_model alike.
+    metric: str = "accuracy"
     code: dict[str, str | None] = field(default_factory=code_version)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain fields; `metric` only where it is not accuracy, so classification results
+        read exactly as before task families existed."""
+        d = asdict(self)
+        if d["metric"] == "accuracy":
+            del d["metric"]
+        return d
+
+
+# How a score is shown: accuracy in %, MSE as it is.
+METRIC_SCALE = {"accuracy": 100.0, "mse": 1.0}
+
+
+def metric_of(results: dict[str, Any]) -> str:
+    """The metric of a results dict (files written before task families hold accuracy)."""
+    return str(results.get("metric", "accuracy"))
+
+
+def shown(results: dict[str, Any], value: float) -> float:
+    """A score of `results` as tables show it (accuracy in %, MSE unscaled)."""
+    return METRIC_SCALE.get(metric_of(results), 1.0) * value
 
 
 # What the results table of a finished run reads (mamlpp.experiment.results_table).

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mamlpp.experiment.results import metric_of, shown
+
 
 def format_results(results: dict[str, Any]) -> str:
-    """Markdown table: the top-k ensemble first, then each member alone (accuracies in %).
-    A re-evaluation on another split (mamlpp-eval split=val) says so in the title and header."""
+    """Markdown table: the top-k ensemble first, then each member alone (accuracies in %, or
+    MSE for a regression run). A re-evaluation on another split (mamlpp-eval split=val) says so
+    in the title and header."""
     c = results.get("config", {})
     best = results.get("best_val_accuracy")
     split = results.get("split", "test")
@@ -17,21 +20,30 @@ def format_results(results: dict[str, Any]) -> str:
         f"{c.get('algorithm_variant', c.get('algorithm', '?'))}, seed {c.get('seed', '?')}: "
         f"{results['num_test_tasks']} {split} tasks"
     )
-    column = "test acc (%)" if split == "test" else f"acc on {split} tasks (%)"
+    name, unit = ("acc", " (%)") if metric_of(results) == "accuracy" else (metric_of(results), "")
+    column = f"test {name}{unit}" if split == "test" else f"{name} on {split} tasks{unit}"
+
+    def num(value: float | None) -> str:
+        """'-' where unknown (e.g. a lone older checkpoint); accuracy in % with two decimals,
+        an MSE with four significant digits."""
+        if value is None:
+            return "-"
+        return f"{shown(results, value):.2f}" if unit else f"{value:.4g}"
+
     lines = [
         title,
         "",
-        f"| model | val acc (%) | {column} | 95% CI (%) |",
+        f"| model | val {name}{unit} | {column} | 95% CI{unit} |",
         "|---|---|---|---|",
         f"| ensemble of top-{results['ensemble_size']} "
-        f"| {_pct(best)} (best) "
-        f"| {100 * results['test_accuracy_mean']:.2f} "
-        f"| +- {100 * results['test_accuracy_ci95']:.2f} |",
+        f"| {num(best)} (best) "
+        f"| {num(results['test_accuracy_mean'])} "
+        f"| +- {num(results['test_accuracy_ci95'])} |",
     ]
     for m in results["per_model"]:
         lines.append(
-            f"| {_model(m)} | {_pct(m['val_accuracy'])} | "
-            f"{100 * m['test_accuracy_mean']:.2f} | +- {100 * m['test_accuracy_ci95']:.2f} |"
+            f"| {_model(m)} | {num(m['val_accuracy'])} | "
+            f"{num(m['test_accuracy_mean'])} | +- {num(m['test_accuracy_ci95'])} |"
         )
     return "\n".join(lines)
 
@@ -43,8 +55,3 @@ def _model(member: dict[str, Any]) -> str:
     name = Path(str(member.get("checkpoint", "?"))).name
     iteration = member.get("iteration")
     return name if iteration is None else f"{name} after iteration {iteration}"
-
-
-def _pct(value: float | None) -> str:
-    """A fraction as a percentage; '-' where it is unknown (e.g. a lone older checkpoint)."""
-    return "-" if value is None else f"{100 * value:.2f}"
