@@ -57,6 +57,7 @@ DATASET_READS = {
     "miniimagenet": _DATASET_COMMON,
     "tiny_imagenet": _DATASET_COMMON,
     "custom": (*_DATASET_COMMON, "_target_", "kwargs", "split_ratios", "split_seed"),
+    "sinusoid": ("amplitude", "phase", "input_range"),
 }
 MODEL_READS = {
     "conv4": ("filters", "stages", "norm", "pooling", "activation", "bn_momentum"),
@@ -69,6 +70,7 @@ MODEL_READS = {
         "dropblock_ramp",
     ),
     "module": ("_target_", "kwargs", "vectorize", "head", "norm_layers"),
+    "mlp": ("hidden", "activation"),
 }
 
 

@@ -7,6 +7,7 @@ cross-field constraints are mamlpp.config.validation's job.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -49,6 +50,10 @@ class DatasetConfig:
     split_sizes: list[int] | None = None
     split_seed: int = 0
     train_rotation: bool = True
+    # (sinusoid) [low, high] of the amplitude, the phase and the inputs (mamlpp.data.sinusoid).
+    amplitude: list[float] = field(default_factory=lambda: [0.1, 5.0])
+    phase: list[float] = field(default_factory=lambda: [0.0, math.pi])
+    input_range: list[float] = field(default_factory=lambda: [-5.0, 5.0])
 
 
 @dataclass
@@ -91,6 +96,8 @@ class ModelConfig:
     # adapted in the inner loop unless algorithm.inner_adapt_bn: kinds of NORM_LAYER_KINDS or
     # class names of one's own norm layers.
     norm_layers: list[str] = field(default_factory=lambda: list(NORM_LAYER_KINDS))
+    # (mlp) widths of the hidden layers (mamlpp.nn.mlp); also reads activation.
+    hidden: list[int] = field(default_factory=lambda: [40, 40])
 
 
 @dataclass

@@ -12,7 +12,7 @@ from mamlpp.config.objective import OPTIMIZED_METRICS
 from mamlpp.config.schema import NORM_LAYER_KINDS, Config, DatasetConfig
 from mamlpp.errors import ConfigError
 
-MODELS = ("conv4", "resnet12", "module")
+MODELS = ("conv4", "resnet12", "module", "mlp")
 ALGORITHMS = ("maml", "fomaml", "mamlpp", "anil", "boil", "metasgd")
 # Algorithm switches that need per-step batch norm in the backbone (MAML++'s BNRS/BNWB and
 # running statistics at evaluation).
@@ -24,7 +24,7 @@ DEVICES = ("auto", "cpu", "cuda")
 IMPLS = ("auto", "batched", "loop")
 PRECISIONS = ("fp32", "bf16")
 PROTOCOL_SPLITS = {"mamlpp": (1150, 50, 423), "maml": (1100, 100, 423)}
-DATASETS = ("omniglot", "miniimagenet", "image_folder", "tiny_imagenet", "custom")
+DATASETS = ("omniglot", "miniimagenet", "image_folder", "tiny_imagenet", "custom", "sinusoid")
 NORMALIZATIONS = ("none", "imagenet", "dataset")
 LAYOUTS = ("auto", "presplit", "unsplit")
 OMNIGLOT_IMAGES_PER_CLASS = 20
@@ -137,7 +137,9 @@ def validate(cfg: Config) -> Config:
                 t.ways <= n, "task.ways", t.ways, f"at most {n}, the classes in the {split} split"
             )
     _check(m.name in MODELS, "model.name", m.name, f"one of {MODELS}")
-    if m.name == "module":
+    if d.name == "sinusoid" or m.name == "mlp":
+        _check_regression(cfg)
+    elif m.name == "module":
         _check_module_model(cfg)
     else:
         _check_builtin_model(cfg)
@@ -293,6 +295,47 @@ def _check_builtin_model(cfg: Config) -> None:
             True,
             "false when model.norm=none",
         )
+
+
+def _check_regression(cfg: Config) -> None:
+    """dataset=sinusoid (vector tasks, MSE) goes with model=mlp, and model=mlp with it."""
+    d, m = cfg.dataset, cfg.model
+    _check(
+        d.name == "sinusoid",
+        "model.name",
+        m.name,
+        f"conv4, resnet12 or module with dataset={d.name} (model=mlp takes vectors: "
+        "dataset=sinusoid)",
+    )
+    _check(m.name == "mlp", "model.name", m.name, "mlp with dataset=sinusoid (vector inputs)")
+    for key in ("amplitude", "phase", "input_range"):
+        low_high = list(getattr(d, key))
+        _check(
+            len(low_high) == 2 and low_high[0] <= low_high[1],
+            f"dataset.{key}",
+            low_high,
+            "[low, high] with low <= high",
+        )
+    _check(
+        len(m.hidden) >= 1 and all(w >= 1 for w in m.hidden),
+        "model.hidden",
+        list(m.hidden),
+        "a list of positive layer widths",
+    )
+    _check(
+        m.activation in ("relu", "leaky_relu", "tanh"),
+        "model.activation",
+        m.activation,
+        "relu|leaky_relu|tanh",
+    )
+    for key in PER_STEP_BN_KEYS:
+        _check(
+            not getattr(cfg.algorithm, key),
+            f"algorithm.{key}",
+            True,
+            "false with model=mlp (it has no batch norm)",
+        )
+    _check(not cfg.speed.cuda_graphs, "speed.cuda_graphs", True, "false with model=mlp")
 
 
 def _check_module_model(cfg: Config) -> None:

@@ -27,7 +27,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from mamlpp.algorithms.factory import build_learner
+from mamlpp.algorithms.factory import REGRESSION_DATASETS, build_learner
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.config import Config, SpeedConfig, algorithm_label, experiment_keys
 from mamlpp.data.dataset import FewShotDataset
@@ -204,7 +204,7 @@ class ExperimentBuilder:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.local_batch = self.dist.local_share(cfg.train.meta_batch_size)
-        if cfg.dataset.name == "sinusoid":
+        if cfg.dataset.name in REGRESSION_DATASETS:
             self._build_regression()
         else:
             self._build_images()
@@ -278,8 +278,9 @@ class ExperimentBuilder:
         with run_log(self.run_dir):
             log(f"run directory: {where}")
             c = self.cfg
+            ways = "" if c.dataset.name in REGRESSION_DATASETS else f"{c.task.ways}-way "
             log(
-                f"experiment {c.experiment_name}: {c.dataset.name} {c.task.ways}-way "
+                f"experiment {c.experiment_name}: {c.dataset.name} {ways}"
                 f"{c.task.shots}-shot, algorithm {algorithm_label(c.algorithm)}, seed {c.seed}"
             )
             if self.dist.enabled:
@@ -591,6 +592,7 @@ class ExperimentBuilder:
         self.trackers.log_scalars(scalars, progress.next_iteration)
         self.trackers.flush()
         higher = self.learner.objective.higher_is_better
+        score = "acc" if higher else self.learner.objective.metric
         progress.top_k, kept, _ = update_top_k(
             progress.top_k, epoch, val_acc, cfg.eval.top_k, higher
         )
@@ -608,8 +610,8 @@ class ExperimentBuilder:
         if self.dist.is_main:
             write_metrics_csv(self.run_dir / "metrics.csv", progress.history)
         log(
-            f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
-            f"val loss {val_loss:.4f} acc {val_acc:.4f}"
+            f"epoch {epoch}: train loss {row['train_loss']:.4f} {score} {row['train_acc']:.4f} | "
+            f"val loss {val_loss:.4f} {score} {val_acc:.4f}"
         )
 
     # ------------------------------------------------------------------ test phase

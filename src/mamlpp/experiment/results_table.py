@@ -16,7 +16,7 @@ def format_results(results: dict[str, Any]) -> str:
     best = results.get("best_val_accuracy")
     split = results.get("split", "test")
     title = (
-        f"{c.get('dataset', '?')} {c.get('ways', '?')}-way {c.get('shots', '?')}-shot, "
+        f"{c.get('dataset', '?')} {_ways(results)}{c.get('shots', '?')}-shot, "
         f"{c.get('algorithm_variant', c.get('algorithm', '?'))}, seed {c.get('seed', '?')}: "
         f"{results['num_test_tasks']} {split} tasks"
     )
@@ -46,6 +46,15 @@ def format_results(results: dict[str, Any]) -> str:
             f"{num(m['test_accuracy_mean'])} | +- {num(m['test_accuracy_ci95'])} |"
         )
     return "\n".join(lines)
+
+
+def _ways(results: dict[str, Any]) -> str:
+    """'N-way ' of a classification run; regression tasks have no classes."""
+    return (
+        f"{results.get('config', {}).get('ways', '?')}-way "
+        if metric_of(results) == "accuracy"
+        else ""
+    )
 
 
 def _model(member: dict[str, Any]) -> str:

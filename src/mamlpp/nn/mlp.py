@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from mamlpp.nn.layers import BatchStats
 
-ACTIVATIONS = ("relu", "tanh")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh")
 
 
 @dataclass
@@ -25,7 +25,7 @@ class MlpConfig:
     """model=mlp: the widths of the hidden layers and their activation."""
 
     hidden: list[int] = field(default_factory=lambda: [40, 40])
-    # relu | tanh
+    # relu | leaky_relu | tanh
     activation: str = "relu"
 
 
@@ -71,8 +71,11 @@ class MLP(nn.Module):
         h = x
         for i in range(len(self.hidden)):
             h = _linear(h, params[f"hidden.{i}.weight"], params[f"hidden.{i}.bias"])
-            h = F.relu(h) if self.activation == "relu" else torch.tanh(h)
+            h = _ACTIVATION[self.activation](h)
         return _linear(h, params["head.weight"], params["head.bias"])
+
+
+_ACTIVATION = {"relu": F.relu, "leaky_relu": F.leaky_relu, "tanh": torch.tanh}
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
