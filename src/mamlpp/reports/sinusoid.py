@@ -21,18 +21,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from mamlpp.algorithms.factory import build_learner
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.algorithms.pretrained import pretrain_jointly
-from mamlpp.config import Config
+from mamlpp.config import Config, to_config
 from mamlpp.data.sinusoid import SinusoidSampler, sinusoid_sampler
 from mamlpp.errors import MamlppError
 from mamlpp.experiment.checkpoints import atomic_write_text
 from mamlpp.experiment.evaluation import mean_ci95
 from mamlpp.experiment.members import load_learner_state
 from mamlpp.experiment.trained import open_trained
-from mamlpp.inference import config_of
 from mamlpp.tasks import EpisodeBatch
 
 STEPS = (0, 1, 10)
@@ -156,7 +156,8 @@ def markdown(table: dict[str, dict[str, Any]], shots: int, tasks: int) -> str:
 
 def run(args: argparse.Namespace) -> Path:
     trained = open_trained(args.run_dir, "best")
-    cfg = config_of(trained)
+    # The run's own config, read literally (open_trained checked it names no code).
+    cfg = to_config(OmegaConf.merge(OmegaConf.structured(Config), trained.config))
     if cfg.dataset.name != "sinusoid":
         raise MamlppError(
             f"{args.run_dir} is a run of dataset={cfg.dataset.name}; mamlpp-sinusoid plots "
