@@ -13,8 +13,7 @@ import torch
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.algorithms.optimizer import build_optimizer
 from mamlpp.config import Config
-from mamlpp.nn.mlp import MlpConfig, build_mlp
-from mamlpp.tasks import CLASSIFICATION, REGRESSION
+from mamlpp.tasks import CLASSIFICATION, REGRESSION, Objective
 
 # Datasets of the regression task family (MSE loss and score); the others classify.
 REGRESSION_DATASETS = ("sinusoid",)
@@ -24,13 +23,9 @@ def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "c
     """The configured learner on `device` (weights freshly initialised from torch's RNG).
     For vector data (model=mlp) `in_channels` is the input dimension."""
     impl = "batched" if cfg.train.impl == "auto" else cfg.train.impl
-    m = cfg.model
-    net = (
-        build_mlp(MlpConfig(list(m.hidden), m.activation), in_channels, 1) if m.name == "mlp" else m
-    )
     learner = MetaLearner(
         cfg.algorithm,
-        net,
+        cfg.model,
         in_channels=in_channels,
         image_size=cfg.dataset.image_size,
         ways=cfg.task.ways,
@@ -40,8 +35,13 @@ def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "c
         speed=cfg.speed,
         optimizer=partial(build_optimizer, cfg.optimizer),
         iters_per_epoch=cfg.train.iters_per_epoch,
-        objective=REGRESSION if cfg.dataset.name in REGRESSION_DATASETS else CLASSIFICATION,
+        objective=objective_of(cfg),
     ).to(device)
     if cfg.speed.cuda_graphs:
         learner.use_cuda_graphs()
     return learner
+
+
+def objective_of(cfg: Config) -> Objective:
+    """The task family's per-task loss and score, chosen by the dataset."""
+    return REGRESSION if cfg.dataset.name in REGRESSION_DATASETS else CLASSIFICATION

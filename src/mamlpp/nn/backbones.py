@@ -6,6 +6,7 @@ from torch import nn
 
 from mamlpp.config import ModelConfig
 from mamlpp.nn.conv4 import Conv4
+from mamlpp.nn.mlp import MlpConfig, build_mlp
 from mamlpp.nn.module_backbone import build_module_backbone
 from mamlpp.nn.resnet12 import ResNet12
 
@@ -19,6 +20,8 @@ def build_backbone(
     bn_stat_steps: int,
     channels_last: bool = False,
 ) -> nn.Module:
+    if model.name == "mlp":  # vector inputs: in_channels features in, one regression output
+        return build_mlp(MlpConfig(list(model.hidden), model.activation), in_channels, 1)
     if model.name == "module":
         return build_module_backbone(
             model._target_,
