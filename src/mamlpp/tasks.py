@@ -16,21 +16,27 @@ from torch import Tensor
 
 @dataclass
 class EpisodeBatch:
-    """B tasks: support [B, N*K, C, H, W] / [B, N*K] and targets [B, N*T, C, H, W] / [B, N*T]."""
+    """B tasks: support [B, N*K, C, H, W] / [B, N*K] and targets [B, N*T, C, H, W] / [B, N*T].
+    `classes` [B, N]: each task's classes as indices into its split's class list (label j of
+    task b is class classes[b, j]), for learners that classify all classes of a split (the
+    fine-tuning baseline's pre-training); None where tasks have no classes (regression)."""
 
     xs: Tensor
     ys: Tensor
     xt: Tensor
     yt: Tensor
+    classes: Tensor | None = None
 
     def __len__(self) -> int:
         return self.xs.shape[0]
 
     def to(self, device: torch.device) -> EpisodeBatch:
-        return EpisodeBatch(*(t.to(device, non_blocking=True) for t in vars(self).values()))
+        return EpisodeBatch(
+            *(None if t is None else t.to(device, non_blocking=True) for t in vars(self).values())
+        )
 
     def select(self, index: slice) -> EpisodeBatch:
-        return EpisodeBatch(*(t[index] for t in vars(self).values()))
+        return EpisodeBatch(*(None if t is None else t[index] for t in vars(self).values()))
 
 
 def task_losses(logits: Tensor, labels: Tensor) -> Tensor:

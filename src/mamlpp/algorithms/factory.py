@@ -10,11 +10,14 @@ from functools import partial
 
 import torch
 
+from mamlpp.algorithms.finetune_baseline import FineTuneBaseline
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.algorithms.optimizer import build_optimizer
-from mamlpp.config import Config
+from mamlpp.config import Config, split_class_counts
 from mamlpp.tasks import CLASSIFICATION, REGRESSION, Objective
 
+# Chen et al.'s pre-train then fine-tune baselines (algorithms.finetune_baseline).
+FINETUNE_BASELINES = ("baseline", "baseline_pp")
 # Datasets of the regression task family (MSE loss and score); the others classify.
 REGRESSION_DATASETS = ("sinusoid",)
 
@@ -23,12 +26,16 @@ def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "c
     """The configured learner on `device` (weights freshly initialised from torch's RNG).
     For vector data (model=mlp) `in_channels` is the input dimension."""
     impl = "batched" if cfg.train.impl == "auto" else cfg.train.impl
-    learner = MetaLearner(
+    kind, extra, ways = MetaLearner, {}, cfg.task.ways
+    if cfg.algorithm.name in FINETUNE_BASELINES:  # a classifier of every training class
+        kind, extra = FineTuneBaseline, {"cosine": cfg.algorithm.name == "baseline_pp"}
+        ways = split_class_counts(cfg)[0]
+    learner = kind(
         cfg.algorithm,
         cfg.model,
         in_channels=in_channels,
         image_size=cfg.dataset.image_size,
-        ways=cfg.task.ways,
+        ways=ways,
         total_iterations=cfg.train.epochs * cfg.train.iters_per_epoch,
         impl=impl,
         precision=cfg.train.precision,
@@ -36,6 +43,7 @@ def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "c
         optimizer=partial(build_optimizer, cfg.optimizer),
         iters_per_epoch=cfg.train.iters_per_epoch,
         objective=objective_of(cfg),
+        **extra,
     ).to(device)
     if cfg.speed.cuda_graphs:
         learner.use_cuda_graphs()

@@ -13,7 +13,7 @@ from mamlpp.config.schema import NORM_LAYER_KINDS, Config, DatasetConfig
 from mamlpp.errors import ConfigError
 
 MODELS = ("conv4", "resnet12", "module", "mlp")
-ALGORITHMS = ("maml", "fomaml", "mamlpp", "anil", "boil", "metasgd")
+ALGORITHMS = ("maml", "fomaml", "mamlpp", "anil", "boil", "metasgd", "baseline", "baseline_pp")
 # Algorithm switches that need per-step batch norm in the backbone (MAML++'s BNRS/BNWB and
 # running statistics at evaluation).
 PER_STEP_BN_KEYS = ("per_step_bn_stats", "per_step_bn_weights", "use_running_stats_eval")
@@ -164,6 +164,8 @@ def validate(cfg: Config) -> Config:
         "false with algorithm.adapt=head (batch norm is part of the body, which ANIL keeps "
         "fixed in the inner loop)",
     )
+    if a.name in ("baseline", "baseline_pp"):
+        _check_finetune_baseline(cfg)
     _check(a.inner_steps >= 1, "algorithm.inner_steps", a.inner_steps, ">= 1")
     _check(a.inner_steps_eval >= 1, "algorithm.inner_steps_eval", a.inner_steps_eval, ">= 1")
     _check(a.inner_lr > 0, "algorithm.inner_lr", a.inner_lr, "> 0")
@@ -295,6 +297,37 @@ def _check_builtin_model(cfg: Config) -> None:
             True,
             "false when model.norm=none",
         )
+
+
+def _check_finetune_baseline(cfg: Config) -> None:
+    """algorithm=baseline|baseline_pp: a classifier of the training split's classes (their
+    count comes from the split: Omniglot), with a linear head to replace; no inner loop."""
+    a, d, m = cfg.algorithm, cfg.dataset, cfg.model
+    _check(
+        d.name == "omniglot",
+        "dataset.name",
+        d.name,
+        f"omniglot with algorithm={a.name} (its classifier has one output per training class)",
+    )
+    _check(
+        m.name in ("conv4", "resnet12"),
+        "model.name",
+        m.name,
+        f"conv4 or resnet12 with algorithm={a.name} (a backbone with a linear head)",
+    )
+    for key in (*PER_STEP_BN_KEYS, "learn_inner_lr", "per_element_lr", "multi_step_loss"):
+        _check(
+            not getattr(a, key),
+            f"algorithm.{key}",
+            True,
+            f"false with algorithm={a.name} (no inner loop: it pre-trains, then fine-tunes a head)",
+        )
+    _check(
+        a.adapt == "all",
+        "algorithm.adapt",
+        a.adapt,
+        f"all with algorithm={a.name} (fine-tuning always trains a new head on fixed features)",
+    )
 
 
 def _check_regression(cfg: Config) -> None:
