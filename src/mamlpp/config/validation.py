@@ -303,6 +303,8 @@ def _check_finetune_baseline(cfg: Config) -> None:
     """algorithm=baseline|baseline_pp: a classifier of the training split's classes (their
     count comes from the split: Omniglot), with a linear head to replace; no inner loop."""
     a, d, m = cfg.algorithm, cfg.dataset, cfg.model
+    _check(a.finetune_steps >= 1, "algorithm.finetune_steps", a.finetune_steps, ">= 1")
+    _check(a.finetune_lr > 0, "algorithm.finetune_lr", a.finetune_lr, "> 0")
     _check(
         d.name == "omniglot",
         "dataset.name",
