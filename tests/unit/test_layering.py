@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
+from helpers.paths import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "src" / "mamlpp"
 LAYERS = ["tasks", "data", "nn", "algorithms", "trackers", "experiment", "reports"]

@@ -23,7 +23,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import MAMLPP_ALL, REPO_ROOT
+from conftest import MAMLPP_ALL
+from helpers.paths import REPO_ROOT
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.config import AlgorithmConfig, DatasetConfig, ModelConfig
 from mamlpp.data.registry import load_dataset

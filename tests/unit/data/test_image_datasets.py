@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO_ROOT
+from helpers.paths import REPO_ROOT, USER_CODE
 from mamlpp.config import Config, DatasetConfig, validate
 from mamlpp.data import image_folder as imf
 from mamlpp.data.dataset import ClassImages, split_by_ratios
@@ -496,7 +496,7 @@ def make_flat(root: Path, classes: int = 10, per_class: int = 4) -> Path:
 def test_custom_dataset_from_a_users_lister(tmp_path: Path) -> None:
     import sys
 
-    sys.path.insert(0, str(REPO_ROOT / "tests" / "user_code"))
+    sys.path.insert(0, str(USER_CODE))
     root = make_flat(tmp_path / "flat")
     custom = cfg("custom", root, tmp_path / "data", _target_="user_data.list_flat")
     data = load_dataset(custom)
@@ -520,7 +520,7 @@ def test_custom_dataset_from_a_users_lister(tmp_path: Path) -> None:
 def test_custom_dataset_errors_are_one_line(tmp_path: Path, target: str, message: str) -> None:
     import sys
 
-    sys.path.insert(0, str(REPO_ROOT / "tests" / "user_code"))
+    sys.path.insert(0, str(USER_CODE))
     with pytest.raises(ConfigError, match=message) as err:
         load_dataset(
             cfg("custom", make_flat(tmp_path / "f", 3, 2), tmp_path / "d", _target_=target)
@@ -535,7 +535,7 @@ def test_custom_dataset_errors_are_one_line(tmp_path: Path, target: str, message
 @pytest.mark.slow
 def test_custom_dataset_trains_through_the_cli(cli, tmp_path: Path) -> None:
     root = make_flat(tmp_path / "flat")
-    user_code = str(REPO_ROOT / "tests" / "user_code")
+    user_code = str(USER_CODE)
     env = {**cli.env, "PYTHONPATH": os.pathsep.join([user_code, os.environ.get("PYTHONPATH", "")])}
     args = [
         "experiment=smoke",

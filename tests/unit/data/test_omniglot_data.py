@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT
+from helpers.paths import REPO_ROOT
 from mamlpp.data import omniglot as og
 from mamlpp.errors import ConfigError, DataError
 

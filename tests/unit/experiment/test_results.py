@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
+from helpers.paths import REPO_ROOT
 from mamlpp.config import AlgorithmConfig, Config
 from mamlpp.experiment.results import RunResults, code_version, git_commit
 from mamlpp.experiment.run_state import config_diffs, run_identity
