@@ -194,12 +194,15 @@ def reference_run(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
 
 
-# Fixtures that start mamlpp processes or train through the CLI: a test that uses one belongs to
-# the slow tier (`make test` runs everything; `make test-fast` runs `-m "not slow"`).
-PROCESS_FIXTURES = frozenset({"cli", "reference_run", "sweep", "submitit_reference"})
+# Fixtures that start mamlpp processes or train through the CLI, or decode all of real Omniglot
+# (32,460 PNGs): a test that uses one belongs to the slow tier (`make test` runs everything;
+# `make test-fast` runs `-m "not slow"`, in-process on synthetic data and small real samples).
+SLOW_FIXTURES = frozenset(
+    {"cli", "reference_run", "sweep", "submitit_reference", "omniglot_data_dir"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

@@ -131,7 +131,7 @@ def _config_of(cfg: object, overrides: tuple[str, ...]) -> Config:
     items = list(cfg) if isinstance(cfg, (list, tuple)) else [cfg]
     items += overrides
     if items and all(isinstance(item, str) for item in items) and not isinstance(cfg, Config):
-        return compose(items)
+        return compose([str(item) for item in items])
     what = type(cfg).__name__ if not isinstance(cfg, Config) else "Config and strings"
     raise ConfigError(
         "mamlpp.train takes a Config from mamlpp.compose, or override strings as compose "

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mamlpp import __version__
@@ -156,6 +156,7 @@ def eval_config(saved: dict[str, Any], overrides: list[str]) -> tuple[Config, di
         )
     if own["split"] not in SPLITS:
         raise ConfigError(f"split={own['split']!r} is invalid: allowed one of {SPLITS}")
+    assert isinstance(cfg, DictConfig)  # merged onto a mapping
     return to_config(cfg), own
 
 

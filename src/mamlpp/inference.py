@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
@@ -45,6 +45,7 @@ def config_of(trained: TrainedRun) -> Config:
         merged = OmegaConf.merge(OmegaConf.structured(Config), trained.config)
     except OmegaConfBaseException as exc:
         raise MamlppError(f"the config in {trained.policy.source}: {first_line(exc)}") from exc
+    assert isinstance(merged, DictConfig)  # merged onto the Config schema
     return to_config(merged)
 
 
@@ -205,5 +206,5 @@ def load(
     cfg = config_of(trained)
     trained.policy.model_config(cfg)  # refused before the data is read for old members
     prep = preprocessing_of(trained, cfg)
-    device = resolve_device(device)
-    return TrainedModel(cfg, prep, build_members(trained, cfg, prep.channels, device), device)
+    on = resolve_device(device)
+    return TrainedModel(cfg, prep, build_members(trained, cfg, prep.channels, on), on)

@@ -136,6 +136,7 @@ def missing_plugin(argv: list[str]) -> str | None:
     for arg in argv:
         key, _, choice = arg.partition("=")
         group = key.lstrip("+")
+        plugin: tuple[str, str] | None
         if group == "hparams_search" and choice not in ("", "null"):
             plugin = HPARAMS_SEARCH_PLUGIN
         else:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import math
+import operator
 import re
 from dataclasses import fields, is_dataclass
 from typing import Any
@@ -63,7 +63,7 @@ def validate(cfg: Config) -> Config:
     d, t, m, a, tr, ev = cfg.dataset, cfg.task, cfg.model, cfg.algorithm, cfg.train, cfg.eval
     _check_finite(cfg)
     for key in SEED_KEYS:
-        value = functools.reduce(getattr, key.split("."), cfg)
+        value = operator.attrgetter(key)(cfg)
         _check(0 <= value < SEED_LIMIT, key, value, f"0 <= {key} < 2**32 ({SEED_LIMIT})")
     _check(
         cfg.device in DEVICES or re.fullmatch(r"cuda:\d+", cfg.device) is not None,
@@ -330,7 +330,10 @@ def _check_module_model(cfg: Config) -> None:
 def split_sizes_of(dataset: DatasetConfig) -> tuple[int, int, int]:
     """Omniglot characters per split: the configured sizes or the protocol's standard ones."""
     sizes = dataset.split_sizes
-    return tuple(sizes) if sizes is not None else PROTOCOL_SPLITS[dataset.protocol]
+    if sizes is None:
+        return PROTOCOL_SPLITS[dataset.protocol]
+    train, val, test = sizes  # the schema checked that there are three
+    return train, val, test
 
 
 def split_class_counts(cfg: Config) -> tuple[int, int, int]:

@@ -162,7 +162,7 @@ def _config_beside(target: Path, run_dir: Path | None) -> tuple[Any, Path]:
 def _info(member: Member) -> dict[str, Any]:
     """A member's entry of results.json; a training-state file (latest.pt, previous.pt) has
     no epoch of its own, so it says after which iteration it was saved."""
-    info = {"epoch": _epoch_of(member), "val_accuracy": member.val_acc}
+    info: dict[str, Any] = {"epoch": _epoch_of(member), "val_accuracy": member.val_acc}
     info["checkpoint"] = str(member.path)
     if info["epoch"] is None:
         progress = load_checkpoint(member.path).get("progress")

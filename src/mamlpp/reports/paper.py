@@ -35,7 +35,7 @@ PROTOCOL = {
     "model.name": "conv4",
     "model.stages": 4,
 }
-DATASET_PROTOCOL = {
+DATASET_PROTOCOL: dict[str, dict[str, object]] = {
     "omniglot": {
         "dataset.protocol": "mamlpp",
         "dataset.split_sizes": None,

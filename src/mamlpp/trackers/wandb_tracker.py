@@ -48,7 +48,7 @@ class WandbLogger:
         self.run = wandb.init(
             project=self.cfg.project,
             entity=self.cfg.entity,
-            mode=self.cfg.mode,
+            mode=self.cfg.mode,  # type: ignore[arg-type]  # the schema checks the choice
             dir=str(self.root),
             id=run_id,
             resume="allow",

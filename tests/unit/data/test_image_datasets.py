@@ -381,6 +381,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"cfg": c, "data": load_dataset(c), "data_dir": data_dir}
 
 
+@pytest.mark.slow  # decodes the real Tiny-ImageNet subset
 def test_real_tiny_imagenet_zip(tiny: dict) -> None:
     data = tiny["data"]
     assert data.images.pixels.shape == (20_000, 3, 32, 32)
@@ -412,6 +413,7 @@ def _mode(data: bytes) -> str:
         return im.mode
 
 
+@pytest.mark.slow  # decodes the real Tiny-ImageNet subset
 def test_real_tiny_imagenet_cache_reused_and_deterministic(
     tiny: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -425,7 +427,7 @@ def test_real_tiny_imagenet_cache_reused_and_deterministic(
     assert abs(batch.xt.mean().item()) < 0.5  # normalised
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # decodes the real Tiny-ImageNet subset
 def test_real_tiny_imagenet_cache_invalidated_when_the_zip_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

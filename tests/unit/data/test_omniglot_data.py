@@ -42,6 +42,7 @@ def _decode_member(zip_path: Path, member: str, size: int = 28) -> np.ndarray:
         return np.asarray(im.convert("L").resize((size, size), Image.LANCZOS))
 
 
+@pytest.mark.slow  # decodes all of real Omniglot
 def test_real_shape_dtype_and_content(real: dict) -> None:
     arr = real["arr"]
     assert arr.shape == (1623, 20, 28, 28)
@@ -54,6 +55,7 @@ def test_real_shape_dtype_and_content(real: dict) -> None:
     assert len({a.tobytes() for a in arr[0]}) == 20
 
 
+@pytest.mark.slow  # decodes all of real Omniglot
 def test_real_class_order(real: dict) -> None:
     """Background first, sorted by (alphabet, character); images sorted by file name."""
     arr, src = real["arr"], real["source"]
@@ -69,6 +71,7 @@ def test_real_class_order(real: dict) -> None:
         np.testing.assert_array_equal(arr[c, i], _decode_member(zip_path, member), err_msg=member)
 
 
+@pytest.mark.slow  # decodes all of real Omniglot
 def test_real_cached_load_reads_no_zip(real: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("cache hit must not read zips or decode PNGs")
@@ -86,6 +89,7 @@ def test_real_cached_load_reads_no_zip(real: dict, monkeypatch: pytest.MonkeyPat
     assert sorted(p.name for p in cache.iterdir()) == ["omniglot_28.json", "omniglot_28.npy"]
 
 
+@pytest.mark.slow  # decodes all of real Omniglot
 def test_real_changed_source_rebuilds(
     real: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
