@@ -332,7 +332,7 @@ def split_sizes_of(dataset: DatasetConfig) -> tuple[int, int, int]:
     sizes = dataset.split_sizes
     if sizes is None:
         return PROTOCOL_SPLITS[dataset.protocol]
-    train, val, test = sizes  # the schema checked that there are three
+    train, val, test = sizes  # validate() refuses any other number of splits
     return train, val, test
 
 
