@@ -34,13 +34,14 @@ from mamlpp.data.image_folder import is_image
 from mamlpp.data.preprocessing import with_channels
 from mamlpp.data.registry import load_dataset
 from mamlpp.errors import ConfigError, DataError, MamlppError, first_line
-from mamlpp.experiment.builder import configure_device, make_sampler, resolve_device
 from mamlpp.experiment.checkpoints import atomic_write_text
 from mamlpp.experiment.console import log
 from mamlpp.experiment.data_paths import current_paths, relocated_data_dir
+from mamlpp.experiment.device import configure_device, resolve_device
 from mamlpp.experiment.evaluation import evaluate_ensemble
-from mamlpp.experiment.results import config_summary
+from mamlpp.experiment.results import Results, config_summary
 from mamlpp.experiment.results_table import format_results
+from mamlpp.experiment.sampling import make_sampler
 from mamlpp.experiment.trained import TrainedRun, open_trained
 from mamlpp.experiment.trust import named_targets
 from mamlpp.inference import (
@@ -51,6 +52,7 @@ from mamlpp.inference import (
     iter_members,
     preprocessing_of,
 )
+from mamlpp.layout import RESULTS
 
 # Keys an evaluation may change; everything else defines the trained model.
 EVAL_KEYS = (
@@ -187,7 +189,7 @@ def output_name(args: argparse.Namespace, default: str) -> str:
 
 def evaluate_tasks(
     trained: TrainedRun, cfg: Config, own: dict[str, str], device: torch.device
-) -> dict[str, Any]:
+) -> Results:
     """The members' and their ensemble's accuracy on fixed tasks of a dataset split."""
     saved_cfg = config_of(trained)
     prep = preprocessing_of(trained, saved_cfg)
@@ -217,21 +219,22 @@ def evaluate_tasks(
         cfg.eval.batch_size,
     )
     vals = [i["val_accuracy"] for i in trained.infos if i["val_accuracy"] is not None]
-    return {
-        "test_accuracy_mean": tested["test_accuracy_mean"],
-        "test_accuracy_ci95": tested["test_accuracy_ci95"],
-        "num_test_tasks": tasks,
-        "ensemble_size": tested["ensemble_size"],
-        "per_model": tested["per_model"],
-        "best_val_accuracy": max(vals) if vals else None,
-        "split": split,
-        "members": own["members"],
-        "channels_converted": converted,
-        "preprocessing": prep.to_dict(),
-        "test_seconds": round(time.perf_counter() - started, 2),
-        "device": str(device),
-        "config": config_summary(cfg),
-    }
+    return Results(
+        test_accuracy_mean=tested["test_accuracy_mean"],
+        test_accuracy_ci95=tested["test_accuracy_ci95"],
+        num_test_tasks=tasks,
+        ensemble_size=tested["ensemble_size"],
+        per_model=tested["per_model"],
+        best_val_accuracy=max(vals) if vals else None,
+        split=split,
+        members=own["members"],
+        channels_converted=converted,
+        preprocessing=prep.to_dict(),
+        test_seconds=round(time.perf_counter() - started, 2),
+        device=str(device),
+        config=config_summary(cfg),
+        mamlpp_version=__version__,
+    )
 
 
 # --------------------------------------------------------------------------- your own images
@@ -349,8 +352,9 @@ def run(args: argparse.Namespace) -> Path:
         atomic_write_text(out / "predictions.json", json.dumps(summary, indent=2))
     else:
         out = trained.out_root / output_name(args, "default")
-        results = {**evaluate_tasks(trained, cfg, own, device), **base}
-        atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+        results = evaluate_tasks(trained, cfg, own, device)
+        results.source, results.overrides = base["source"], base["overrides"]
+        atomic_write_text(out / RESULTS, json.dumps(results.to_dict(), indent=2))
         print(format_results(results))
     log(f"wrote {out}")
     return out
