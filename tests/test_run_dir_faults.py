@@ -26,13 +26,13 @@ import torch
 
 import mamlpp
 from conftest import TINY_ARGS, Cli, eval_error, one_line, result_accuracies
+from mamlpp.apps.run_dir_hook import check_run_dir
 from mamlpp.errors import MamlppError
 from mamlpp.experiment import checkpoints, checksum
 from mamlpp.experiment.checkpoints import CheckpointError, load_checkpoint
 from mamlpp.experiment.console import log, run_log
 from mamlpp.experiment.members import read_member
 from mamlpp.experiment.run_dir import RunDirError, is_new, remove_temp_files
-from mamlpp.experiment.run_dir_hook import check_run_dir
 
 pytestmark = pytest.mark.slow
 

@@ -124,11 +124,13 @@ class Results:
         return self.split is not None
 
     def to_dict(self) -> dict[str, Any]:
-        """The file's content: every field that is set, then the kept unknown keys."""
+        """The file's content: the fields every file has, those of its writer (an
+        evaluation's even when None), any other field that is set, then the kept unknown keys."""
+        always = REQUIRED + (EVALUATION_FIELDS if self.is_evaluation else ())
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name != "extra" and (f.name in REQUIRED or value is not None):
+            if f.name != "extra" and (f.name in always or value is not None):
                 out[f.name] = value
         return {**out, **self.extra}
 
@@ -159,6 +161,16 @@ REQUIRED = (
     "ensemble_size",
     "per_model",
     "best_val_accuracy",
+)
+# mamlpp-eval's own fields, written whenever a file is an evaluation's.
+EVALUATION_FIELDS = (
+    "split",
+    "members",
+    "channels_converted",
+    "preprocessing",
+    "source",
+    "overrides",
+    "mamlpp_version",
 )
 # What the results table of a finished run reads (mamlpp.experiment.results_table).
 TABLE_FIELDS = ("num_test_tasks", "ensemble_size", "test_accuracy_mean", "test_accuracy_ci95")
