@@ -27,11 +27,14 @@ class Step(Protocol):
 
 
 class LearnerPort:
-    """A learner as the runtime uses it; `model` is what evaluation adapts and predicts with."""
+    """A learner as the runtime uses it: `model` is what evaluation adapts and predicts with
+    and what member files hold; `step` runs the meta-steps."""
 
-    def __init__(self, learner: nn.Module) -> None:
+    def __init__(self, learner: nn.Module, step: Any = None) -> None:
         self.model = learner
-        self.step = learner  # the object that owns train_step and the meta-optimizer
+        # What owns train_step, the meta-optimizer and the sync: an outer-step object, or
+        # (without one) the learner itself.
+        self.step = step if step is not None else learner
 
     def train_step(self, batch: Any, epoch: int, iteration: int) -> Step:
         return self.step.train_step(batch, epoch, iteration)
