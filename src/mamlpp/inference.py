@@ -32,7 +32,7 @@ from mamlpp.config import Config, to_config
 from mamlpp.data.preprocessing import Preprocessing
 from mamlpp.data.registry import load_dataset
 from mamlpp.errors import DataError, MamlppError, first_line
-from mamlpp.experiment.builder import resolve_device
+from mamlpp.experiment.device import resolve_device
 from mamlpp.experiment.members import load_learner_state
 from mamlpp.experiment.trained import TrainedRun, open_trained
 from mamlpp.experiment.trust import CODE_KEYS, named_targets

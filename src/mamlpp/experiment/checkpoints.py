@@ -16,6 +16,7 @@ import torch
 
 from mamlpp.errors import MamlppError, first_line
 from mamlpp.experiment import checksum
+from mamlpp.layout import atomic_temp
 
 
 class CheckpointError(MamlppError):
@@ -33,7 +34,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
     Any failure (disk full, read-only, a folder in the way) removes the temp file and raises a
     one-line WriteError; `path` keeps its old content."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = atomic_temp(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from mamlpp.layout import rewrite_temp
+
 COLUMNS = ("step", "name", "value")
 
 
@@ -29,7 +31,7 @@ class CsvLogger:
         writer = csv.DictWriter(buf, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(kept)
-        tmp = self.path.with_name(f".{self.path.name}.new")  # a kill leaves the old file whole
+        tmp = rewrite_temp(self.path)  # a kill leaves the old file whole
         tmp.write_text(buf.getvalue())
         tmp.replace(self.path)
         self.file = open(self.path, "a", newline="")  # noqa: SIM115 (closed by close())
