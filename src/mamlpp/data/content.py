@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mamlpp.data.files import atomic_write, one_line
-from mamlpp.errors import DataError
+from mamlpp.errors import DataError, first_line
+from mamlpp.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class DigestCache:
                 self._entries[rel] = entry
                 self._changed = True
         except OSError as e:
-            raise DataError(f"cannot read {path} ({one_line(e)})") from e
+            raise DataError(f"cannot read {path} ({first_line(e)})") from e
         return entry[3], entry[0]
 
     def save(self) -> None:
@@ -88,7 +88,9 @@ class DigestCache:
             atomic_write(self.path, lambda f: f.write(text))
             self._changed = False
         except OSError as e:
-            logger.warning("could not write the file digest cache %s (%s)", self.path, one_line(e))
+            logger.warning(
+                "could not write the file digest cache %s (%s)", self.path, first_line(e)
+            )
 
 
 def cached_zip_digest(
@@ -118,7 +120,9 @@ def cached_zip_digest(
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(cache_path, lambda f: f.write(text))
         except OSError as e:
-            logger.warning("could not write the zip digest cache %s (%s)", cache_path, one_line(e))
+            logger.warning(
+                "could not write the zip digest cache %s (%s)", cache_path, first_line(e)
+            )
     return result
 
 

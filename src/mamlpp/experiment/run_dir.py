@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from mamlpp.errors import MamlppError
+from mamlpp.files import TEMP_SUFFIX
 
 # Light on purpose (no torch): the Hydra callback of mamlpp-train checks run directories with it
 # before the job starts. mamlpp.experiment.run_state writes these names.
@@ -25,12 +26,12 @@ MARKERS = (".lock", CHECKPOINTS, "done")
 LOG = "train.log"  # a run that failed before its lock (older versions) left only this
 HYDRA_RECORD = ".hydra"
 HYDRA_FILES = frozenset({"config.yaml", "hydra.yaml", "overrides.yaml"})
-# Files of the run directory written through a temporary name (atomic_write_bytes: .NAME.tmpPID;
-# the trackers: .NAME.new); a killed process can leave those temporaries behind.
+# Files of the run directory written through a temporary name (mamlpp.files.atomic_write:
+# .NAME.tmpPID.HEX; older versions: .NAME.tmpPID, .NAME.new); a killed process can leave those.
 RUN_FILES = ("config.yaml", "results.json", "done", "metrics.csv", "trackers.json", "scalars.csv")
-_RUN_TEMP = re.compile(rf"\.({'|'.join(map(re.escape, RUN_FILES))})\.(tmp\d+|new)")
+_RUN_TEMP = re.compile(rf"\.({'|'.join(map(re.escape, RUN_FILES))})(?:{TEMP_SUFFIX}|\.new)")
 _CKPT_TEMP = re.compile(
-    rf"\.({re.escape(LATEST)}|{re.escape(NEW_LATEST)}|epoch_\d{{4,}}\.pt)\.tmp\d+"
+    rf"\.({re.escape(LATEST)}|{re.escape(NEW_LATEST)}|epoch_\d{{4,}}\.pt){TEMP_SUFFIX}"
     rf"|{re.escape(NEW_LATEST)}|{re.escape(PREVIOUS_LINK)}"
 )
 

@@ -17,11 +17,11 @@ from mamlpp.errors import MamlppError
 from mamlpp.experiment.checkpoints import (
     CheckpointError,
     WriteError,
-    fsync_dir,
     load_checkpoint,
     save_checkpoint,
 )
 from mamlpp.experiment.run_dir import LATEST, NEW_LATEST, PREVIOUS, PREVIOUS_LINK
+from mamlpp.files import fsync_dir
 
 FORMAT_VERSION = 1
 

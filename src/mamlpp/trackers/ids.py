@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mamlpp.files import atomic_write
+
 FILE = "trackers.json"
 
 
@@ -22,6 +24,4 @@ def save_id(run_dir: Path, tracker: str, value: dict[str, Any]) -> None:
     path = run_dir / FILE
     ids = json.loads(path.read_text()) if path.exists() else {}
     ids[tracker] = value
-    tmp = path.with_name(f".{FILE}.new")
-    tmp.write_text(json.dumps(ids, indent=1))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(ids, indent=1).encode())
