@@ -1,5 +1,6 @@
-"""Omniglot: its facts (1623 characters of 20 drawings, the protocols' class splits), where its
-two release zips are found or downloaded, and its layout, listed as one more ImageListing.
+"""Omniglot: its facts (1623 characters of 20 drawings, the protocols' class splits and
+rotations), where its two release zips are found or downloaded, and its layout, listed as one
+more ImageListing.
 
 Decoding, the cache and the data identity are the image folders' (mamlpp.data.image_folder):
 greyscale, in class order background characters then evaluation characters, each sorted by
@@ -27,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from mamlpp.data import capacity
 from mamlpp.data.files import download, md5_file
 from mamlpp.data.image_folder import ImageListing, Part, load_cached, open_zip, part_fingerprint
+from mamlpp.data.splits import RANDOM_ROTATION, SplitClasses, fixed_splits
 from mamlpp.errors import ConfigError, DataError, first_line
 
 __all__ = [
@@ -36,9 +39,14 @@ __all__ = [
     "NUM_CLASSES",
     "OMNIGLOT_MD5",
     "OMNIGLOT_URLS",
+    "PROTOCOL_SPLITS",
+    "ROTATIONS",
+    "class_splits",
     "download",
     "load_omniglot",
     "md5_file",
+    "split_class_counts",
+    "split_sizes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,11 +62,54 @@ OMNIGLOT_MD5: dict[str, str] = {
 }
 NUM_CLASSES = 1623
 IMAGES_PER_CLASS = 20
+# The protocols' [train, val, test] characters. mamlpp (Antoniou et al.): a class is a character,
+# training tasks turn each by a random k*90 deg. maml (Finn et al.): a class is a (character,
+# rotation) pair, so every split has ROTATIONS times as many classes.
+PROTOCOL_SPLITS = {"mamlpp": (1150, 50, 423), "maml": (1100, 100, 423)}
+ROTATIONS = 4
 
 # Class order is background characters first, then evaluation characters.
 _SETS: tuple[str, ...] = ("images_background", "images_evaluation")
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _FIX_HINT = "re-download it or set dataset.source"
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+def split_sizes(protocol: str, sizes: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """Characters per split: `sizes` when given (dataset.split_sizes), else the protocol's."""
+    train, val, test = sizes if sizes is not None else PROTOCOL_SPLITS[protocol]
+    return train, val, test
+
+
+def split_class_counts(protocol: str, sizes: Sequence[int] | None = None) -> tuple[int, ...]:
+    """Classes a task can draw from in each split (each rotation its own class under maml)."""
+    per = ROTATIONS if protocol == "maml" else 1
+    return tuple(n * per for n in split_sizes(protocol, sizes))
+
+
+def class_splits(
+    num_chars: int,
+    sizes: tuple[int, int, int],
+    split_seed: int,
+    protocol: str,
+    train_rotation: bool = True,
+) -> dict[str, SplitClasses]:
+    """Shuffle characters with `split_seed` and cut them into the protocol's train/val/test
+    classes (see PROTOCOL_SPLITS)."""
+    perm = np.random.default_rng(split_seed).permutation(num_chars)
+    out = {}
+    for name, split in fixed_splits(perm, list(sizes)).items():
+        chars = split.chars
+        if protocol == "maml":
+            out[name] = SplitClasses(
+                np.repeat(chars, ROTATIONS), np.tile(np.arange(ROTATIONS), len(chars))
+            )
+        else:
+            rot = RANDOM_ROTATION if (name == "train" and train_rotation) else 0
+            out[name] = SplitClasses(chars, np.full(len(chars), rot))
+    return out
 
 
 # --------------------------------------------------------------------------- sources
@@ -283,6 +334,7 @@ def _load(
         raise DataError(f"omniglot: cannot create data_dir {data_dir} ({first_line(e)})") from e
     sources, root = _resolve_sources(data_dir, source)
     listing = list_omniglot(sources, root, expected_classes, expected_images)
+    capacity.check_memory("omniglot", listing.num_images, 1, image_size)  # held in memory
     cached = load_cached(listing, data_dir, image_size, workers)
     images = np.array(cached.pixels).reshape(
         expected_classes, expected_images, image_size, image_size

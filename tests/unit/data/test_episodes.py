@@ -8,7 +8,8 @@ import torch
 
 from mamlpp.algorithms.meta_learner import EpisodeBatch
 from mamlpp.data.episodes import EpisodeSampler
-from mamlpp.data.splits import RANDOM_ROTATION, omniglot_splits
+from mamlpp.data.omniglot import class_splits as omniglot_splits
+from mamlpp.data.splits import RANDOM_ROTATION
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
