@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from mamlpp.data import capacity
+from mamlpp.data import capacity, content
 from mamlpp.data.files import download, md5_file
 from mamlpp.data.image_folder import ImageListing, Part, load_cached, open_zip, part_fingerprint
 from mamlpp.data.splits import RANDOM_ROTATION, SplitClasses, fixed_splits
@@ -203,48 +203,62 @@ def _class_parts(name: str, parts: list[str]) -> list[str]:
     return parts[1:] if parts and parts[0] == name else parts
 
 
-def _scan(src: _Source) -> tuple[dict[tuple[str, str], list[str]], dict[str, tuple[int, int]]]:
+def _scan(
+    src: _Source, cache_dir: Path
+) -> tuple[dict[tuple[str, str], list[str]], dict[str, tuple[int, int]]]:
     """Map (alphabet, character) -> member names (zip) or relative paths (dir), unsorted, and
     (for a zip) each member's CRC-32 and size from its directory.
 
     Directory entries only register (possibly empty) character folders; stray non-PNG files and
-    hidden/__MACOSX entries are ignored; a PNG at an unexpected depth is a layout error.
+    hidden/__MACOSX entries are ignored; a PNG at an unexpected depth is a layout error. A zip's
+    scan is remembered under its status in `cache_dir`, so a cache hit opens no zip.
     """
+    if src.kind == "zip":
+        stem = f"omniglot_listing_{content.source_key('omniglot', src.path)}"
+        path = content.digest_cache_path(cache_dir, stem)
+        found = content.remember_for_zip(
+            src.path, path, {"set": src.name}, "listing", lambda: _scan_zip(src)
+        )
+        classes = {(a, c): members for a, c, members in found["classes"]}
+        return classes, {m: (crc, size) for m, crc, size in found["crcs"]}
     classes: dict[tuple[str, str], list[str]] = {}
-    crcs: dict[str, tuple[int, int]] = {}
-    layout = f"{src.name}/<Alphabet>/<characterNN>/<file>.png"
+    for root, _dirs, files in os.walk(src.path):
+        rel = Path(root).relative_to(src.path).parts
+        _add(src, classes, "", list(rel))
+        for fname in files:
+            parts = [*rel, fname]
+            _add(src, classes, "/".join(parts), parts)
+    return classes, {}
 
-    def add_dir(parts: list[str]) -> None:
+
+def _scan_zip(src: _Source) -> dict[str, list]:
+    """`_scan` of a zip, JSON-able: [alphabet, character, members] and [member, CRC, size]."""
+    classes: dict[tuple[str, str], list[str]] = {}
+    crcs = []
+    with open_zip("omniglot", str(src.path)) as zf:
+        infos = zf.infolist()
+    for info in infos:
+        parts = _class_parts(src.name, [p for p in info.filename.split("/") if p])
+        if _add(src, classes, "" if info.is_dir() else info.filename, parts):
+            crcs.append([info.filename, info.CRC, info.file_size])
+    return {"classes": [[*key, members] for key, members in classes.items()], "crcs": crcs}
+
+
+def _add(src: _Source, classes: dict, member: str, parts: list[str]) -> bool:
+    """Register a character folder (`member` "") or a PNG; True when it is one of the images."""
+    if not member:
         if len(parts) == 2 and not _is_hidden(parts):
             classes.setdefault((parts[0], parts[1]), [])
-
-    def add_file(member: str, parts: list[str]) -> None:
-        if _is_hidden(parts) or not parts[-1].lower().endswith(".png"):
-            return
-        if len(parts) != 3:
-            raise DataError(
-                f"omniglot: unexpected PNG {member!r} in {src.path}; expected layout {layout}"
-            )
-        classes.setdefault((parts[0], parts[1]), []).append(member)
-
-    if src.kind == "zip":
-        with open_zip("omniglot", str(src.path)) as zf:
-            infos = zf.infolist()
-        for info in infos:
-            parts = _class_parts(src.name, [p for p in info.filename.split("/") if p])
-            if info.is_dir():
-                add_dir(parts)
-            else:
-                add_file(info.filename, parts)
-                crcs[info.filename] = (info.CRC, info.file_size)
-    else:
-        for root, _dirs, files in os.walk(src.path):
-            rel = Path(root).relative_to(src.path).parts
-            add_dir(list(rel))
-            for fname in files:
-                parts = [*rel, fname]
-                add_file("/".join(parts), parts)
-    return classes, crcs
+        return False
+    if _is_hidden(parts) or not parts[-1].lower().endswith(".png"):
+        return False
+    if len(parts) != 3:
+        layout = f"{src.name}/<Alphabet>/<characterNN>/<file>.png"
+        raise DataError(
+            f"omniglot: unexpected PNG {member!r} in {src.path}; expected layout {layout}"
+        )
+    classes.setdefault((parts[0], parts[1]), []).append(member)
+    return True
 
 
 # --------------------------------------------------------------------------- listing
@@ -269,6 +283,7 @@ class OmniglotListing(ImageListing):
 def list_omniglot(
     sources: Sequence[_Source],
     root: Path,
+    cache_dir: Path,
     expected_classes: int = NUM_CLASSES,
     expected_images: int = IMAGES_PER_CLASS,
 ) -> OmniglotListing:
@@ -277,7 +292,7 @@ def list_omniglot(
     files: list[list[str]] = []
     sets: list[Part] = []
     for src in sources:
-        found, crcs = _scan(src)
+        found, crcs = _scan(src, cache_dir)
         members: list[str] = []
         for key in sorted(found):
             drawings = found[key]
@@ -333,7 +348,7 @@ def _load(
     except OSError as e:
         raise DataError(f"omniglot: cannot create data_dir {data_dir} ({first_line(e)})") from e
     sources, root = _resolve_sources(data_dir, source)
-    listing = list_omniglot(sources, root, expected_classes, expected_images)
+    listing = list_omniglot(sources, root, data_dir / "cache", expected_classes, expected_images)
     capacity.check_memory("omniglot", listing.num_images, 1, image_size)  # held in memory
     cached = load_cached(listing, data_dir, image_size, workers)
     images = np.array(cached.pixels).reshape(
