@@ -5,10 +5,11 @@
     <run>/eval/<name>/results.json                            (mamlpp-eval)
     <run>/tb/  scalars.csv  trackers.json  wandb/             (trackers; <runs>/mlflow/ beside)
 
-Files are replaced through temporary names beside them: `.NAME.tmpPID` (atomic writes),
-`.NAME.new` (trackers' rewrites), `.latest.pt.new` and `.previous.pt.link` (the checkpoint
-rotation); a killed process may leave those, and only those are cleaned up. A leaf module (no
-torch, no other mamlpp import): trackers, the runtime, the front-ends and reports all ask it.
+Files are replaced through temporary names beside them: `.NAME.tmpPID.HEX` (mamlpp.files'
+atomic write; `.NAME.tmpPID` and `.NAME.new` from older versions), `.latest.pt.new` and
+`.previous.pt.link` (the checkpoint rotation); a killed process may leave those, and only those
+are cleaned up. Near a leaf (no torch; of mamlpp only the standard-library mamlpp.files):
+trackers, the runtime, the front-ends and reports all ask it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from mamlpp.files import TEMP_SUFFIX
 
 CONFIG = "config.yaml"
 METRICS = "metrics.csv"
@@ -45,9 +48,9 @@ MARKERS = (LOCK, CHECKPOINTS, DONE)
 RUN_FILES = (CONFIG, RESULTS, DONE, METRICS, TRACKER_IDS, SCALARS)
 
 _MEMBER = re.compile(r"epoch_(\d+)\.pt")
-_RUN_TEMP = re.compile(rf"\.({'|'.join(map(re.escape, RUN_FILES))})\.(tmp\d+|new)")
+_RUN_TEMP = re.compile(rf"\.({'|'.join(map(re.escape, RUN_FILES))})(?:{TEMP_SUFFIX}|\.new)")
 _CKPT_TEMP = re.compile(
-    rf"\.({re.escape(LATEST)}|{re.escape(NEW_LATEST)}|epoch_\d{{4,}}\.pt)\.tmp\d+"
+    rf"\.({re.escape(LATEST)}|{re.escape(NEW_LATEST)}|epoch_\d{{4,}}\.pt){TEMP_SUFFIX}"
     rf"|{re.escape(NEW_LATEST)}|{re.escape(PREVIOUS_LINK)}"
 )
 
@@ -61,16 +64,6 @@ def member_epoch(name: str) -> int | None:
     """The epoch a member's file name says, None for any other name."""
     match = _MEMBER.fullmatch(name)
     return int(match.group(1)) if match else None
-
-
-def atomic_temp(path: Path) -> Path:
-    """The temporary an atomic write of `path` goes through (this process's own)."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def rewrite_temp(path: Path) -> Path:
-    """The temporary a tracker's rewrite of `path` goes through."""
-    return path.with_name(f".{path.name}.new")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from mamlpp.experiment import checksum
 from mamlpp.experiment.checkpoints import (
     CheckpointError,
     WriteError,
-    fsync_dir,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -32,6 +31,7 @@ from mamlpp.experiment.checkpoints import (
 from mamlpp.experiment.distributed import SINGLE, Distributed
 from mamlpp.experiment.learner_port import LearnerPort
 from mamlpp.experiment.members import load_learner_state
+from mamlpp.files import fsync_dir
 from mamlpp.experiment.run_state import TrainingProgress, check_drift, move_aside, run_identity
 from mamlpp.layout import LATEST, PREVIOUS, RunLayout
 

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mamlpp.layout import TRACKER_IDS, RunLayout, rewrite_temp
+from mamlpp.files import atomic_write
+from mamlpp.layout import TRACKER_IDS, RunLayout
 
 FILE = TRACKER_IDS
 
@@ -24,6 +25,4 @@ def save_id(run_dir: Path, tracker: str, value: dict[str, Any]) -> None:
     path = RunLayout(run_dir).tracker_ids
     ids = json.loads(path.read_text()) if path.exists() else {}
     ids[tracker] = value
-    tmp = rewrite_temp(path)
-    tmp.write_text(json.dumps(ids, indent=1))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(ids, indent=1).encode())
