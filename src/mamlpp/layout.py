@@ -14,7 +14,6 @@ trackers, the runtime, the front-ends and reports all ask it.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path

@@ -31,8 +31,8 @@ from mamlpp.experiment.checkpoints import (
 from mamlpp.experiment.distributed import SINGLE, Distributed
 from mamlpp.experiment.learner_port import LearnerPort
 from mamlpp.experiment.members import load_learner_state
-from mamlpp.files import fsync_dir
 from mamlpp.experiment.run_state import TrainingProgress, check_drift, move_aside, run_identity
+from mamlpp.files import fsync_dir
 from mamlpp.layout import LATEST, PREVIOUS, RunLayout
 
 FORMAT_VERSION = 1
