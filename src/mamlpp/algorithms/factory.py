@@ -13,7 +13,8 @@ import torch
 from mamlpp.algorithms.finetune_baseline import FineTuneBaseline
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.algorithms.optimizer import build_optimizer
-from mamlpp.config import Config, split_class_counts
+from mamlpp.config import Config
+from mamlpp.data.omniglot import split_class_counts
 from mamlpp.tasks import CLASSIFICATION, REGRESSION, Objective
 
 # Chen et al.'s pre-train then fine-tune baselines (algorithms.finetune_baseline).
@@ -29,7 +30,7 @@ def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "c
     kind, extra, ways = MetaLearner, {}, cfg.task.ways
     if cfg.algorithm.name in FINETUNE_BASELINES:  # a classifier of every training class
         kind, extra = FineTuneBaseline, {"cosine": cfg.algorithm.name == "baseline_pp"}
-        ways = split_class_counts(cfg)[0]
+        ways = split_class_counts(cfg.dataset.protocol, cfg.dataset.split_sizes)[0]
     learner = kind(
         cfg.algorithm,
         cfg.model,

@@ -75,7 +75,7 @@ def test_mlp_mse_meta_gradient_matches_torch_func(case: str) -> None:
         for i, rates in enumerate(learner.inner_lrs.rates.values()):
             rates.add_(0.01 * i + 0.02 * torch.rand_like(rates))
     batch = SinusoidSampler(SinusoidConfig(), 5, 7).batch("train", 0, 0, 3)
-    batch = EpisodeBatch(*(t.double() for t in vars(batch).values()))
+    batch = EpisodeBatch(batch.xs.double(), batch.ys.double(), batch.xt.double(), batch.yt.double())
     weights = [0.3, 0.7] if algo.multi_step_loss else None
 
     named = [(n, p) for n, p in learner.named_parameters() if p.requires_grad]
@@ -110,7 +110,7 @@ def test_first_order_drops_the_second_order_terms() -> None:
     algo = AlgorithmConfig(name="fomaml", inner_steps=1, inner_lr=0.05, second_order=False)
     learner = MetaLearner(algo, net, 1, 1, 1, total_iterations=1, objective=REGRESSION).double()
     batch = SinusoidSampler(SinusoidConfig(), 5, 7).batch("train", 0, 0, 2)
-    batch = EpisodeBatch(*(t.double() for t in vars(batch).values()))
+    batch = EpisodeBatch(batch.xs.double(), batch.ys.double(), batch.xt.double(), batch.yt.double())
     loss, _ = learner.adapt_and_predict(batch, 1, True, False)
     got = torch.autograd.grad(loss.mean(), list(net.parameters()))
     params = dict(net.named_parameters())

@@ -18,7 +18,7 @@ from mamlpp.experiment.topk import update_top_k
 from mamlpp.reports.report import main
 
 
-def results_of(score: float, *overrides: str, metric: str = "accuracy") -> dict:
+def results_of(score: float, *overrides: str, metric: str | None = None) -> dict:
     cfg = mamlpp.compose(*overrides)
     return RunResults(
         test_accuracy_mean=score,
