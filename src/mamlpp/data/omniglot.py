@@ -348,8 +348,9 @@ def _load(
     except OSError as e:
         raise DataError(f"omniglot: cannot create data_dir {data_dir} ({first_line(e)})") from e
     sources, root = _resolve_sources(data_dir, source)
+    count = expected_classes * expected_images
+    capacity.check_memory("omniglot", count, 1, image_size)  # held in memory, refused up front
     listing = list_omniglot(sources, root, data_dir / "cache", expected_classes, expected_images)
-    capacity.check_memory("omniglot", listing.num_images, 1, image_size)  # held in memory
     cached = load_cached(listing, data_dir, image_size, workers)
     images = np.array(cached.pixels).reshape(
         expected_classes, expected_images, image_size, image_size
