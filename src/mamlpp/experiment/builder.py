@@ -28,7 +28,8 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from mamlpp.algorithms.factory import build_learner
-from mamlpp.algorithms.meta_learner import MetaLearner
+from mamlpp.algorithms.learner import Learner
+from mamlpp.algorithms.outer_step import build_outer_step
 from mamlpp.config import Config, SpeedConfig, algorithm_label, experiment_keys
 from mamlpp.data.dataset import FewShotDataset
 from mamlpp.data.episodes import EpisodeSampler
@@ -217,10 +218,11 @@ class ExperimentBuilder:
         self.sampler = make_sampler(cfg, data, self.device)
         self.total_iterations = cfg.train.epochs * cfg.train.iters_per_epoch
         self.learner = self._new_learner()
+        self.outer = build_outer_step(cfg, self.learner)  # meta-optimizer, schedule, sync
         if self.dist.enabled:
-            self.learner.sync = self.dist
+            self.outer.sync = self.dist
 
-    def _new_learner(self) -> MetaLearner:
+    def _new_learner(self) -> Learner:
         return build_learner(self.cfg, self.in_channels, self.device)
 
     # ------------------------------------------------------------------ entry point
@@ -387,11 +389,11 @@ class ExperimentBuilder:
         if not self.dist.enabled:
             return progress
         learner, optimizer, shared = self.dist.broadcast(
-            (self.learner.state_dict(), self.learner.optimizer.state_dict(), progress.to_dict())
+            (self.learner.state_dict(), self.outer.optimizer.state_dict(), progress.to_dict())
         )
         if not self.dist.is_main:
             self.learner.load_state_dict(learner)
-            self.learner.optimizer.load_state_dict(optimizer)
+            self.outer.optimizer.load_state_dict(optimizer)
             progress = TrainingProgress(**shared)
             epochs = {e["epoch"] for e in progress.top_k}
             self._kept_epochs = (epochs, epochs)
@@ -417,7 +419,7 @@ class ExperimentBuilder:
                 state, path = found
                 check_drift(state["experiment"], self.cfg, self.data_identity)
                 load_learner_state(self.learner, state["learner"], path)
-                self.learner.optimizer.load_state_dict(state["optimizer"])
+                self.outer.optimizer.load_state_dict(state["optimizer"])
                 set_rng_state(state["rng"])
                 progress = TrainingProgress(**state["progress"])
                 epochs = {e["epoch"] for e in progress.top_k}
@@ -442,7 +444,7 @@ class ExperimentBuilder:
         save_state(
             self.ckpt_dir,
             self.learner.state_dict(),
-            self.learner.optimizer.state_dict(),
+            self.outer.optimizer.state_dict(),
             progress,
             rng_state(),
             self.cfg,
@@ -477,7 +479,7 @@ class ExperimentBuilder:
             # This rank's share: consecutive tasks of the batch one process would draw.
             first = it * mbs + self.dist.rank * local
             batch = self.sampler.batch("train", cfg.seed, first, local)
-            step = self.learner.train_step(batch, epoch, it)
+            step = self.outer.train_step(batch, epoch, it)
             check_step(step.finite, step.loss, it + 1, cfg)  # nothing of it is saved
             dt = time.perf_counter() - t0
             progress.next_iteration = it + 1
@@ -637,7 +639,7 @@ class ExperimentBuilder:
             identity=run_identity(cfg, self.data_identity),
         ).to_dict()
 
-    def _top_k_members(self, progress: TrainingProgress) -> Iterator[tuple[dict, MetaLearner]]:
+    def _top_k_members(self, progress: TrainingProgress) -> Iterator[tuple[dict, Learner]]:
         """The top-k members, loaded one at a time (a stop signal stops between them)."""
         for entry in progress.top_k:
             self._stop_if_requested(progress)
