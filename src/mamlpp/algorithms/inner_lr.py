@@ -154,3 +154,33 @@ def inner_rule_factory(
             ) from exc
 
     return build
+
+
+class InnerAdam(nn.Module):
+    """Adam inside the inner loop, its moments carried across the inner steps of a task (the
+    state), as Reptile's inner optimizer in Nichol et al. 2018 (beta1 = 0 there). Its step
+    size is fixed, not learned."""
+
+    def __init__(
+        self,
+        shapes: Mapping[str, torch.Size],
+        num_steps: int,
+        init_lr: float,
+        betas: tuple[float, float] = (0.0, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        self.lr, self.betas, self.eps = float(init_lr), tuple(betas), float(eps)
+
+    def step(
+        self, name: str, weight: Tensor, grad: Tensor, step: int, state: Any
+    ) -> tuple[Tensor, Any]:
+        b1, b2 = self.betas
+        m, v, t = (
+            state if state is not None else (torch.zeros_like(grad), torch.zeros_like(grad), 0)
+        )
+        t += 1
+        m = b1 * m + (1 - b1) * grad
+        v = b2 * v + (1 - b2) * grad * grad
+        m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+        return weight - self.lr * m_hat / (v_hat.sqrt() + self.eps), (m, v, t)

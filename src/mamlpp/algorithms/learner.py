@@ -79,6 +79,11 @@ class Learner(nn.Module):
         self.inner_lrs = make({n: params[n].shape for n in self.adapted_names}, cfg.inner_steps)
 
     # ----------------------------------------------------------------- inner loop
+    def initial_fast_weights(self, batch: EpisodeBatch, track_graph: bool) -> dict[str, Tensor]:
+        """The weights each task's inner loop starts from: the meta-parameters (ProtoMAML
+        overrides it to start the head from the support prototypes)."""
+        return self._initial_fast_weights(len(batch), track_graph)
+
     def _initial_fast_weights(self, b: int, track_graph: bool) -> dict[str, Tensor]:
         """Per-task copies [B, *shape] of the weights the network takes. Weights the inner loop
         does not adapt stay views of the meta-parameters (with their graph in training)."""
@@ -111,7 +116,7 @@ class Learner(nn.Module):
         With `training=False` no graph to the meta-parameters is kept and batch-norm may use
         the running statistics (algorithm.use_running_stats_eval).
         """
-        fast = self._initial_fast_weights(len(batch), track_graph=training)
+        fast = self.initial_fast_weights(batch, track_graph=training)
         state: RuleState = {}
         losses: list[Tensor] = []
         logits_t = None
@@ -208,7 +213,7 @@ class Learner(nn.Module):
         this is `predict` split in two, for callers that bring their own query images."""
         self.eval()
         batch = EpisodeBatch(xs, ys, xs, ys)  # the targets are not read: want_target=False
-        fast = self._initial_fast_weights(len(batch), track_graph=False)
+        fast = self.initial_fast_weights(batch, track_graph=False)
         state: RuleState = {}
         for step in range(num_steps):
             fast, state, _, _ = self._inner_step(batch, step, False, True, False, fast, state, None)
