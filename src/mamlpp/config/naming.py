@@ -20,7 +20,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from mamlpp.config import conf_dir, is_module_argument, is_neutral
+from mamlpp.config.identity import is_module_argument, is_neutral
+from mamlpp.config.paths import conf_dir
 
 GROUPS = ("dataset", "task", "model", "algorithm", "ablation")
 _MISSING = object()
