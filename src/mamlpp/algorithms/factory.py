@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import torch
 
+from mamlpp.algorithms.inner_lr import inner_rule_factory
 from mamlpp.algorithms.learner import Learner
+from mamlpp.algorithms.protomaml import ProtoMAML
+from mamlpp.algorithms.reptile import Reptile
 from mamlpp.config import PER_STEP_BN_KEYS, AlgorithmConfig, Config, ModelConfig
 from mamlpp.errors import ConfigError
 from mamlpp.nn.backbones import build_backbone
 from mamlpp.nn.contract import MetaBackbone
+
+
+# The algorithms that are not a Learner with other keys (algorithms.variants lists those).
+LEARNERS: dict[str, type[Learner]] = {"reptile": Reptile, "protomaml": ProtoMAML}
 
 
 def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "cpu") -> Learner:
@@ -23,12 +30,16 @@ def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "c
     net = build_network(
         a, cfg.model, in_channels, cfg.dataset.image_size, cfg.task.ways, cfg.speed.channels_last
     )
-    learner = Learner(
+    rule = inner_rule_factory(
+        a.inner_rule._target_, a.inner_rule.kwargs, a.inner_lr, a.learn_inner_lr, a.per_element_lr
+    )
+    learner = LEARNERS.get(a.name, Learner)(
         a,
         net,
         impl=impl,
         precision=cfg.train.precision,
         checkpoint_inner_steps=cfg.speed.checkpoint_inner_steps,
+        inner_rule=rule,
     )
     return learner.to(device)
 

@@ -115,7 +115,8 @@ class OuterStep:
         )
 
     def meta_lr(self, iteration: int) -> float:
-        """The meta learning rate of `iteration` (algorithm.cosine_meta_lr, cosine_per_epoch)."""
+        """The meta learning rate of `iteration` (algorithm.cosine_meta_lr, cosine_per_epoch,
+        linear_meta_lr)."""
         cfg = self.cfg
         return meta_lr_at(
             iteration,
@@ -124,6 +125,7 @@ class OuterStep:
             cfg.min_meta_lr,
             cfg.cosine_meta_lr,
             self.iters_per_epoch if cfg.cosine_per_epoch else 0,
+            linear=cfg.linear_meta_lr,
         )
 
     def train_step(self, batch: EpisodeBatch, epoch: int, iteration: int) -> StepResult:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from conftest import REPO_ROOT
 from mamlpp.algorithms.inner_lr import (
     FixedLR,
     PerElementLR,
@@ -24,7 +25,7 @@ from mamlpp.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-USER_CODE = Path(__file__).resolve().parent / "user_code"
+USER_CODE = REPO_ROOT / "tests" / "user_code"
 STEPS, WAYS, SIZE, MOMENTUM = 3, 3, 8, 0.7
 
 
