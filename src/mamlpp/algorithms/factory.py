@@ -18,7 +18,6 @@ from mamlpp.errors import ConfigError
 from mamlpp.nn.backbones import build_backbone
 from mamlpp.nn.contract import MetaBackbone
 
-
 # The algorithms that are not a Learner with other keys (algorithms.variants lists those).
 LEARNERS: dict[str, type[Learner]] = {"reptile": Reptile, "protomaml": ProtoMAML}
 

@@ -4,8 +4,6 @@ second-order meta-gradient of an independent torch.func computation."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F

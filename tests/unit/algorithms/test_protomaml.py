@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import REPO_ROOT, one_line
 from mamlpp.algorithms.factory import build_network
@@ -59,11 +58,9 @@ def test_head_starts_at_the_prototype_formula(model: str, monkeypatch) -> None:
     fast = learner.initial_fast_weights(batch, track_graph=False)
     learner.net(batch.xs, fast, 0, False, None)
     hook.remove()
-    feats = seen[-1]
-    if model == "module":  # one [M, F] call per task
-        feats = torch.stack(seen[-len(batch) :])
-    else:  # grouped layout [M, B, F]
-        feats = feats.transpose(0, 1)
+    # model=module: one [M, F] call per task; the others: grouped layout [M, B, F].
+    grouped = model != "module"
+    feats = seen[-1].transpose(0, 1) if grouped else torch.stack(seen[-len(batch) :])
     for t in range(len(batch)):
         c = torch.stack([feats[t][batch.ys[t] == n].mean(0) for n in range(WAYS)])
         torch.testing.assert_close(fast[learner.head_weight][t], 2 * c, rtol=1e-5, atol=1e-6)
