@@ -4,6 +4,8 @@ second-order meta-gradient of an independent torch.func computation."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -133,3 +135,28 @@ def test_user_rule_with_momentum_has_the_reference_meta_gradient(user_rules: Non
     learner.inner_lrs.momentum = 0.0
     loss0, _ = learner.adapt_and_predict(EpisodeBatch(*batch), STEPS, True, True)
     assert not torch.allclose(loss0.mean(), loss.mean())
+
+
+@pytest.mark.parametrize("name", ["maml", "mamlpp", "anil", "boil", "metasgd"])
+def test_named_variants_are_what_their_presets_build(name: str) -> None:
+    """algorithms.variants and conf/algorithm/<name>.yaml define the same policy and rule."""
+    from mamlpp import compose
+    from mamlpp.algorithms.factory import build_learner
+    from mamlpp.algorithms.variants import VARIANTS, variant_learner
+
+    cfg = compose(f"algorithm={name}", "model.filters=4")
+    from_config = build_learner(cfg, 1)
+    variant = VARIANTS[name]
+    net = build_network(cfg.algorithm, cfg.model, 1, cfg.dataset.image_size, cfg.task.ways)
+    from_python = variant_learner(variant, net, cfg.algorithm)
+    assert type(from_config.inner_lrs) is type(from_python.inner_lrs) is variant.inner_rule
+    assert from_config.adapted_names == from_python.adapted_names
+    assert cfg.algorithm.adapt == variant.adapt
+
+
+def test_the_learner_does_not_know_the_outer_step() -> None:
+    """The outer step is the runtime's: no learner module imports it."""
+    algorithms = REPO_ROOT / "src" / "mamlpp" / "algorithms"
+    for module in ("learner", "inner_lr", "adaptation", "variants", "reptile", "protomaml"):
+        text = (algorithms / f"{module}.py").read_text()
+        assert not re.search(r"^(from|import) mamlpp\.algorithms\.outer_step", text, re.M), module
