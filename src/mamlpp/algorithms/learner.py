@@ -47,6 +47,9 @@ class Learner(nn.Module):
     (algorithms.inner_lr; the built-in one of cfg when None). `loss_fn` and `score_fn` give
     per-task losses and scores of the outputs (classification by default)."""
 
+    # True when initial_fast_weights builds a graph of its own (ProtoMAML).
+    initial_weights_have_graph = False
+
     def __init__(
         self,
         cfg: AlgorithmConfig,
@@ -154,6 +157,9 @@ class Learner(nn.Module):
                 support_loss,
                 [fast[n] for n in self.adapted_names],
                 create_graph=training and second_order,
+                # First order frees the support graph, unless the initial weights' graph
+                # runs through it (ProtoMAML's prototypes are needed by the meta-backward).
+                retain_graph=training and (second_order or self.initial_weights_have_graph),
             )
         new: dict[str, Tensor] = {}
         state = dict(state)

@@ -43,6 +43,8 @@ def linear_head(net: MetaBackbone) -> tuple[str, str]:
 class ProtoMAML(Learner):
     """A Learner whose head starts every task at the support prototypes (see the module)."""
 
+    initial_weights_have_graph = True
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.head_weight, self.head_bias = linear_head(self.net)
