@@ -103,6 +103,16 @@ class OptimizerConfig:
 
 
 @dataclass
+class InnerRuleConfig:
+    """The inner update rule (mamlpp.algorithms.inner_lr.InnerRule), built as
+    `_target_(shapes, num_steps, init_lr=algorithm.inner_lr, **kwargs)`; empty: the built-in
+    rule of learn_inner_lr / per_element_lr (fixed, LSLR, Meta-SGD)."""
+
+    _target_: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class AlgorithmConfig:
     name: str = "mamlpp"
     inner_steps: int = 5
@@ -127,8 +137,11 @@ class AlgorithmConfig:
     # Meta-SGD: a learned inner learning rate per parameter element (shared by the steps),
     # initialised to inner_lr; replaces LSLR's per-layer per-step rates.
     per_element_lr: bool = False
+    inner_rule: InnerRuleConfig = field(default_factory=InnerRuleConfig)
     meta_lr: float = 0.001
     cosine_meta_lr: bool = False
+    # Anneal meta_lr linearly to min_meta_lr over training (Reptile's outer step size).
+    linear_meta_lr: bool = False
     # true: the cosine rate changes once per epoch (a staircase), as in the published MAML++
     # code; false: every iteration.
     cosine_per_epoch: bool = False

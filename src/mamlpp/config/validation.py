@@ -13,7 +13,7 @@ from mamlpp.config.schema import NORM_LAYER_KINDS, Config
 from mamlpp.errors import ConfigError
 
 MODELS = ("conv4", "resnet12", "module")
-ALGORITHMS = ("maml", "fomaml", "mamlpp", "anil", "boil", "metasgd")
+ALGORITHMS = ("maml", "fomaml", "mamlpp", "anil", "boil", "metasgd", "reptile", "protomaml")
 # Algorithm switches that need per-step batch norm in the backbone (MAML++'s BNRS/BNWB and
 # running statistics at evaluation).
 PER_STEP_BN_KEYS = ("per_step_bn_stats", "per_step_bn_weights", "use_running_stats_eval")
@@ -188,6 +188,18 @@ def validate(cfg: Config) -> Config:
         True,
         "false unless algorithm.cosine_meta_lr=true (it shapes the cosine schedule)",
     )
+    _check(
+        not (a.linear_meta_lr and a.cosine_meta_lr),
+        "algorithm.linear_meta_lr",
+        True,
+        "false with algorithm.cosine_meta_lr=true (one meta_lr schedule: choose one)",
+    )
+    if a.name == "reptile":
+        # Reptile's meta-update has no gradient for learned inner rates nor per-step losses.
+        for key in ("learn_inner_lr", "per_element_lr", "multi_step_loss"):
+            _check(
+                not getattr(a, key), f"algorithm.{key}", True, "false with algorithm.name=reptile"
+            )
     _check(
         not a.grad_clip_network_only or a.grad_clip is not None,
         "algorithm.grad_clip_network_only",

@@ -386,7 +386,7 @@ def _config(**algorithm: object) -> Config:
         (_config(inner_lr=-0.1), "algorithm.inner_lr"),
         (_config(inner_lr=0.0), "algorithm.inner_lr"),
         (_config(meta_lr=-1e-3), "algorithm.meta_lr"),
-        (_config(name="reptile"), "algorithm.name"),
+        (_config(name="snail"), "algorithm.name"),
         (_config(name="fomaml", second_order=True), "algorithm.second_order"),
         (_config(cosine_per_epoch=True), "algorithm.cosine_per_epoch"),
         (_config(grad_clip_network_only=True), "algorithm.grad_clip_network_only"),
