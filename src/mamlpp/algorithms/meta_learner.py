@@ -26,7 +26,7 @@ from mamlpp.algorithms.schedules import (
     use_multi_step_loss,
     use_second_order,
 )
-from mamlpp.config import PER_STEP_BN_KEYS, AlgorithmConfig, ModelConfig, SpeedConfig
+from mamlpp.config import PER_STEP_BN_KEYS, AlgorithmConfig, ComponentConfig, SpeedConfig
 from mamlpp.errors import ConfigError
 from mamlpp.nn.backbones import build_backbone
 from mamlpp.nn.contract import MetaBackbone
@@ -72,7 +72,7 @@ class MetaLearner(nn.Module):
     def __init__(
         self,
         algorithm: AlgorithmConfig,
-        model: ModelConfig | MetaBackbone,
+        model: ComponentConfig | MetaBackbone,
         in_channels: int,
         image_size: int,
         ways: int,
@@ -102,7 +102,7 @@ class MetaLearner(nn.Module):
         if algorithm.cosine_per_epoch and iters_per_epoch < 1:
             raise ValueError("algorithm.cosine_per_epoch needs iters_per_epoch >= 1")
         steps = algorithm.inner_steps
-        if isinstance(model, ModelConfig):
+        if isinstance(model, ComponentConfig):
             model = build_backbone(
                 model,
                 in_channels,
