@@ -78,11 +78,11 @@ for m in ("hydra", "omegaconf", "yaml", "pytest", "numpy", "PIL", "tqdm", "tenso
       nvidia-smi > "$res/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" > "$res/nvidia-smi.txt" ;;
     tests)
       if [ $dry = 1 ]; then
-        budget 300 tests "$py" -m pytest -q -p no:cacheprovider -rs tests/test_speed_options.py \
+        budget 300 tests "$py" -m pytest -q -p no:cacheprovider -rs tests/unit/algorithms/test_speed_options.py \
           -k "cuda or kernel"
       else
-        budget 75 tests "$py" -m pytest -q -p no:cacheprovider -rs tests/test_speed_options.py \
-          tests/test_episodes.py tests/test_meta_gradients.py
+        budget 75 tests "$py" -m pytest -q -p no:cacheprovider -rs tests/unit/algorithms/test_speed_options.py \
+          tests/unit/data/test_episodes.py tests/unit/algorithms/test_meta_gradients.py
       fi ;;
     bench)
       if [ $dry = 1 ]; then

@@ -1,6 +1,6 @@
 """Code that a downloaded checkpoint or run directory might name. Importing this module, or
 calling anything in it, appends a line to the file $MAMLPP_TEST_MARKER, so a test can tell that
-mamlpp ran none of it (tests/test_untrusted_files.py)."""
+mamlpp ran none of it (tests/integration/run_dir/test_untrusted_files.py)."""
 
 from __future__ import annotations
 

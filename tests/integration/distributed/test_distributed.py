@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import MAMLPP_ALL
+from conftest import MAMLPP_ALL, REPO_ROOT
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.config import AlgorithmConfig, dataset_config, model_config
 from mamlpp.data.registry import load_dataset
@@ -277,8 +277,7 @@ def test_meta_batch_the_ranks_cannot_share_is_one_line(cli, tmp_path) -> None:
 def test_generated_script_runs_one_distributed_run_and_restarts_it(cli, tmp_path) -> None:
     """`bash experiment_scripts/X.sh --distributed` (CPU: MAMLPP_NPROC processes): a rank killed
     mid-run ends torchrun, and the script starts it again, which resumes from the checkpoint."""
-    script = Path(__file__).resolve().parents[1] / "experiment_scripts"
-    script = script / "omniglot_5w1s_mamlpp_seed0.sh"
+    script = REPO_ROOT / "experiment_scripts" / "omniglot_5w1s_mamlpp_seed0.sh"
     run = tmp_path / "run"
     overrides = [*cli.data_args, *TINY[2:], "run.checkpoint_every_iters=1"]
     overrides += ["algorithm.inner_steps=1", "algorithm.inner_steps_eval=1", "eval.top_k=2"]

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import REPO_ROOT
 from mamlpp.data import omniglot as og
 from mamlpp.errors import ConfigError, DataError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 SETS = ("images_background", "images_evaluation")
 
 

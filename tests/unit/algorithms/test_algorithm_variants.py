@@ -11,11 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_meta_gradients import assert_grads_close, learner_grads, ref_forward
 from torch import Tensor
 
 from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
 from mamlpp.config import AlgorithmConfig, ConfigError, validate
-from test_meta_gradients import assert_grads_close, learner_grads, ref_forward
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

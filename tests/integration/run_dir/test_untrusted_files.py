@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import mamlpp
-from conftest import eval_error
+from conftest import REPO_ROOT, eval_error
 from mamlpp.algorithms.factory import build_learner
 from mamlpp.config import Config
 from mamlpp.data.preprocessing import Preprocessing
@@ -33,7 +33,7 @@ from mamlpp.evaluate import main as eval_main
 from mamlpp.experiment.checkpoints import save_checkpoint
 from mamlpp.experiment.members import member_state
 
-USER_CODE = Path(__file__).resolve().parent / "user_code"
+USER_CODE = REPO_ROOT / "tests" / "user_code"
 SMOKE = ("experiment=smoke", "device=cpu", "progress_bar=false")
 MODULE = ("algorithm=maml", "model=module", "model._target_=user_nets.SmallCNN", "+model.width=8")
 FEW_TASKS = "eval.test_tasks=4"

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from conftest import MAMLPP_ALL
+from conftest import MAMLPP_ALL, REPO_ROOT
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.config import (
     AlgorithmConfig,
@@ -208,9 +208,8 @@ def test_smoke_sized_tiny_imagenet_run(cli, tmp_path) -> None:
     """The whole pipeline with ResNet-12 on real Tiny-ImageNet JPEGs (narrow blocks, a few
     iterations: a CI-sized check, not a result)."""
     import json
-    from pathlib import Path
 
-    source = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "tiny-imagenet-subset"
+    source = REPO_ROOT.parent / "shared" / "datasets" / "tiny-imagenet-subset"
     args = (
         "experiment=tiny_imagenet_5w1s_maml",
         "model=resnet12",

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import mamlpp
-from conftest import TINY_ARGS, Cli, read_scalars
+from conftest import REPO_ROOT, TINY_ARGS, Cli, read_scalars
 from mamlpp.config import algorithm_label
 from mamlpp.train import EXIT_ABORTED, missing_plugin
 
@@ -175,7 +175,7 @@ def test_readme_image_folder_command_does_not_diverge(cli: Cli, tmp_path: Path) 
     """The README's own-folder command on natural images (Tiny-ImageNet JPEGs, 32 px and a
     short budget to fit CI): the loss stays near chance level (ln 5 = 1.61) instead of the
     4.5 and rising that Omniglot's inner LR of 0.1 gives here."""
-    source = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "tiny-imagenet-subset"
+    source = REPO_ROOT.parent / "shared" / "datasets" / "tiny-imagenet-subset"
     folder = tmp_path / "my_images"
     with zipfile.ZipFile(source / "tiny-imagenet-200-train-100pc.zip") as z:
         names = sorted(n for n in z.namelist() if n.lower().endswith(".jpeg"))

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import REPO_ROOT
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.algorithms.optimizer import build_optimizer
 from mamlpp.config import (
@@ -28,7 +28,7 @@ from mamlpp.config import (
 )
 from mamlpp.nn.contract import MetaBackbone
 
-USER_CODE = Path(__file__).resolve().parent / "user_code"
+USER_CODE = REPO_ROOT / "tests" / "user_code"
 sys.path.insert(0, str(USER_CODE))
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -256,7 +256,7 @@ def test_readme_bring_your_own_model_example(omniglot_source_dir, tmp_path) -> N
     block there with bash, its MAMLPP pointing at a checkout (a venv and datasets/omniglot)."""
     import subprocess
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
     module = readme.split("<!-- byo-model -->")[1].split("```python\n")[1].split("```")[0]
     command = readme.split("<!-- byo-command -->")[1].split("```bash\n")[1].split("```")[0]
     checkout, user = tmp_path / "checkout", tmp_path / "user"
