@@ -101,7 +101,7 @@ def is_module_argument(key: str) -> bool:
 
 
 def comparable(keys: dict[str, Any]) -> dict[str, Any]:
-    """Experiment keys without the model.* / dataset.* keys their component does not have:
+    """Experiment keys without the model.* / dataset.* keys of other components than theirs:
     identities written before components owned their configs held every backbone's and
     dataset's keys (a conv4 run's model.channels), which no run reads."""
     kept = dict(keys)
@@ -109,9 +109,9 @@ def comparable(keys: dict[str, Any]) -> dict[str, Any]:
         name = keys.get(f"{section}.name")
         if name not in names(section):
             continue
-        has = component(section, name).own_keys()
+        foreign = known_keys(section) - set(component(section, name).own_keys())
         for key in keys:
             head, _, rest = key.partition(".")
-            if head == section and rest.partition(".")[0] not in has:
+            if head == section and rest.partition(".")[0] in foreign:
                 del kept[key]
     return kept

@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mamlpp.errors import ConfigError
 
@@ -43,6 +43,10 @@ class ComponentConfig:
 
 @dataclass
 class TrackerConfig(ComponentConfig):
+    # The optional modules the tracker needs, and the pip extra that installs them (checked
+    # before a run starts: mamlpp.trackers.factory.check_installed).
+    packages: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = ""
     # Set by choosing the tracker in the `logger` group (logger=[tensorboard,mlflow]).
     enabled: bool = False
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, fields, make_dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mamlpp.config.checks import check
 from mamlpp.config.registry import TrackerConfig, components, register
@@ -43,6 +43,9 @@ class CsvLoggerConfig(TrackerConfig):
 class MlflowLoggerConfig(TrackerConfig):
     """An MLflow run (pip install 'mamlpp[mlflow]')."""
 
+    packages: ClassVar[tuple[str, ...]] = ("mlflow", "sqlalchemy", "alembic")
+    extra: ClassVar[str] = "mlflow"
+
     # None: $MLFLOW_TRACKING_URI, else <runs root>/mlflow/mlflow.db (mamlpp.trackers.mlflow_store).
     tracking_uri: str | None = None
     # The MLflow experiment; None: experiment_name.
@@ -52,6 +55,9 @@ class MlflowLoggerConfig(TrackerConfig):
 @dataclass
 class WandbLoggerConfig(TrackerConfig):
     """A Weights & Biases run (pip install 'mamlpp[wandb]'); offline unless told otherwise."""
+
+    packages: ClassVar[tuple[str, ...]] = ("wandb",)
+    extra: ClassVar[str] = "wandb"
 
     project: str = "mamlpp"
     entity: str | None = None

@@ -41,6 +41,7 @@ from mamlpp.data.files import (
 )
 from mamlpp.data.files import file_stat as _file_stat
 from mamlpp.data.files import one_line as _one_line
+from mamlpp.data.omniglot_facts import IMAGES_PER_CLASS, NUM_CLASSES
 from mamlpp.errors import ConfigError, DataError
 
 __all__ = [
@@ -64,8 +65,6 @@ OMNIGLOT_MD5: dict[str, str] = {
     "images_background": "68d2efa1b9178cc56df9314c21c6e718",
     "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
 }
-NUM_CLASSES = 1623
-IMAGES_PER_CLASS = 20
 
 # Class order is background characters first, then evaluation characters.
 _SETS: tuple[str, ...] = ("images_background", "images_evaluation")

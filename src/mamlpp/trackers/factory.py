@@ -26,11 +26,6 @@ from mamlpp.trackers.base import FanOut, MetricLogger
 from mamlpp.trackers.mlflow_store import check_reachable
 from mamlpp.trackers.reachable import unreachable
 
-# Trackers that need an optional package: the modules to import, and the pip extra.
-PACKAGES = {
-    "mlflow": (("mlflow", "sqlalchemy", "alembic"), "mlflow"),
-    "wandb": (("wandb",), "wandb"),
-}
 WANDB_CLOUD = "https://api.wandb.ai"  # wandb's server unless WANDB_BASE_URL says otherwise
 
 
@@ -45,12 +40,12 @@ def check_installed(cfg: LoggerConfig) -> None:
     """Refuse, in one line, a chosen tracker that cannot work: its package missing (naming the
     pip extra) or its tracking server unreachable."""
     for name in cfg.chosen():
-        modules, extra = PACKAGES.get(name, ((), ""))
-        missing = [m for m in modules if not _installed(m)]
+        tracker = getattr(cfg, name)  # its config says what it needs
+        missing = [m for m in tracker.packages if not _installed(m)]
         if missing:
             raise ConfigError(
                 f"config key 'logger' chooses {name}, but {', '.join(missing)} is not "
-                f"installed: pip install 'mamlpp[{extra}]'"
+                f"installed: pip install 'mamlpp[{tracker.extra}]'"
             )
     if cfg.mlflow.enabled:
         check_reachable(cfg.mlflow)

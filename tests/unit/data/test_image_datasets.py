@@ -216,7 +216,7 @@ def test_config_errors_are_one_line() -> None:
         ("augment_crop_padding", 40, "0..27"),
         ("split_ratios", [0.5, 0.5], "three positive ratios"),
     ):
-        c = Config()
+        c = Config(dataset=dataset_config("image_folder", source="/x", image_size=28))
         setattr(c.dataset, key, value)
         with pytest.raises(ConfigError) as info:
             validate(c)
