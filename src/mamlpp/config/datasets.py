@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 from mamlpp.config.checks import check
 from mamlpp.config.registry import ComponentConfig, register
 from mamlpp.data.omniglot_facts import (
-    CLASSES_PER_CHARACTER,
     IMAGES_PER_CLASS,
     NUM_CLASSES,
-    PROTOCOL_SPLITS,
     PROTOCOLS,
+    split_class_counts,
+    split_sizes,
 )
 
 if TYPE_CHECKING:
@@ -123,14 +123,11 @@ class OmniglotConfig(ImageDatasetConfig):
 
     def splits(self) -> tuple[int, int, int]:
         """Characters per split: the configured sizes or the protocol's standard ones."""
-        sizes = self.split_sizes
-        return tuple(sizes) if sizes is not None else PROTOCOL_SPLITS[self.protocol]
+        return split_sizes(self.protocol, self.split_sizes)
 
-    def class_counts(self) -> tuple[int, int, int]:
+    def class_counts(self) -> tuple[int, ...]:
         """Classes a task can draw from in each split (rotations count under 'maml')."""
-        per = CLASSES_PER_CHARACTER[self.protocol]
-        train, val, test = self.splits()
-        return train * per, val * per, test * per
+        return split_class_counts(self.protocol, self.split_sizes)
 
 
 @dataclass

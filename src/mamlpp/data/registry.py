@@ -21,6 +21,7 @@ from mamlpp.config import (
     builder,
     register_dataset,
 )
+from mamlpp.data import omniglot
 from mamlpp.data.call_args import check_kwargs
 from mamlpp.data.dataset import (
     IMAGENET_MEAN,
@@ -39,8 +40,7 @@ from mamlpp.data.image_folder import (
     list_unsplit_folder,
     load_cached,
 )
-from mamlpp.data.omniglot import load_omniglot_identified
-from mamlpp.data.splits import fixed_splits, omniglot_splits
+from mamlpp.data.splits import fixed_splits
 from mamlpp.data.tiny_imagenet import find_source, list_tiny_imagenet
 from mamlpp.errors import ConfigError, locate
 
@@ -105,8 +105,8 @@ def custom_listing(target: str, kwargs: dict) -> ImageListing:
 
 @register_dataset("omniglot", config=OmniglotConfig)
 def _omniglot(cfg: OmniglotConfig) -> FewShotDataset:
-    images, identity = load_omniglot_identified(cfg.data_dir, cfg.source, cfg.image_size)
-    splits = omniglot_splits(
+    images, identity = omniglot.load_omniglot_identified(cfg.data_dir, cfg.source, cfg.image_size)
+    splits = omniglot.class_splits(
         images.shape[0], cfg.splits(), cfg.split_seed, cfg.protocol, cfg.train_rotation
     )
     names = [f"character {i}" for i in range(images.shape[0])]

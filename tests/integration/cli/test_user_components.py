@@ -14,15 +14,14 @@ import pytest
 from omegaconf import OmegaConf
 
 import mamlpp
-from conftest import REPO_ROOT
+from helpers.paths import SHARED, USER_CODE
 from mamlpp.config import ConfigError
 
-USER_CODE = REPO_ROOT / "tests" / "user_code"
 USER_CONF = f"hydra.searchpath=[file://{USER_CODE / 'conf'}]"
 
 
 def _user_overrides(tmp_path: Path) -> list[str]:
-    zip_path = REPO_ROOT.parent / "shared" / "datasets" / "omniglot" / "images_background.zip"
+    zip_path = SHARED / "datasets" / "omniglot" / "images_background.zip"
     if not zip_path.is_file():
         pytest.skip(f"no Omniglot zip at {zip_path}")
     return [

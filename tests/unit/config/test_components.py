@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import mamlpp
-from conftest import REPO_ROOT
+from helpers.paths import REPO_ROOT
 from mamlpp.config import (
     Config,
     ConfigError,
