@@ -28,7 +28,7 @@ from torch import Tensor
 
 from mamlpp.algorithms.factory import build_learner
 from mamlpp.algorithms.learner import Learner
-from mamlpp.config import Config, to_config
+from mamlpp.config import Config, schema_node, to_config
 from mamlpp.data.preprocessing import Preprocessing
 from mamlpp.data.registry import load_dataset
 from mamlpp.errors import DataError, MamlppError, first_line
@@ -42,11 +42,11 @@ from mamlpp.image_inputs import ImageInput, image_sources
 def config_of(trained: TrainedRun) -> Config:
     """The validated training config of a trained run (its checkpoint's or config.yaml)."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), trained.config)
+        merged = OmegaConf.merge(schema_node(), trained.config)
     except OmegaConfBaseException as exc:
         raise MamlppError(f"the config in {trained.policy.source}: {first_line(exc)}") from exc
     assert isinstance(merged, DictConfig)  # merged onto the Config schema
-    return to_config(merged)
+    return to_config(merged, trained.policy.allow)
 
 
 def preprocessing_of(trained: TrainedRun, cfg: Config) -> Preprocessing:

@@ -13,7 +13,7 @@ from mamlpp.algorithms.inner_lr import inner_rule_factory
 from mamlpp.algorithms.learner import Learner
 from mamlpp.algorithms.protomaml import ProtoMAML
 from mamlpp.algorithms.reptile import Reptile
-from mamlpp.config import PER_STEP_BN_KEYS, AlgorithmConfig, Config, ModelConfig
+from mamlpp.config import PER_STEP_BN_KEYS, AlgorithmConfig, ComponentConfig, Config
 from mamlpp.errors import ConfigError
 from mamlpp.nn.backbones import build_backbone
 from mamlpp.nn.contract import MetaBackbone
@@ -45,7 +45,7 @@ def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "c
 
 def build_network(
     algorithm: AlgorithmConfig,
-    model: ModelConfig | MetaBackbone,
+    model: ComponentConfig | MetaBackbone,
     in_channels: int,
     image_size: int,
     ways: int,
@@ -55,7 +55,7 @@ def build_network(
     `model` itself when already built); a backbone without per-step batch norm asked for one
     is a one-line error."""
     steps = algorithm.inner_steps
-    if isinstance(model, ModelConfig):
+    if isinstance(model, ComponentConfig):
         model = build_backbone(
             model,
             in_channels,

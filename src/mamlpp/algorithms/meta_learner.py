@@ -18,7 +18,7 @@ from mamlpp.algorithms.outer_step import (
     OuterStep,
     StepResult,
 )
-from mamlpp.config import AlgorithmConfig, ModelConfig, SpeedConfig
+from mamlpp.config import AlgorithmConfig, ComponentConfig, SpeedConfig
 from mamlpp.nn.contract import MetaBackbone
 from mamlpp.tasks import EpisodeBatch, task_accuracies, task_losses
 
@@ -37,7 +37,7 @@ class MetaLearner(Learner):
     def __init__(
         self,
         algorithm: AlgorithmConfig,
-        model: ModelConfig | MetaBackbone,
+        model: ComponentConfig | MetaBackbone,
         in_channels: int,
         image_size: int,
         ways: int,
