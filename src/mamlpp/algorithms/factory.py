@@ -1,56 +1,97 @@
-"""Build the meta-learner a config describes: the one place that turns config into a learner.
+"""Build the learner a config describes: the one place that turns config into a learner.
 
 Training, evaluation and the Python API all call `build_learner`, so a checkpoint's state dict
-always meets the module layout it was saved from.
+always meets the module layout it was saved from. The runtime adds the outer step
+(algorithms.outer_step.build_outer_step) for training.
 """
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 
 from mamlpp.algorithms.finetune_baseline import FineTuneBaseline
-from mamlpp.algorithms.meta_learner import MetaLearner
-from mamlpp.algorithms.optimizer import build_optimizer
-from mamlpp.config import Config
-from mamlpp.data.omniglot import split_class_counts
+from mamlpp.algorithms.inner_lr import inner_rule_factory
+from mamlpp.algorithms.learner import Learner
+from mamlpp.algorithms.protomaml import ProtoMAML
+from mamlpp.algorithms.reptile import Reptile
+from mamlpp.config import PER_STEP_BN_KEYS, AlgorithmConfig, ComponentConfig, Config
+from mamlpp.errors import ConfigError
+from mamlpp.nn.backbones import build_backbone
+from mamlpp.nn.contract import MetaBackbone
 from mamlpp.tasks import CLASSIFICATION, REGRESSION, Objective
 
-# Chen et al.'s pre-train then fine-tune baselines (algorithms.finetune_baseline).
+# The algorithms that are not a Learner with other keys (algorithms.variants lists those).
+LEARNERS: dict[str, type[Learner]] = {
+    "reptile": Reptile,
+    "protomaml": ProtoMAML,
+    "baseline": FineTuneBaseline,
+    "baseline_pp": FineTuneBaseline,
+}
+# Chen et al.'s pre-train then fine-tune baselines: a classifier of every training class.
 FINETUNE_BASELINES = ("baseline", "baseline_pp")
 # Datasets of the regression task family (MSE loss and score); the others classify.
 REGRESSION_DATASETS = ("sinusoid",)
 
 
-def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "cpu") -> MetaLearner:
-    """The configured learner on `device` (weights freshly initialised from torch's RNG).
-    For vector data (model=mlp) `in_channels` is the input dimension."""
-    impl = "batched" if cfg.train.impl == "auto" else cfg.train.impl
-    kind, extra, ways = MetaLearner, {}, cfg.task.ways
-    if cfg.algorithm.name in FINETUNE_BASELINES:  # a classifier of every training class
-        kind, extra = FineTuneBaseline, {"cosine": cfg.algorithm.name == "baseline_pp"}
-        ways = split_class_counts(cfg.dataset.protocol, cfg.dataset.split_sizes)[0]
-    learner = kind(
-        cfg.algorithm,
-        cfg.model,
-        in_channels=in_channels,
-        image_size=cfg.dataset.image_size,
-        ways=ways,
-        total_iterations=cfg.train.epochs * cfg.train.iters_per_epoch,
-        impl=impl,
-        precision=cfg.train.precision,
-        speed=cfg.speed,
-        optimizer=partial(build_optimizer, cfg.optimizer),
-        iters_per_epoch=cfg.train.iters_per_epoch,
-        objective=objective_of(cfg),
-        **extra,
-    ).to(device)
-    if cfg.speed.cuda_graphs:
-        learner.use_cuda_graphs()
-    return learner
-
-
 def objective_of(cfg: Config) -> Objective:
     """The task family's per-task loss and score, chosen by the dataset."""
     return REGRESSION if cfg.dataset.name in REGRESSION_DATASETS else CLASSIFICATION
+
+
+def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "cpu") -> Learner:
+    """The configured learner on `device` (weights freshly initialised from torch's RNG)."""
+    a = cfg.algorithm
+    impl = "batched" if cfg.train.impl == "auto" else cfg.train.impl
+    ways = cfg.task.ways
+    if a.name in FINETUNE_BASELINES:  # one output per training class (Omniglot's split)
+        ways = cfg.dataset.class_counts()[0]
+    # Vector data (model=mlp) has no image size; in_channels is then the input dimension.
+    image_size = getattr(cfg.dataset, "image_size", 1)
+    net = build_network(a, cfg.model, in_channels, image_size, ways, cfg.speed.channels_last)
+    objective = objective_of(cfg)
+    rule = inner_rule_factory(
+        a.inner_rule._target_, a.inner_rule.kwargs, a.inner_lr, a.learn_inner_lr, a.per_element_lr
+    )
+    learner = LEARNERS.get(a.name, Learner)(
+        a,
+        net,
+        impl=impl,
+        precision=cfg.train.precision,
+        checkpoint_inner_steps=cfg.speed.checkpoint_inner_steps,
+        inner_rule=rule,
+        loss_fn=objective.loss,
+        score_fn=objective.score,
+    )
+    return learner.to(device)
+
+
+def build_network(
+    algorithm: AlgorithmConfig,
+    model: ComponentConfig | MetaBackbone,
+    in_channels: int,
+    image_size: int,
+    ways: int,
+    channels_last: bool = False,
+) -> MetaBackbone:
+    """The backbone `model` describes with the per-step batch norm the algorithm asks for (or
+    `model` itself when already built); a backbone without per-step batch norm asked for one
+    is a one-line error."""
+    steps = algorithm.inner_steps
+    if isinstance(model, ComponentConfig):
+        model = build_backbone(
+            model,
+            in_channels,
+            image_size,
+            ways,
+            bn_weight_steps=steps if algorithm.per_step_bn_weights else 1,
+            bn_stat_steps=steps if algorithm.per_step_bn_stats else 1,
+            channels_last=channels_last,
+        )
+    wanted = [k for k in PER_STEP_BN_KEYS if getattr(algorithm, k)]
+    if wanted and not model.supports_per_step_bn:
+        raise ConfigError(
+            f"config key 'algorithm.{wanted[0]}' = True: the backbone "
+            f"{type(model).__name__} has no per-step batch norm (it declares "
+            "supports_per_step_bn=False)"
+        )
+    return model

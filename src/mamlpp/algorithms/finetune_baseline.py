@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mamlpp.algorithms.meta_learner import MetaLearner
+from mamlpp.algorithms.learner import Learner
 from mamlpp.nn.layers import BatchStats
 from mamlpp.tasks import EpisodeBatch
 
@@ -45,13 +45,13 @@ def head_logits(features: Tensor, weight: Tensor, bias: Tensor | None, cosine: b
     return torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))
 
 
-class FineTuneBaseline(MetaLearner):
-    """algorithm=baseline (linear head) or baseline_pp (cosine head). The backbone's head has
-    one output per training class; `cosine` picks Baseline++."""
+class FineTuneBaseline(Learner):
+    """algorithm=baseline (linear head) or baseline_pp (cosine head, Baseline++). The
+    backbone's head has one output per training class (algorithms.factory builds it so)."""
 
-    def __init__(self, *args, cosine: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.cosine = cosine
+    @property
+    def cosine(self) -> bool:
+        return self.cfg.name == "baseline_pp"
 
     # ----------------------------------------------------------------- pre-training
     def features(self, x: Tensor, sink: list[BatchStats] | None = None) -> Tensor:
@@ -88,9 +88,9 @@ class FineTuneBaseline(MetaLearner):
         w = self.net.head.weight.unsqueeze(0).expand(b, *self.net.head.weight.shape)
         bias = self.net.head.bias.unsqueeze(0).expand(b, -1)
         logits = head_logits(feats, w, bias, self.cosine)
-        losses = self.objective.loss(logits, labels)
+        losses = self.loss_fn(logits, labels)
         losses.mean().backward()
-        return losses.detach().sum(), self.objective.score(logits.detach(), labels).sum()
+        return losses.detach().sum(), self.score_fn(logits.detach(), labels).sum()
 
     # ----------------------------------------------------------------- fine-tuning
     def initial_head(self, b: int, ways: int, dim: int, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -114,7 +114,7 @@ class FineTuneBaseline(MetaLearner):
             with torch.enable_grad():
                 leaves = [p.detach().requires_grad_() for p in params]
                 logits = head_logits(feats_s, leaves[0], leaves[1], self.cosine)
-                loss = self.objective.loss(logits, ys).sum()
+                loss = self.loss_fn(logits, ys).sum()
                 grads = torch.autograd.grad(loss, leaves, allow_unused=True)
             for i, (p, g) in enumerate(zip(params, grads)):
                 if g is None:  # Baseline++'s cosine head has no bias
@@ -146,4 +146,4 @@ class FineTuneBaseline(MetaLearner):
     ) -> tuple[Tensor, Tensor]:
         """Evaluation's view (no meta-gradient exists): target losses and logits."""
         logits = self.predict(batch, num_steps)
-        return self.objective.loss(logits, batch.yt), logits
+        return self.loss_fn(logits, batch.yt), logits

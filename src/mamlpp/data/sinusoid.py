@@ -11,26 +11,18 @@ validation/test tasks are fixed by eval.task_seed. The splits differ only in tha
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from mamlpp.config import SinusoidConfig
 from mamlpp.data.splits import SPLITS
 from mamlpp.tasks import REGRESSION, EpisodeBatch, Objective
 
 # Tells these generators apart from the image episodes' (same seed, split and index).
 _STREAM = 0x5151
-
-
-@dataclass
-class SinusoidConfig:
-    """dataset=sinusoid: the ranges tasks and inputs are drawn from (the MAML paper's)."""
-
-    amplitude: list[float] = field(default_factory=lambda: [0.1, 5.0])
-    phase: list[float] = field(default_factory=lambda: [0.0, math.pi])
-    input_range: list[float] = field(default_factory=lambda: [-5.0, 5.0])
 
 
 def check_range(key: str, values: list[float]) -> str | None:
@@ -107,5 +99,9 @@ class SinusoidSampler:
 def sinusoid_sampler(dataset: Any, task: Any, device: torch.device | str) -> SinusoidSampler:
     """The sampler of a config's dataset (amplitude, phase, input_range) and task (shots,
     targets: support and target points per task) sections."""
-    cfg = SinusoidConfig(list(dataset.amplitude), list(dataset.phase), list(dataset.input_range))
+    cfg = SinusoidConfig(
+        amplitude=list(dataset.amplitude),
+        phase=list(dataset.phase),
+        input_range=list(dataset.input_range),
+    )
     return SinusoidSampler(cfg, task.shots, task.targets, device)

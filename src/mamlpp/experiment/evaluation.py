@@ -11,29 +11,31 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mamlpp.algorithms.meta_learner import MetaLearner
+from mamlpp.algorithms.learner import Learner
 from mamlpp.data.episodes import EpisodeSampler
 from mamlpp.experiment.distributed import SINGLE, Distributed
 from mamlpp.experiment.nonfinite import check_eval
-from mamlpp.tasks import CLASSIFICATION, Objective
+from mamlpp.tasks import task_accuracies, task_losses
 
 
 @dataclass
 class TaskPredictions:
     logits: Tensor  # [tasks, M, N] on CPU (regression: predictions [tasks, M, D])
     labels: Tensor  # [tasks, M] (regression: [tasks, M, D])
-    objective: Objective = CLASSIFICATION
+    # The learner's per-task loss and score (accuracy; MSE for regression).
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = task_losses
+    score_fn: Callable[[Tensor, Tensor], Tensor] = task_accuracies
 
     def accuracies(self) -> Tensor:
-        """The per-task score: accuracy, or MSE for a regression objective."""
-        return self.objective.score(self.logits, self.labels)
+        """The per-task score: accuracy, or MSE for a regression learner."""
+        return self.score_fn(self.logits, self.labels)
 
     def losses(self) -> Tensor:
-        return self.objective.loss(self.logits, self.labels)
+        return self.loss_fn(self.logits, self.labels)
 
 
 def predict_tasks(
-    learner: MetaLearner,
+    learner: Learner,
     sampler: EpisodeSampler,
     split: str,
     seed: int,
@@ -62,7 +64,8 @@ def predict_tasks(
         mine = {j: out for part in dist.gather(mine) for j, out in part.items()}
     logits = [mine[j][0] for j in range(len(starts))]
     labels = [mine[j][1] for j in range(len(starts))]
-    return TaskPredictions(torch.cat(logits), torch.cat(labels), learner.objective)
+    cat = torch.cat
+    return TaskPredictions(cat(logits), cat(labels), learner.loss_fn, learner.score_fn)
 
 
 def mean_ci95(values: Tensor) -> tuple[float, float]:
@@ -76,11 +79,12 @@ def mean_ci95(values: Tensor) -> tuple[float, float]:
 def ensemble(predictions: list[TaskPredictions]) -> TaskPredictions:
     """Average the logits of several models on the same tasks."""
     stacked = torch.stack([p.logits for p in predictions])
-    return TaskPredictions(stacked.mean(0), predictions[0].labels, predictions[0].objective)
+    first = predictions[0]
+    return TaskPredictions(stacked.mean(0), first.labels, first.loss_fn, first.score_fn)
 
 
 def evaluate_ensemble(
-    members: Iterable[tuple[dict[str, Any], MetaLearner]],
+    members: Iterable[tuple[dict[str, Any], Learner]],
     sampler: EpisodeSampler,
     split: str,
     seed: int,

@@ -16,7 +16,7 @@ from torch import nn
 
 
 class Step(Protocol):
-    """What one meta-step reports (mamlpp.algorithms.meta_learner.StepResult)."""
+    """What one meta-step reports (mamlpp.algorithms.outer_step.StepResult)."""
 
     loss: float
     accuracy: float

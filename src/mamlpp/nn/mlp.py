@@ -9,24 +9,13 @@ BNRS/BNWB do not apply).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mamlpp.config import MlpConfig
+from mamlpp.config.regression import MLP_ACTIVATIONS as ACTIVATIONS
 from mamlpp.nn.layers import BatchStats
-
-ACTIVATIONS = ("relu", "leaky_relu", "tanh")
-
-
-@dataclass
-class MlpConfig:
-    """model=mlp: the widths of the hidden layers and their activation."""
-
-    hidden: list[int] = field(default_factory=lambda: [40, 40])
-    # relu | leaky_relu | tanh
-    activation: str = "relu"
 
 
 class MLP(nn.Module):

@@ -90,7 +90,7 @@ def build_baseline(cfg: Config, sampler: SinusoidSampler, device: torch.device) 
     pretrain_jointly(
         learner.net,
         lambda i: sampler.batch("train", cfg.seed, i * b, b),
-        learner.objective,
+        sampler.objective,
         iters,
         cfg.algorithm.meta_lr,
     )

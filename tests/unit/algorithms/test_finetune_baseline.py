@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import mamlpp
+from mamlpp.algorithms.factory import build_network
 from mamlpp.algorithms.finetune_baseline import MOMENTUM, WEIGHT_DECAY, FineTuneBaseline
-from mamlpp.config import AlgorithmConfig, ModelConfig
+from mamlpp.config import AlgorithmConfig, Conv4Config
 from mamlpp.data.episodes import EpisodeSampler
 from mamlpp.data.splits import SplitClasses
 from mamlpp.errors import ConfigError
@@ -31,8 +32,8 @@ def make_baseline(cosine: bool, seed: int = 0) -> FineTuneBaseline:
         finetune_steps=6,
         finetune_lr=0.05,
     )
-    model = ModelConfig(filters=4, stages=2)
-    return FineTuneBaseline(algo, model, 1, SIZE, CLASSES, 10, cosine=cosine).double()
+    net = build_network(algo, Conv4Config(filters=4, stages=2), 1, SIZE, CLASSES)
+    return FineTuneBaseline(algo, net).double()
 
 
 def make_batch(tasks: int = 2, seed: int = 0) -> EpisodeBatch:

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mamlpp.algorithms.meta_learner import MetaLearner
+from mamlpp.algorithms.learner import Learner
 from mamlpp.config import AlgorithmConfig
 from mamlpp.data.sinusoid import SinusoidConfig, SinusoidSampler
 from mamlpp.nn.contract import MetaBackbone
 from mamlpp.nn.mlp import MLP
-from mamlpp.tasks import REGRESSION, EpisodeBatch
+from mamlpp.tasks import EpisodeBatch, task_mse
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -70,7 +70,7 @@ def test_mlp_mse_meta_gradient_matches_torch_func(case: str) -> None:
     algo = AlgorithmConfig(name="maml", inner_steps=STEPS, inner_lr=0.05, **CASES[case])
     net = MLP(1, 1, hidden=(8, 6))
     assert isinstance(net, MetaBackbone)
-    learner = MetaLearner(algo, net, 1, 1, 1, total_iterations=1, objective=REGRESSION).double()
+    learner = Learner(algo, net, loss_fn=task_mse, score_fn=task_mse).double()
     with torch.no_grad():  # distinct rates per step/layer/element exercise the mapping
         for i, rates in enumerate(learner.inner_lrs.rates.values()):
             rates.add_(0.01 * i + 0.02 * torch.rand_like(rates))
@@ -108,7 +108,7 @@ def test_first_order_drops_the_second_order_terms() -> None:
     torch.manual_seed(1)
     net = MLP(1, 1, hidden=(8, 6)).double()
     algo = AlgorithmConfig(name="fomaml", inner_steps=1, inner_lr=0.05, second_order=False)
-    learner = MetaLearner(algo, net, 1, 1, 1, total_iterations=1, objective=REGRESSION).double()
+    learner = Learner(algo, net, loss_fn=task_mse, score_fn=task_mse).double()
     batch = SinusoidSampler(SinusoidConfig(), 5, 7).batch("train", 0, 0, 2)
     batch = EpisodeBatch(batch.xs.double(), batch.ys.double(), batch.xt.double(), batch.yt.double())
     loss, _ = learner.adapt_and_predict(batch, 1, True, False)
