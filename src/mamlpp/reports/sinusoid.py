@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from mamlpp.algorithms.factory import build_learner
-from mamlpp.algorithms.meta_learner import MetaLearner
+from mamlpp.algorithms.learner import Learner
 from mamlpp.algorithms.pretrained import pretrain_jointly
-from mamlpp.config import Config, to_config
+from mamlpp.config import Config, saved_config
 from mamlpp.data.sinusoid import SinusoidSampler, sinusoid_sampler
 from mamlpp.errors import MamlppError
 from mamlpp.experiment.checkpoints import atomic_write_text
@@ -55,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def fine_tune_mse(learner: MetaLearner, sampler: SinusoidSampler, cfg: Config) -> dict[str, Any]:
+def fine_tune_mse(learner: Learner, sampler: SinusoidSampler, cfg: Config) -> dict[str, Any]:
     """Mean and 95% CI of the test MSE after each of STEPS fine-tuning steps."""
     out = {}
     for steps in STEPS:
@@ -71,13 +70,13 @@ def fine_tune_mse(learner: MetaLearner, sampler: SinusoidSampler, cfg: Config) -
 
 
 def _adapted_predictions(
-    learner: MetaLearner, batch: EpisodeBatch, steps: int, x: torch.Tensor
+    learner: Learner, batch: EpisodeBatch, steps: int, x: torch.Tensor
 ) -> torch.Tensor:
     fast = learner.adapt(batch.xs, batch.ys, steps)
     return learner.predict_adapted(fast, x, max(steps, 1))
 
 
-def build_baseline(cfg: Config, sampler: SinusoidSampler, device: torch.device) -> MetaLearner:
+def build_baseline(cfg: Config, sampler: SinusoidSampler, device: torch.device) -> Learner:
     """The run's network trained jointly on its training tasks, wrapped to fine-tune with plain
     SGD at the run's inner learning rate (no learned rates, all weights adapted)."""
     torch.manual_seed(cfg.seed)
@@ -98,7 +97,7 @@ def build_baseline(cfg: Config, sampler: SinusoidSampler, device: torch.device) 
 
 
 def plot(
-    path: Path, models: dict[str, MetaLearner], sampler: SinusoidSampler, cfg: Config, task: int
+    path: Path, models: dict[str, Learner], sampler: SinusoidSampler, cfg: Config, task: int
 ) -> None:
     try:
         import matplotlib
@@ -157,7 +156,7 @@ def markdown(table: dict[str, dict[str, Any]], shots: int, tasks: int) -> str:
 def run(args: argparse.Namespace) -> Path:
     trained = open_trained(args.run_dir, "best")
     # The run's own config, read literally (open_trained checked it names no code).
-    cfg = to_config(OmegaConf.merge(OmegaConf.structured(Config), trained.config))
+    cfg = saved_config(trained.config, trained.policy.allow)
     if cfg.dataset.name != "sinusoid":
         raise MamlppError(
             f"{args.run_dir} is a run of dataset={cfg.dataset.name}; mamlpp-sinusoid plots "
