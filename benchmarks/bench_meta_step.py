@@ -89,14 +89,16 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
     from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
     from mamlpp.config import ModelConfig, SpeedConfig
     from mamlpp.experiment.builder import configure_backends
+    from mamlpp.nn.cpu_allocator import keep_freed_memory
 
     algo, ways, batch, steps, resnet = parse_setting(setting)
     channels, size = (3, 32) if resnet else (1, 28)
     options, precision = VARIANTS[variant]
     speed = SpeedConfig(**options)
     dev = torch.device(device)
-    if dev.type == "cpu":
+    if dev.type == "cpu":  # as experiment.builder.configure_device
         torch.set_flush_denormal(True)
+        keep_freed_memory()
     configure_backends(speed, dev)
     torch.manual_seed(0)
     learner = MetaLearner(

@@ -80,6 +80,7 @@ from mamlpp.experiment.run_state import (
 )
 from mamlpp.experiment.signals import EXIT_RESUMABLE, SignalFlag, StopRequested
 from mamlpp.experiment.topk import member_file, update_top_k
+from mamlpp.nn.cpu_allocator import keep_freed_memory
 from mamlpp.trackers import open_trackers
 from mamlpp.trackers.base import FanOut
 
@@ -136,6 +137,7 @@ def configure_device(device: torch.device, speed: SpeedConfig) -> None:
         torch.cuda.set_device(device)
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal gradients slow CPU kernels by 10x+
+        keep_freed_memory()  # no page faults for each new temporary (same numbers)
     configure_backends(speed, device)
 
 
