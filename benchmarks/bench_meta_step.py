@@ -89,7 +89,13 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
     from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
     from mamlpp.config import ModelConfig, SpeedConfig
     from mamlpp.experiment.builder import configure_backends
-    from mamlpp.nn.cpu_allocator import keep_freed_memory
+
+    try:
+        from mamlpp.nn.cpu_allocator import keep_freed_memory
+    except ImportError:  # a checkout from before it (a --baseline of bench_side_by_side.py)
+
+        def keep_freed_memory() -> bool:
+            return False
 
     algo, ways, batch, steps, resnet = parse_setting(setting)
     channels, size = (3, 32) if resnet else (1, 28)
