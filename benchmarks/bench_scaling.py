@@ -28,9 +28,9 @@ CENTER = (8, 5, 5)  # batch, ways, steps
 TIME = "median_s_per_iter"  # or median_cpu_s_per_iter (--cpu-time)
 
 
-def grid(full: bool) -> list[tuple[int, int, int]]:
+def grid(full: bool, batches=BATCHES, ways=WAYS, steps=STEPS) -> list[tuple[int, int, int]]:
     if full:
-        return [(b, w, s) for w in WAYS for s in STEPS for b in BATCHES]
+        return [(b, w, s) for w in ways for s in steps for b in batches]
     b0, w0, s0 = CENTER
     points = [(b, w0, s0) for b in BATCHES]
     points += [(b0, w, s0) for w in WAYS if w != w0]
@@ -56,6 +56,9 @@ def main() -> None:
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None, help="write a PNG of s/iter and peak MB here")
     p.add_argument("--resume", action="store_true", help="keep the points already in --json")
+    p.add_argument("--batches", type=int, nargs="*", default=list(BATCHES), help="with --full")
+    p.add_argument("--ways", type=int, nargs="*", default=list(WAYS), help="with --full")
+    p.add_argument("--steps", type=int, nargs="*", default=list(STEPS), help="with --full")
     p.add_argument(
         "--cpu-time",
         action="store_true",
@@ -70,7 +73,9 @@ def main() -> None:
             done[(r["batch"], r["ways"], r["inner_steps"])] = r
     rows = []
     print(f"{'batch':>5} {'ways':>4} {'steps':>5} {'s/iter':>8} {'CPU s':>8} {'peak MB':>8}")
-    for b, w, s in grid(args.full):
+    points = grid(args.full, args.batches, args.ways, args.steps)
+    kept = [r for key, r in done.items() if key not in points]  # outside this selection
+    for b, w, s in points:
         r = done.get((b, w, s))
         if r is None:
             cmd = [sys.executable, str(HERE / "bench_meta_step.py"), "--worker"]
@@ -80,12 +85,13 @@ def main() -> None:
             r = json.loads(out.strip().splitlines()[-1])
         rows.append(r)
         if args.json:
-            Path(args.json).write_text(json.dumps({"results": rows, "fits": {}}, indent=2))
+            Path(args.json).write_text(json.dumps({"results": kept + rows, "fits": {}}, indent=2))
         print(
             f"{b:5d} {w:4d} {s:5d} {r['median_s_per_iter']:8.3f} "
             f"{r['median_cpu_s_per_iter']:8.3f} {r['peak_mem_mb']:8.0f}",
             flush=True,
         )
+    rows = kept + rows
     b0, w0, s0 = CENTER
     fits = {}
     for factor, key, other in (
