@@ -88,7 +88,11 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
 
     from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
     from mamlpp.config import ModelConfig, SpeedConfig
-    from mamlpp.experiment.builder import configure_backends
+
+    try:
+        from mamlpp.experiment.device import configure_backends
+    except ImportError:  # a checkout from before experiment.device (a --baseline)
+        from mamlpp.experiment.builder import configure_backends
 
     try:
         from mamlpp.nn.cpu_allocator import keep_freed_memory
@@ -102,7 +106,7 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
     options, precision = VARIANTS[variant]
     speed = SpeedConfig(**options)
     dev = torch.device(device)
-    if dev.type == "cpu":  # as experiment.builder.configure_device
+    if dev.type == "cpu":  # as experiment.device.configure_device
         torch.set_flush_denormal(True)
         keep_freed_memory()
     configure_backends(speed, dev)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
@@ -32,7 +32,7 @@ from mamlpp.config import Config, to_config
 from mamlpp.data.preprocessing import Preprocessing
 from mamlpp.data.registry import load_dataset
 from mamlpp.errors import DataError, MamlppError, first_line
-from mamlpp.experiment.builder import resolve_device
+from mamlpp.experiment.device import resolve_device
 from mamlpp.experiment.members import load_learner_state
 from mamlpp.experiment.trained import TrainedRun, open_trained
 from mamlpp.experiment.trust import CODE_KEYS, named_targets
@@ -45,6 +45,7 @@ def config_of(trained: TrainedRun) -> Config:
         merged = OmegaConf.merge(OmegaConf.structured(Config), trained.config)
     except OmegaConfBaseException as exc:
         raise MamlppError(f"the config in {trained.policy.source}: {first_line(exc)}") from exc
+    assert isinstance(merged, DictConfig)  # merged onto the Config schema
     return to_config(merged)
 
 
@@ -138,7 +139,7 @@ class TrainedModel:
         `images`: a path (str or Path), a folder (its images, sorted by name), a PIL image, a
         numpy array (HxW or HxWxC, uint8 or float in [0, 1]), or a list of these."""
         sources = image_sources(images)
-        pixels = np.stack([self.preprocessing.decode_file(p) for p in sources])  # type: ignore[arg-type]
+        pixels = np.stack([self.preprocessing.decode_file(p) for p in sources])
         return self.preprocessing.normalise(torch.from_numpy(pixels)).to(self.device)
 
     def as_input(self, x: Tensor | Any) -> Tensor:
@@ -205,5 +206,5 @@ def load(
     cfg = config_of(trained)
     trained.policy.model_config(cfg)  # refused before the data is read for old members
     prep = preprocessing_of(trained, cfg)
-    device = resolve_device(device)
-    return TrainedModel(cfg, prep, build_members(trained, cfg, prep.channels, device), device)
+    on = resolve_device(device)
+    return TrainedModel(cfg, prep, build_members(trained, cfg, prep.channels, on), on)

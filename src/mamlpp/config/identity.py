@@ -7,7 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from mamlpp.config.paths import conf_dir
 from mamlpp.config.schema import AlgorithmConfig, Config, ModelConfig
@@ -54,6 +54,7 @@ def _definition(name: str) -> tuple[str, bool]:
     from its conf/algorithm YAML: the one place that defines ANIL, BOIL and Meta-SGD."""
     path = Path(conf_dir()) / "algorithm" / f"{name}.yaml"
     own = OmegaConf.load(path) if path.exists() else OmegaConf.create()
+    assert isinstance(own, DictConfig), path  # a config group option is a mapping
     default = AlgorithmConfig()
     return own.get("adapt", default.adapt), own.get("per_element_lr", default.per_element_lr)
 

@@ -35,7 +35,7 @@ def run_name(root: DictConfig) -> str:
     preset = [f"experiment={choices['experiment']}"] if choices.get("experiment") else []
     preset_choices = compose("config", preset, return_hydra_config=True).hydra.runtime.choices
     groups = [
-        o.input_line
+        str(o.input_line)
         for o in parsed
         if o.key_or_group in GROUPS
         and choices.get(o.key_or_group) != preset_choices.get(o.key_or_group)
@@ -49,7 +49,7 @@ def run_name(root: DictConfig) -> str:
         if is_neutral(key) or key == "dataset.source":
             continue
         if _value(root, key) != _value(reference, key):
-            kept.append(_canonical(o.input_line, root))
+            kept.append(_canonical(str(o.input_line), root))
     source = root.dataset.get("source")
     if root.dataset.name != "omniglot" and source:
         kept.append(f"dataset.source={source_tag(str(source))}")

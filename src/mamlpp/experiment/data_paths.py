@@ -24,7 +24,9 @@ def current_paths() -> dict[str, str]:
     """`paths.*` as mamlpp-train resolves them in this process."""
     register_configs()  # the path_join resolver
     raw = OmegaConf.to_container(OmegaConf.load(Path(conf_dir()) / "config.yaml").paths)
-    return OmegaConf.to_container(OmegaConf.create({"paths": raw}), resolve=True)["paths"]
+    resolved = OmegaConf.to_container(OmegaConf.create({"paths": raw}), resolve=True)
+    assert isinstance(resolved, dict)
+    return resolved["paths"]
 
 
 def default_data_dir(name: str, paths: Mapping[str, Any]) -> str | None:
@@ -33,7 +35,8 @@ def default_data_dir(name: str, paths: Mapping[str, Any]) -> str | None:
     group = Path(conf_dir()) / "dataset" / f"{name}.yaml"
     if name not in DATASETS or not group.is_file():
         return None
-    raw = OmegaConf.to_container(OmegaConf.load(group)).get("data_dir")
+    options = OmegaConf.to_container(OmegaConf.load(group))
+    raw = options.get("data_dir") if isinstance(options, dict) else None
     if not isinstance(raw, str):
         return None
     register_configs()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.errors import error_lines
 from mamlpp.config import Config, ConfigError, validate
 from mamlpp.experiment.nonfinite import EXIT_NONFINITE, NonFiniteError
 
@@ -133,7 +134,7 @@ def test_a_diverging_run_stops_with_exit_3_and_keeps_the_last_finite_checkpoint(
         f"hydra.run.dir={run_dir}",
     )
     assert done.returncode == EXIT_NONFINITE, done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("mamlpp: error:")]
+    errors = error_lines(done.stderr)
     assert len(errors) == 1 and "Traceback" not in done.stderr
     assert "training loss is nan at iteration 2" in errors[0]
     assert "algorithm.meta_lr = 1e+30" in errors[0]

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import mamlpp.train  # noqa: F401  (registers the schema and the resolver)
-from conftest import REPO_ROOT
+from helpers.paths import REPO_ROOT
 from mamlpp.config import Config, conf_dir, to_config
 from mamlpp.errors import ConfigError
 

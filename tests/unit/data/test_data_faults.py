@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT
+from helpers.paths import USER_CODE
 from mamlpp.config import DatasetConfig
 from mamlpp.data import capacity
 from mamlpp.data import image_folder as imf
@@ -169,7 +169,7 @@ def test_an_image_size_that_cannot_fit_is_refused_up_front(
 
 
 def test_a_custom_listers_unknown_keyword_is_one_line(tmp_path: Path) -> None:
-    sys.path.insert(0, str(REPO_ROOT / "tests" / "user_code"))
+    sys.path.insert(0, str(USER_CODE))
     for c in range(3):
         for i in range(2):
             Image.new("RGB", (4, 4), (c, i, 0)).save(tmp_path / f"g{c}__{i}.png")

@@ -16,10 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO_ROOT
+from helpers.paths import REPO_ROOT, USER_CODE
 from mamlpp.config import Config, DatasetConfig, validate
 from mamlpp.data import image_folder as imf
 from mamlpp.data.dataset import ClassImages, split_by_ratios
+from mamlpp.data.decode import decode_image
 from mamlpp.data.episodes import Augmentation, EpisodeSampler
 from mamlpp.data.registry import load_dataset
 from mamlpp.data.splits import SplitClasses
@@ -381,6 +382,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"cfg": c, "data": load_dataset(c), "data_dir": data_dir}
 
 
+@pytest.mark.slow  # decodes the real Tiny-ImageNet subset
 def test_real_tiny_imagenet_zip(tiny: dict) -> None:
     data = tiny["data"]
     assert data.images.pixels.shape == (20_000, 3, 32, 32)
@@ -396,7 +398,7 @@ def test_real_tiny_imagenet_zip(tiny: dict) -> None:
         grey = next(n for n in zf.namelist() if n.endswith(".JPEG") and _mode(zf.read(n)) == "L")
     c = data.class_names.index(wnid)
     np.testing.assert_array_equal(
-        data.images.pixels[data.images.starts[c] + 42], imf.decode_image(raw, 32, "x", "t")
+        data.images.pixels[data.images.starts[c] + 42], decode_image(raw, 32, 3, "x")
     )
     gw, gi = grey.rsplit("/", 1)[-1].removesuffix(".JPEG").split("_")
     if int(gi) < 100:  # a greyscale JPEG: converted to RGB, so its channels are equal
@@ -412,6 +414,7 @@ def _mode(data: bytes) -> str:
         return im.mode
 
 
+@pytest.mark.slow  # decodes the real Tiny-ImageNet subset
 def test_real_tiny_imagenet_cache_reused_and_deterministic(
     tiny: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -425,7 +428,7 @@ def test_real_tiny_imagenet_cache_reused_and_deterministic(
     assert abs(batch.xt.mean().item()) < 0.5  # normalised
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # decodes the real Tiny-ImageNet subset
 def test_real_tiny_imagenet_cache_invalidated_when_the_zip_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -496,7 +499,7 @@ def make_flat(root: Path, classes: int = 10, per_class: int = 4) -> Path:
 def test_custom_dataset_from_a_users_lister(tmp_path: Path) -> None:
     import sys
 
-    sys.path.insert(0, str(REPO_ROOT / "tests" / "user_code"))
+    sys.path.insert(0, str(USER_CODE))
     root = make_flat(tmp_path / "flat")
     custom = cfg("custom", root, tmp_path / "data", _target_="user_data.list_flat")
     data = load_dataset(custom)
@@ -520,7 +523,7 @@ def test_custom_dataset_from_a_users_lister(tmp_path: Path) -> None:
 def test_custom_dataset_errors_are_one_line(tmp_path: Path, target: str, message: str) -> None:
     import sys
 
-    sys.path.insert(0, str(REPO_ROOT / "tests" / "user_code"))
+    sys.path.insert(0, str(USER_CODE))
     with pytest.raises(ConfigError, match=message) as err:
         load_dataset(
             cfg("custom", make_flat(tmp_path / "f", 3, 2), tmp_path / "d", _target_=target)
@@ -535,7 +538,7 @@ def test_custom_dataset_errors_are_one_line(tmp_path: Path, target: str, message
 @pytest.mark.slow
 def test_custom_dataset_trains_through_the_cli(cli, tmp_path: Path) -> None:
     root = make_flat(tmp_path / "flat")
-    user_code = str(REPO_ROOT / "tests" / "user_code")
+    user_code = str(USER_CODE)
     env = {**cli.env, "PYTHONPATH": os.pathsep.join([user_code, os.environ.get("PYTHONPATH", "")])}
     args = [
         "experiment=smoke",

@@ -9,7 +9,9 @@ import copy
 import pytest
 import torch
 
-from conftest import MAMLPP_ALL, REPO_ROOT
+from conftest import MAMLPP_ALL
+from helpers.gradients import central_difference, random_index
+from helpers.paths import SHARED
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.config import AlgorithmConfig, Config, ConfigError, DatasetConfig, ModelConfig, validate
 from mamlpp.nn.resnet12 import ResNet12, drop_block
@@ -86,17 +88,8 @@ def test_second_order_meta_gradient_matches_finite_differences(make_batch, regul
     g = torch.Generator().manual_seed(0)
     for name, grad in zip(picks, grads):
         p = named[name]
-        idx = tuple(int(torch.randint(0, s, (1,), generator=g)) for s in p.shape)
-        eps = 1e-6
-        with torch.no_grad():
-            p[idx] += eps
-        up = meta_loss().item()
-        with torch.no_grad():
-            p[idx] -= 2 * eps
-        down = meta_loss().item()
-        with torch.no_grad():
-            p[idx] += eps
-        numeric = (up - down) / (2 * eps)
+        idx = random_index(p, g)
+        numeric = central_difference(meta_loss, p, idx, eps=1e-6)
         assert grad[idx].item() == pytest.approx(numeric, rel=1e-5, abs=1e-9), name
 
 
@@ -202,7 +195,7 @@ def test_smoke_sized_tiny_imagenet_run(cli, tmp_path) -> None:
     iterations: a CI-sized check, not a result)."""
     import json
 
-    source = REPO_ROOT.parent / "shared" / "datasets" / "tiny-imagenet-subset"
+    source = SHARED / "datasets" / "tiny-imagenet-subset"
     args = (
         "experiment=tiny_imagenet_5w1s_maml",
         "model=resnet12",

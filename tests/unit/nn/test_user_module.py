@@ -15,7 +15,8 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from helpers.gradients import central_difference, meta_gradients, random_index
+from helpers.paths import REPO_ROOT, USER_CODE
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.algorithms.optimizer import build_optimizer
 from mamlpp.config import (
@@ -28,7 +29,6 @@ from mamlpp.config import (
 )
 from mamlpp.nn.contract import MetaBackbone
 
-USER_CODE = REPO_ROOT / "tests" / "user_code"
 sys.path.insert(0, str(USER_CODE))
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -50,10 +50,7 @@ def module_learner(
 
 
 def grads(learner: MetaLearner, batch, weights=None) -> dict[str, torch.Tensor]:
-    loss, _ = learner.adapt_and_predict(batch, 2, True, True, weights)
-    named = [(n, p) for n, p in learner.named_parameters() if p.requires_grad]
-    values = torch.autograd.grad(loss.mean(), [p for _, p in named], allow_unused=True)
-    return {n: g for (n, _), g in zip(named, values) if g is not None}
+    return meta_gradients(learner, batch, 2, True, weights)
 
 
 def test_wrapper_meets_the_backbone_contract() -> None:
@@ -91,17 +88,8 @@ def test_second_order_meta_gradient_matches_finite_differences(make_batch) -> No
     g = torch.Generator().manual_seed(0)
     for name in picks:
         p = named[name]
-        idx = tuple(int(torch.randint(0, s, (1,), generator=g)) for s in p.shape)
-        eps = 1e-6
-        with torch.no_grad():
-            p[idx] += eps
-        up = meta_loss()
-        with torch.no_grad():
-            p[idx] -= 2 * eps
-        down = meta_loss()
-        with torch.no_grad():
-            p[idx] += eps
-        numeric = (up - down) / (2 * eps)
+        idx = random_index(p, g)
+        numeric = central_difference(meta_loss, p, idx, eps=1e-6)
         assert analytic[name][idx].item() == pytest.approx(numeric, rel=1e-5, abs=1e-9), name
 
 
