@@ -88,7 +88,7 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
 
     from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
     from mamlpp.config import ModelConfig, SpeedConfig
-    from mamlpp.experiment.builder import configure_backends
+    from mamlpp.experiment.device import configure_backends
 
     algo, ways, batch, steps, resnet = parse_setting(setting)
     channels, size = (3, 32) if resnet else (1, 28)

@@ -1,23 +1,23 @@
 """What `TrainedModel.load_images` accepts, routed to the one image decoder of training.
 
 A path (str or Path), a folder (its images, sorted by name), a PIL image, a numpy array (HxW or
-HxWxC, uint8 or float in [0, 1]), or a list of these. PIL images and arrays reach the decoder as
-lossless in-memory files (EXIF included), so that an image gives the same pixels whatever
-form it comes in: modes, bit depth, orientation and resizing are decided in one place.
+HxWxC, uint8 or float in [0, 1]), or a list of these. Files, PIL images and arrays (as PIL images)
+go to the one decoder (mamlpp.data.decode), which reads each once, so that an image gives the
+same pixels whatever form it comes in: modes, bit depth, orientation and resizing are decided
+in one place.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image
 
 from mamlpp.data.image_folder import IMAGE_EXTENSIONS, is_image
-from mamlpp.errors import DataError, MamlppError, first_line
+from mamlpp.errors import DataError, MamlppError
 
 ACCEPTED = (
     "an image path or folder (str or Path), a PIL image, a numpy array (HxW or HxWxC, uint8 "
@@ -26,18 +26,18 @@ ACCEPTED = (
 ImageInput = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
 
 
-def image_sources(images: Any) -> list[Path | IO[bytes]]:
-    """Every image of `images`, in order, as a file path or an in-memory file to decode."""
+def image_sources(images: Any) -> list[Path | Image.Image]:
+    """Every image of `images`, in order, as a file path or a PIL image to decode."""
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     if not items:
         raise DataError(f"load_images got an empty list: it takes {ACCEPTED}")
-    sources: list[Path | IO[bytes]] = []
+    sources: list[Path | Image.Image] = []
     for item in items:
         sources += _sources(item)
     return sources
 
 
-def _sources(item: Any) -> list[Path | IO[bytes]]:
+def _sources(item: Any) -> list[Path | Image.Image]:
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
         if path.is_dir():
@@ -52,9 +52,9 @@ def _sources(item: Any) -> list[Path | IO[bytes]]:
             raise DataError(f"load_images: image {path} does not exist")
         return [path]
     if isinstance(item, Image.Image):
-        return [_in_memory(item)]
+        return [item]
     if isinstance(item, np.ndarray):
-        return [_in_memory(Image.fromarray(_as_uint8(item)))]
+        return [Image.fromarray(_as_uint8(item))]
     if type(item).__name__ == "Tensor":
         raise MamlppError(
             "load_images takes image files, PIL images or arrays; an image tensor "
@@ -85,26 +85,3 @@ def _as_uint8(a: np.ndarray) -> np.ndarray:
         f"load_images: an image array of dtype {a.dtype}: it takes uint8 (0..255) or float "
         "in [0, 1]"
     )
-
-
-def _in_memory(im: Image.Image) -> IO[bytes]:
-    """`im` as a lossless PNG with its EXIF, which the decoder reads as it reads a file. Modes
-    PNG cannot hold (CMYK, YCbCr, LAB, I, F) go as TIFF (which Pillow opens already turned by
-    its EXIF orientation), the rest (e.g. HSV) as RGB TIFF."""
-    exif = im.getexif()
-    problem: Exception | None = None
-    for fmt, mode, options in (
-        ("PNG", None, {"compress_level": 0}),
-        ("TIFF", None, {}),
-        ("TIFF", "RGB", {}),
-    ):
-        buf = io.BytesIO()
-        try:
-            (im.convert(mode) if mode else im).save(buf, fmt, exif=exif, **options)
-        except Exception as e:  # this format cannot hold this mode, or the image is broken
-            problem = e
-            continue
-        buf.seek(0)
-        return buf
-    cause = first_line(problem) if problem is not None else im.mode
-    raise DataError(f"load_images: cannot read a {im.mode} PIL image ({cause})")

@@ -32,7 +32,7 @@ from mamlpp.config import Config, to_config
 from mamlpp.data.preprocessing import Preprocessing
 from mamlpp.data.registry import load_dataset
 from mamlpp.errors import DataError, MamlppError, first_line
-from mamlpp.experiment.builder import resolve_device
+from mamlpp.experiment.device import resolve_device
 from mamlpp.experiment.members import load_learner_state
 from mamlpp.experiment.trained import TrainedRun, open_trained
 from mamlpp.experiment.trust import CODE_KEYS, named_targets
@@ -139,7 +139,7 @@ class TrainedModel:
         `images`: a path (str or Path), a folder (its images, sorted by name), a PIL image, a
         numpy array (HxW or HxWxC, uint8 or float in [0, 1]), or a list of these."""
         sources = image_sources(images)
-        pixels = np.stack([self.preprocessing.decode_file(p) for p in sources])  # type: ignore[arg-type]
+        pixels = np.stack([self.preprocessing.decode_file(p) for p in sources])
         return self.preprocessing.normalise(torch.from_numpy(pixels)).to(self.device)
 
     def as_input(self, x: Tensor | Any) -> Tensor:

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
 
+from mamlpp.errors import first_line
+
 
 class TargetError(ImportError):
     """A `_target_` that cannot be imported; its message is one line naming the cause."""
@@ -62,8 +64,7 @@ def _import(name: str, parent: ModuleType | None) -> ModuleType:
             hint = _did_you_mean(name.rpartition(".")[2], dir(parent), parent.__name__ + ".")
         raise TargetError(f"ModuleNotFoundError: no module named '{name}'{hint}") from exc
     except Exception as exc:  # a module that fails while it is imported
-        line = (str(exc).strip().splitlines() or [""])[0]
-        raise TargetError(f"importing {name}: {type(exc).__name__}: {line}") from exc
+        raise TargetError(f"importing {name}: {type(exc).__name__}: {first_line(exc)}") from exc
 
 
 def _did_you_mean(word: str, names: Iterable[str], prefix: str) -> str:

@@ -239,3 +239,25 @@ def test_the_static_view_matches_a_fresh_interpreter() -> None:
     expected = _loads("mamlpp") | _loads("mamlpp.errors") | _loads("mamlpp.config")
     assert loaded == expected
     assert not _above(loaded, "config")
+
+
+# The training loop's modules: the front-ends start runs through experiment.builder only.
+LOOP = {"mamlpp.experiment.loop", "mamlpp.experiment.callbacks"}
+
+
+def test_front_ends_never_import_the_training_loop() -> None:
+    """train, evaluate, api and the sweep glue (mamlpp.apps, and the old names that are it)
+    start runs through experiment.builder; the loop and its callbacks are the runtime's."""
+    modules = _modules_of("apps") + [
+        f"mamlpp.{n}" for n in ("train", "evaluate", "api", "inference")
+    ]
+    assert len(modules) > 6
+    for module in modules:
+        bad = _all_imports(module) & LOOP
+        assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_the_run_layout_is_a_leaf() -> None:
+    """Trackers, the runtime, the front-ends and reports all ask mamlpp.layout for a run
+    directory's names; it asks only mamlpp.files (standard library only) for the temp names."""
+    assert _all_imports("mamlpp.layout") <= {"mamlpp.files"}

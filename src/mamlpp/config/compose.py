@@ -15,7 +15,7 @@ from mamlpp.config.identity import is_module_argument
 from mamlpp.config.naming import run_name
 from mamlpp.config.schema import Config, ModelConfig
 from mamlpp.config.validation import validate
-from mamlpp.errors import ConfigError
+from mamlpp.errors import ConfigError, first_line
 
 # Config's sections, read off its (postponed, so string) annotations.
 _SECTIONS: dict[str, type] = {
@@ -153,7 +153,7 @@ def to_config(cfg: DictConfig | Config) -> Config:
         try:
             obj = OmegaConf.to_object(cfg)
         except Exception as exc:  # omegaconf reports missing/mistyped values here
-            raise ConfigError(f"config: {str(exc).splitlines()[0]}") from exc
+            raise ConfigError(f"config: {first_line(exc)}") from exc
     else:
         obj = cfg
     return validate(obj)

@@ -41,11 +41,11 @@ class DatasetConfig:
     # (package.module.function), and its keyword arguments (+dataset.kwargs.<name>=<value>).
     _target_: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
-    # mamlpp: all 1623 characters pooled, split 1150/50/423, random k*90 rotation per class
-    # per task.
-    # maml: Finn et al. 1100/100/423 characters, each rotation its own class.
+    # Omniglot's class protocol, mamlpp (a random k*90 rotation per class per training task)
+    # or maml (Finn et al.: each rotation its own class); see mamlpp.data.omniglot.
     protocol: str = "mamlpp"
-    # [train, val, test] classes; None: the protocol's standard split (see PROTOCOL_SPLITS).
+    # [train, val, test] classes; None: the protocol's standard split
+    # (mamlpp.data.omniglot.PROTOCOL_SPLITS).
     split_sizes: list[int] | None = None
     split_seed: int = 0
     train_rotation: bool = True

@@ -9,7 +9,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 from mamlpp.config.objective import OPTIMIZED_METRICS
-from mamlpp.config.schema import NORM_LAYER_KINDS, Config, DatasetConfig
+from mamlpp.config.schema import NORM_LAYER_KINDS, Config
 from mamlpp.errors import ConfigError
 
 MODELS = ("conv4", "resnet12", "module")
@@ -23,11 +23,9 @@ PROTOCOLS = ("mamlpp", "maml")
 DEVICES = ("auto", "cpu", "cuda")
 IMPLS = ("auto", "batched", "loop")
 PRECISIONS = ("fp32", "bf16")
-PROTOCOL_SPLITS = {"mamlpp": (1150, 50, 423), "maml": (1100, 100, 423)}
 DATASETS = ("omniglot", "miniimagenet", "image_folder", "tiny_imagenet", "custom")
 NORMALIZATIONS = ("none", "imagenet", "dataset")
 LAYOUTS = ("auto", "presplit", "unsplit")
-OMNIGLOT_IMAGES_PER_CLASS = 20
 RESUME_MODES = ("auto", "never", "must")
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -115,24 +113,31 @@ def validate(cfg: Config) -> Config:
     _check(t.shots >= 1, "task.shots", t.shots, ">= 1")
     _check(t.targets >= 1, "task.targets", t.targets, ">= 1")
     if d.name == "omniglot":
+        # Omniglot's facts live in its module, imported only for an Omniglot config so that
+        # mamlpp.config stays light (no image decoders) for the tools that only read configs.
+        from mamlpp.data import omniglot
+
         _check(
             d.split_sizes is None
             or (
                 len(d.split_sizes) == 3
                 and all(s > 0 for s in d.split_sizes)
-                and sum(d.split_sizes) <= 1623
+                and sum(d.split_sizes) <= omniglot.NUM_CLASSES
             ),
             "dataset.split_sizes",
             d.split_sizes,
-            "three positive class counts [train, val, test] summing to at most 1623",
+            f"three positive class counts [train, val, test] summing to at most "
+            f"{omniglot.NUM_CLASSES}",
         )
         _check(
-            t.shots + t.targets <= OMNIGLOT_IMAGES_PER_CLASS,
+            t.shots + t.targets <= omniglot.IMAGES_PER_CLASS,
             "task.shots",
             t.shots,
-            f"shots + targets <= 20 images per Omniglot class (targets={t.targets})",
+            f"shots + targets <= {omniglot.IMAGES_PER_CLASS} images per Omniglot class "
+            f"(targets={t.targets})",
         )
-        for split, n in zip(("train", "val", "test"), split_class_counts(cfg)):
+        counts = omniglot.split_class_counts(d.protocol, d.split_sizes)
+        for split, n in zip(("train", "val", "test"), counts):
             _check(
                 t.ways <= n, "task.ways", t.ways, f"at most {n}, the classes in the {split} split"
             )
@@ -325,20 +330,3 @@ def _check_module_model(cfg: Config) -> None:
         True,
         "false with model=module",
     )
-
-
-def split_sizes_of(dataset: DatasetConfig) -> tuple[int, int, int]:
-    """Omniglot characters per split: the configured sizes or the protocol's standard ones."""
-    sizes = dataset.split_sizes
-    if sizes is None:
-        return PROTOCOL_SPLITS[dataset.protocol]
-    train, val, test = sizes  # validate() refuses any other number of splits
-    return train, val, test
-
-
-def split_class_counts(cfg: Config) -> tuple[int, int, int]:
-    """Number of classes a task can draw from in each split (rotations count under 'maml')."""
-    train, val, test = split_sizes_of(cfg.dataset)
-    if cfg.dataset.protocol == "maml":
-        return train * 4, val * 4, test * 4
-    return train, val, test

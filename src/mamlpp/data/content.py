@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mamlpp.data.files import atomic_write, one_line
-from mamlpp.errors import DataError
+from mamlpp.errors import DataError, first_line
+from mamlpp.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class DigestCache:
                 self._entries[rel] = entry
                 self._changed = True
         except OSError as e:
-            raise DataError(f"cannot read {path} ({one_line(e)})") from e
+            raise DataError(f"cannot read {path} ({first_line(e)})") from e
         return entry[3], entry[0]
 
     def save(self) -> None:
@@ -88,7 +88,9 @@ class DigestCache:
             atomic_write(self.path, lambda f: f.write(text))
             self._changed = False
         except OSError as e:
-            logger.warning("could not write the file digest cache %s (%s)", self.path, one_line(e))
+            logger.warning(
+                "could not write the file digest cache %s (%s)", self.path, first_line(e)
+            )
 
 
 def cached_zip_digest(
@@ -96,29 +98,37 @@ def cached_zip_digest(
 ) -> str:
     """`compute()` (the digest of `header`'s members of the zip), remembered in `cache_path` under
     the zip's (size, mtime, ctime) and `header`, so a re-run does not re-read its directory."""
+    return remember_for_zip(zip_path, cache_path, {"header": digest(header, [])}, "digest", compute)
+
+
+def remember_for_zip(
+    zip_path: Path, cache_path: Path | None, key: dict[str, Any], field: str, compute: Callable
+) -> Any:
+    """`compute()` (JSON-able, derived from the zip), remembered as `field` in `cache_path` under
+    the zip's (size, mtime, ctime) and `key`: a later call with the zip unchanged reads no zip."""
     st = zip_path.stat()
     key = {
         "format": _CACHE_FORMAT,
         "zip": str(zip_path.resolve()),
         "stamp": [st.st_size, st.st_mtime_ns, st.st_ctime_ns],
-        "header": digest(header, []),
+        **key,
     }
     if cache_path is not None:
         try:
             doc = json.loads(cache_path.read_text(encoding="utf-8"))
             fresh = isinstance(doc, dict) and all(doc.get(k) == v for k, v in key.items())
-            if fresh and isinstance(doc.get("digest"), str):
-                return doc["digest"]
+            if fresh and field in doc:
+                return doc[field]
         except (OSError, ValueError):
             pass
     result = compute()
     if cache_path is not None:
-        text = json.dumps({**key, "digest": result}).encode("utf-8")
+        text = json.dumps({**key, field: result}).encode("utf-8")
         try:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(cache_path, lambda f: f.write(text))
+            atomic_write(cache_path, text)
         except OSError as e:
-            logger.warning("could not write the zip digest cache %s (%s)", cache_path, one_line(e))
+            logger.warning("could not write the zip cache %s (%s)", cache_path, first_line(e))
     return result
 
 
@@ -131,8 +141,7 @@ def digest(header: Any, entries: Iterable[tuple[int, int]]) -> str:
     """16 hex digits of a JSON-able `header` and the (CRC, size) of every image, in order."""
     h = hashlib.sha1(usedforsecurity=False)
     h.update(json.dumps(header).encode())
-    for crc, size in entries:
-        h.update(f"{crc:08x}:{size}\n".encode())
+    h.update("".join(f"{crc:08x}:{size}\n" for crc, size in entries).encode())
     return h.hexdigest()[:16]
 
 

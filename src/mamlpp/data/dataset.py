@@ -2,7 +2,8 @@
 
 Why one shape for all datasets: the episode sampler, the model's input channels and the task
 checks only need "image i of class c" and a per-channel normalisation, so Omniglot's fixed
-[1623, 20] array and an image folder's ragged classes (memory-mapped from the cache) look the same.
+[characters, drawings] array and an image folder's ragged classes (memory-mapped from the cache)
+look the same.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mamlpp.data.files import LANCZOS, one_line
-from mamlpp.errors import DataError
+from mamlpp.data.files import LANCZOS
+from mamlpp.errors import DataError, first_line
 
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _ORIENTATION = 0x0112  # EXIF tag; 1 = upright
@@ -79,22 +79,31 @@ def eight_bit(im: Image.Image, mode: str) -> Image.Image:
         return im.convert(mode)
 
 
-def decode_image(source: bytes | Path, image_size: int, channels: int, where: str) -> np.ndarray:
-    """Bytes or a file of any PIL-readable image -> uint8 [channels, S, S] (1: grey, 3: RGB).
+def decode_image(
+    source: bytes | Path | Image.Image, image_size: int, channels: int, where: str
+) -> np.ndarray:
+    """Bytes, a file or an open PIL image -> uint8 [channels, S, S] (1: grey, 3: RGB).
 
-    An undecodable image raises a one-line DataError naming `where`.
+    An undecodable image raises a one-line DataError naming `where`. An open PIL image is read,
+    not changed or closed.
     """
-    mode = "L" if channels == 1 else "RGB"
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-            turn = orientation(im)
-            img = eight_bit(im, mode)
-        if turn != 1:
-            img = img.transpose(_TRANSPOSE[turn])
-        size = (image_size, image_size)
-        if img.size != size:
-            img = img.resize(size, LANCZOS)
-        pixels = np.asarray(img, dtype=np.uint8)
+        if isinstance(source, Image.Image):
+            pixels = _pixels(source, image_size, channels)
+        else:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+                pixels = _pixels(im, image_size, channels)
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad data
-        raise DataError(f"cannot decode image {where} ({one_line(e)})") from e
+        raise DataError(f"cannot decode image {where} ({first_line(e)})") from e
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def _pixels(im: Image.Image, image_size: int, channels: int) -> np.ndarray:
+    turn = orientation(im)
+    img = eight_bit(im, "L" if channels == 1 else "RGB")
+    if turn != 1:
+        img = img.transpose(_TRANSPOSE[turn])
+    size = (image_size, image_size)
+    if img.size != size:
+        img = img.resize(size, LANCZOS)
+    return np.asarray(img, dtype=np.uint8)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from mamlpp.data.dataset import ClassImages
+from mamlpp.data.preprocessing import channel_tensors, normalise
 from mamlpp.data.splits import RANDOM_ROTATION, SPLITS, SplitClasses
 from mamlpp.tasks import EpisodeBatch
 
@@ -71,11 +72,7 @@ class EpisodeSampler:
         default = pixels.device if isinstance(pixels, Tensor) else torch.device("cpu")
         self.device = device or default
         self.augmentation = augmentation or Augmentation()
-        self.mean = self.std = None
-        if mean is not None and std is not None:
-            shape = (len(mean), 1, 1)
-            self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(shape)
-            self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(shape)
+        self.mean, self.std = channel_tensors(mean, std, self.device)
 
     def task_indices(self, split: str, seed: int, start: int, count: int) -> TaskIndices:
         classes = self.splits[split]
@@ -121,11 +118,9 @@ class EpisodeSampler:
             mask = rots == k
             if bool(mask.any()):
                 x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
-        x = x.float().div_(255.0)
         if idx.flips is not None:
-            x = self._crop_and_flip(x, idx)
-        if self.mean is not None:
-            x = (x - self.mean) / self.std
+            x = self._crop_and_flip(x, idx)  # on uint8: zero padding is 0 after scaling too
+        x = normalise(x, self.mean, self.std)
         b, n, k = count, self.ways, self.shots
         labels = torch.arange(n, device=dev)
         xs = x[:, :, :k].reshape(b, n * k, *x.shape[3:])

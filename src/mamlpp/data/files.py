@@ -1,8 +1,8 @@
-"""Plumbing shared by the dataset loaders: atomic writes, downloads with md5, one-line errors,
-the cache reader, and the decoders' resampling filter, worker count and ordered process pool.
+"""Plumbing shared by the dataset loaders: downloads with md5, the cache reader, and the
+decoders' resampling filter, worker count and ordered process pool.
 
 Why: a cache or download that is interrupted must never leave a plausible-looking file behind, so
-every write goes to a hidden temp file next to its target and is renamed into place when complete.
+every write goes through mamlpp.files.atomic_write (a temp file renamed into place when complete).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import logging
 import multiprocessing
 import os
-import secrets
 import signal
 import sys
 import threading
@@ -30,7 +29,8 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
-from mamlpp.errors import DataError
+from mamlpp.errors import DataError, first_line
+from mamlpp.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -144,28 +144,6 @@ def ordered_map(
         yield fn(*task)
 
 
-def one_line(exc: BaseException | str) -> str:
-    """Collapse an exception text to one line so nested reasons keep messages single-line."""
-    text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-    return " ".join(str(text).split())
-
-
-def create_temp(final: Path, suffix: str) -> tuple[int, str]:
-    """Create a hidden temp file next to ``final`` (same filesystem, so os.replace is atomic).
-
-    Unlike tempfile.mkstemp (mode 0600) the file gets the usual umask-based permissions, so a
-    shared cache stays readable by other users.
-    """
-    for _ in range(100):
-        tmp = final.parent / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}"
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-            return os.open(tmp, flags, 0o666), str(tmp)
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not create a temp file next to {final}")
-
-
 def md5_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     """Return the hex md5 of a file, read in chunks so large zips do not sit in memory."""
     digest = hashlib.md5(usedforsecurity=False)
@@ -187,65 +165,35 @@ def download(url: str, dest: str | Path, md5: str | None = None) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(
-            f"download: cannot create directory {dest.parent} for {url} ({one_line(e)})"
+            f"download: cannot create directory {dest.parent} for {url} ({first_line(e)})"
         ) from e
-    tmp_name: str | None = None
-    try:
-        fd, tmp_name = create_temp(dest, ".part")
-        digest = hashlib.md5(usedforsecurity=False)
+    digest = hashlib.md5(usedforsecurity=False)
+
+    def fetch(out: IO[bytes]) -> None:
         logger.info("downloading %s -> %s", url, dest)
-        with os.fdopen(fd, "wb") as out:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    digest.update(block)
-                    out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
+        with urllib.request.urlopen(url, timeout=60) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
         actual = digest.hexdigest()
         if md5 is not None and actual.lower() != md5.lower():
             raise DataError(
                 f"download: md5 mismatch for {dest} from {url}: expected {md5}, got {actual}; "
                 "the file was deleted"
             )
-        os.replace(tmp_name, dest)
-        tmp_name = None
-        return dest
+
+    try:
+        atomic_write(dest, fetch)
     except DataError:
         raise
     except Exception as e:  # urllib raises URLError/HTTPError/OSError/ValueError/timeouts
-        raise DataError(f"download: could not fetch {url} to {dest} ({one_line(e)})") from e
-    finally:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
+        raise DataError(f"download: could not fetch {url} to {dest} ({first_line(e)})") from e
+    return dest
 
 
 def file_stat(path: Path) -> dict[str, int]:
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write via temp file + fsync + os.replace so readers never see a partial file."""
-    fd, tmp = create_temp(path, ".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable; best effort (not possible on every platform)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 def load_cached_array(

@@ -11,8 +11,9 @@ Layouts (each a `list_*` function returning an `ImageListing`):
 Why a cache: decoding and resizing 60k JPEGs takes minutes, the result (uint8 [N, 3, S, S], about
 1.3 GB for Mini-ImageNet at 84x84) is written once to `<data_dir>/cache/` with a manifest naming
 the source files, and later runs memory-map it, so RAM holds one copy at most and only the pages
-that episodes touch. The .npy is filled in a hidden temp file and renamed, then the manifest is
-written: a crash or a bad image never leaves a half-written cache that looks valid.
+that episodes touch. The .npy is written atomically (mamlpp.files), then the manifest: a crash or
+a bad image never leaves a half-written cache that looks valid. Omniglot is one more listing
+(greyscale, its images in two zips or folders: see omniglot.py).
 """
 
 from __future__ import annotations
@@ -25,27 +26,26 @@ import logging
 import os
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from mamlpp.data import capacity, content
-from mamlpp.data.decode import decode_image as decode
+from mamlpp.data.decode import decode_image
 from mamlpp.data.files import (
-    atomic_write,
-    create_temp,
     decode_workers,
     file_stat,
     load_cached_array,
-    one_line,
     ordered_map,
     zip_for_chunk,
 )
-from mamlpp.errors import DataError
+from mamlpp.errors import DataError, first_line
+from mamlpp.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,27 @@ _CHUNK = 500
 _PARALLEL_MIN_IMAGES = 4000
 
 
+@dataclass(frozen=True)
+class Part:
+    """Images that lie in one zip ("zip": member names) or folder ("dir": relative paths).
+
+    `crcs`: the members' (CRC-32, size) where the lister read the zip's directory anyway."""
+
+    kind: str
+    root: Path
+    members: list[str]
+    crcs: list[tuple[int, int]] | None = None
+
+
 @dataclass
 class ImageListing:
     """Every image of a dataset, class by class, before decoding.
 
     `kind` is "dir" (paths relative to `root`) or "zip" (member names of the zip at `root`).
     `split_sizes` is set when the layout fixes the split: classes are then ordered train, val,
-    test. `fingerprint` changes whenever a listed file (or the zip) changes.
+    test. `fingerprint` changes whenever a listed file (or the zip) changes. `channels`: decode
+    to greyscale (1) or RGB (3). A listing whose images lie in several zips or folders (Omniglot)
+    overrides `parts`.
     """
 
     name: str
@@ -72,12 +86,21 @@ class ImageListing:
     files: list[list[str]]
     split_sizes: list[int] | None = None
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    channels: int = 3
 
     @property
     def num_images(self) -> int:
         return sum(len(f) for f in self.files)
 
-    def names_identity(self) -> str:
+    def parts(self) -> list[Part]:
+        """Where the images lie, in listing order."""
+        return [Part(self.kind, self.root, [f for fs in self.files for f in fs])]
+
+    def digest_header(self) -> Any:
+        """What the content digest covers besides the images' bytes."""
+        return [self.name, self.classes, self.files, self.split_sizes]
+
+    def names_identity(self) -> str | None:
         """The identity before contents were hashed: class names, file names and sizes (of each
         file, or of the zip), and the split. Kept to compare with run directories of that time."""
         digest = hashlib.sha1(usedforsecurity=False)
@@ -90,33 +113,48 @@ class ImageListing:
         return digest.hexdigest()[:16]
 
     def content_digest(self, cache_dir: Path | None = None) -> str:
-        """Class names, file names, the split and the CRC-32 and size of every image's bytes
-        (see mamlpp.data.content; `cache_dir` keeps file CRCs between runs)."""
-        members = [f for fs in self.files for f in fs]
-        header = [self.name, self.classes, self.files, self.split_sizes]
-        path = None
-        if cache_dir is not None:
-            stem = f"{self.name}_{content.source_key(self.name, self.root.resolve())}"
-            path = content.digest_cache_path(cache_dir, stem)
-        if self.kind == "zip":
+        """The digest header and the CRC-32 and size of every image's bytes (see
+        mamlpp.data.content; `cache_dir` keeps file CRCs, and a lone zip's digest, between runs)."""
+        header = self.digest_header()
+        parts = self.parts()
+        if len(parts) == 1 and parts[0].kind == "zip":
+            part = parts[0]
             return content.cached_zip_digest(
-                self.root, path, header, lambda: self._zip_digest(header, members)
+                part.root,
+                self._digest_cache(cache_dir, part.root),
+                header,
+                lambda: self._zip_digest(header, part.members),
             )
-        cache = content.DigestCache(self.root, path)
-        try:
-            return content.digest(header, [cache.crc(m) for m in members])
-        except DataError as e:
-            raise DataError(f"{self.name}: {e}") from e
-        finally:
-            cache.save()
+        entries: list[tuple[int, int]] = []
+        for part in parts:
+            if part.kind == "zip":
+                entries += part.crcs or self._zip_crcs(part.root, part.members)
+                continue
+            cache = content.DigestCache(part.root, self._digest_cache(cache_dir, part.root))
+            try:
+                entries += [cache.crc(m) for m in part.members]
+            except DataError as e:
+                raise DataError(f"{self.name}: {e}") from e
+            finally:
+                cache.save()
+        return content.digest(header, entries)
+
+    def _digest_cache(self, cache_dir: Path | None, root: Path) -> Path | None:
+        if cache_dir is None:
+            return None
+        stem = f"{self.name}_{content.source_key(self.name, root.resolve())}"
+        return content.digest_cache_path(cache_dir, stem)
 
     def _zip_digest(self, header: Any, members: list[str]) -> str:
-        with _open_zip(self.name, str(self.root)) as zf:
+        return content.digest(header, self._zip_crcs(self.root, members))
+
+    def _zip_crcs(self, root: Path, members: list[str]) -> list[tuple[int, int]]:
+        with open_zip(self.name, str(root)) as zf:
             infos = {i.filename: i for i in zf.infolist()}
         missing = next((m for m in members if m not in infos), None)
         if missing is not None:
-            raise DataError(f"{self.name}: {missing} is not in {self.root}")
-        return content.digest(header, content.member_crcs(infos, members))
+            raise DataError(f"{self.name}: {missing} is not in {root}")
+        return content.member_crcs(infos, members)
 
     def identity(self, cache_dir: Path | None = None) -> str:
         """What the data is, independent of where it lies or when it was copied: the content
@@ -146,6 +184,13 @@ def dir_fingerprint(root: Path, rel_paths: Sequence[str]) -> dict[str, Any]:
         st = (root / rel).stat()
         digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return {"root": str(root.resolve()), "files": len(rel_paths), "sha1": digest.hexdigest()}
+
+
+def part_fingerprint(part: Part) -> dict[str, Any]:
+    """`dir_fingerprint` of a folder's listed files, or the path, size and mtime of a zip."""
+    if part.kind == "zip":
+        return {"root": str(part.root.resolve()), **file_stat(part.root)}
+    return dir_fingerprint(part.root, part.members)
 
 
 def _class_folder(name: str, root: Path, class_dir: Path) -> list[str]:
@@ -265,69 +310,66 @@ def list_miniimagenet(root: str | Path) -> ImageListing:
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_image(data: bytes, image_size: int, where: str, name: str) -> np.ndarray:
-    """Bytes of any PIL-readable image -> uint8 [3, S, S] (see mamlpp.data.decode)."""
-    try:
-        return decode(data, image_size, 3, where)
-    except DataError as e:
-        raise DataError(f"{name}: {e}") from e
-
-
-def _open_zip(name: str, root: str) -> zipfile.ZipFile:
+def open_zip(name: str, root: str) -> zipfile.ZipFile:
+    """The zip at `root`; one line naming it (and dataset `name`) when it cannot be read."""
     try:
         return zipfile.ZipFile(root)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise DataError(f"{name}: {root} is not a readable zip file ({one_line(e)})") from e
+        raise DataError(f"{name}: {root} is not a readable zip file ({first_line(e)})") from e
 
 
 def _decode_chunk(
-    kind: str, root: str, members: Sequence[str], image_size: int, name: str
+    kind: str, root: str, members: Sequence[str], image_size: int, channels: int, name: str
 ) -> np.ndarray:
-    """Decode `members` of one source to uint8 [n, 3, S, S]; also runs in pool workers."""
-    out = np.empty((len(members), 3, image_size, image_size), dtype=np.uint8)
+    """Decode `members` of one zip or folder to uint8 [n, C, S, S]; also runs in pool workers."""
+    out = np.empty((len(members), channels, image_size, image_size), dtype=np.uint8)
     with contextlib.ExitStack() as stack:
         zf = None
         if kind == "zip":
-            zf = stack.enter_context(zip_for_chunk(root, partial(_open_zip, name)))
+            zf = stack.enter_context(zip_for_chunk(root, partial(open_zip, name)))
         for i, member in enumerate(members):
             where = f"{root}/{member}" if zf is None else f"{member} in {root}"
             try:
                 data = (Path(root) / member).read_bytes() if zf is None else zf.read(member)
-            except (OSError, KeyError, zipfile.BadZipFile) as e:
-                raise DataError(f"{name}: cannot read {where} ({one_line(e)})") from e
-            out[i] = decode_image(data, image_size, where, name)
+                out[i] = decode_image(data, image_size, channels, where)
+            except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+                raise DataError(f"{name}: cannot read {where} ({first_line(e)})") from e
+            except DataError as e:
+                raise DataError(f"{name}: {e}") from e
     return out
 
 
-def decode_chunks(listing: ImageListing, image_size: int) -> Iterator[np.ndarray]:
-    """Decoded images [n, 3, S, S] in listing order, a chunk at a time.
+def decode_chunks(
+    listing: ImageListing, image_size: int, workers: int | None = None
+) -> Iterator[np.ndarray]:
+    """Decoded images [n, C, S, S] in listing order, a chunk at a time.
 
-    JPEG/PNG decoding holds the GIL, so large listings use a process pool (one worker per core,
-    chunks still yielded in order); small ones stay serial because a pool costs more than it saves.
+    JPEG/PNG decoding holds the GIL, so large listings use a process pool (`workers`, default one
+    per core; chunks still yielded in order); small ones stay serial because a pool costs more
+    than it saves.
     """
-    members = [f for fs in listing.files for f in fs]
-    chunk = capacity.chunk_images(3, image_size, _CHUNK)
+    parts = listing.parts()
+    chunk = capacity.chunk_images(listing.channels, image_size, _CHUNK)
     tasks = [
-        (listing.kind, str(listing.root), members[i : i + chunk], image_size, listing.name)
-        for i in range(0, len(members), chunk)
+        (p.kind, str(p.root), p.members[i : i + chunk], image_size, listing.channels, listing.name)
+        for p in parts
+        for i in range(0, len(p.members), chunk)
     ]
-    workers = 1 if len(members) < _PARALLEL_MIN_IMAGES else decode_workers()
+    if workers is None:
+        workers = 1 if listing.num_images < _PARALLEL_MIN_IMAGES else decode_workers()
     return ordered_map(_decode_chunk, tasks, workers, listing.name)
 
 
-def _write_npy(path: Path, shape: list[int], chunks: Iterator[np.ndarray]) -> None:
+def _write_npy(f: IO[bytes], shape: list[int], chunks: Iterator[np.ndarray]) -> None:
     """Stream uint8 chunks into a .npy file (header first), so only one chunk is in memory."""
     written = 0
-    with open(path, "wb") as f:
-        header = {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)}
-        np.lib.format.write_array_header_1_0(f, header)
-        for chunk in chunks:
-            f.write(np.ascontiguousarray(chunk, dtype=np.uint8).tobytes())
-            written += len(chunk)
-        f.flush()
-        os.fsync(f.fileno())
+    header = {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)}
+    np.lib.format.write_array_header_1_0(f, header)
+    for chunk in chunks:
+        f.write(np.ascontiguousarray(chunk, dtype=np.uint8).tobytes())
+        written += len(chunk)
     if written != shape[0]:  # pragma: no cover - a listing/decoder mismatch is a bug
-        raise DataError(f"cache {path}: wrote {written} images, expected {shape[0]}")
+        raise DataError(f"cache: wrote {written} images, expected {shape[0]}")
 
 
 # --------------------------------------------------------------------------- cache
@@ -359,29 +401,21 @@ def _expected_manifest(listing: ImageListing, image_size: int, identity: str) ->
         "classes": listing.classes,
         "counts": [len(f) for f in listing.files],
         "split_sizes": listing.split_sizes,
-        "shape": [listing.num_images, 3, image_size, image_size],
+        "shape": [listing.num_images, listing.channels, image_size, image_size],
     }
 
 
 def _write_cache(
     npy: Path, manifest_path: Path, expected: dict[str, Any], chunks: Iterator[np.ndarray]
 ) -> None:
-    """The .npy (filled under a temp name, then renamed), then the manifest naming it. A failure
-    removes what this call wrote: a .npy without its manifest would only take up space."""
+    """The .npy, then the manifest naming it, each written atomically. A failure removes what
+    this call wrote: a .npy without its manifest would only take up space."""
     npy.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = create_temp(npy, ".npy")
-    os.close(fd)
-    try:
-        _write_npy(Path(tmp), expected["shape"], chunks)
-        os.replace(tmp, npy)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(npy, lambda f: _write_npy(f, expected["shape"], chunks))
     manifest = {**expected, "array": file_stat(npy)}
     text = json.dumps(manifest, indent=1) + "\n"
     try:
-        atomic_write(manifest_path, lambda f: f.write(text.encode("utf-8")))
+        atomic_write(manifest_path, text.encode("utf-8"))
     except BaseException:
         with contextlib.suppress(OSError):
             npy.unlink()
@@ -412,21 +446,24 @@ def channel_stats(pixels: np.ndarray, rows: np.ndarray) -> tuple[list[float], li
     return mean.tolist(), std.tolist()
 
 
-def load_cached(listing: ImageListing, data_dir: str | Path, image_size: int) -> CachedImages:
-    """The decoded images of `listing` from the cache, decoding and caching them on a miss."""
+def load_cached(
+    listing: ImageListing, data_dir: str | Path, image_size: int, workers: int | None = None
+) -> CachedImages:
+    """The decoded images of `listing` from the cache, decoding (with `workers` processes, see
+    decode_chunks) and caching them on a miss."""
     data_dir = Path(data_dir).expanduser()
     npy, manifest_path = _cache_paths(data_dir, listing, image_size)
     expected = _expected_manifest(listing, image_size, listing.identity(npy.parent))
     cached = _read_cache(npy, manifest_path, expected)
     if cached is not None:
         return cached
-    capacity.check_disk(listing.name, listing.num_images, 3, image_size, npy.parent)
+    capacity.check_disk(listing.name, listing.num_images, listing.channels, image_size, npy.parent)
     start = time.perf_counter()
     try:
-        _write_cache(npy, manifest_path, expected, decode_chunks(listing, image_size))
+        _write_cache(npy, manifest_path, expected, decode_chunks(listing, image_size, workers))
     except OSError as e:  # disk full, read-only, quota: nothing half-written is left behind
         raise DataError(
-            f"{listing.name}: cannot write the decoded cache {npy} ({one_line(e)}); free space "
+            f"{listing.name}: cannot write the decoded cache {npy} ({first_line(e)}); free space "
             "there or set dataset.data_dir to a writable folder with room"
         ) from e
     logger.info(

@@ -1,10 +1,12 @@
-"""Omniglot loader: find or download the two release zips, decode every PNG, cache the result.
+"""Omniglot: its facts (1623 characters of 20 drawings, the protocols' class splits and
+rotations), where its two release zips are found or downloaded, and its layout, listed as one
+more ImageListing.
 
-Why this shape: the decoded array for a given ``image_size`` is small (about 25 MB at 28x28) and
-costs several seconds of PNG decoding to build, so it is built once, straight from the zips (no
-extraction clutter), and cached as ``<data_dir>/cache/omniglot_<size>.npy`` next to a JSON
-manifest that records which source files it came from. A later load whose sources are unchanged
-is a plain ``np.load``.
+Decoding, the cache and the data identity are the image folders' (mamlpp.data.image_folder):
+greyscale, in class order background characters then evaluation characters, each sorted by
+(alphabet, character folder), drawings sorted by file name. The listing's parts are the two sets
+(zip or extracted folder each); its digest header is the one Omniglot has always had, so the data
+identity of the same files is unchanged.
 
 The zips shipped with this project's shared data are deterministic re-zips of the original PNGs,
 so their md5 differs from the official release; local files are therefore accepted after a
@@ -14,43 +16,37 @@ the official URLs.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import sys
 import time
-import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mamlpp.data import capacity, content
-from mamlpp.data.decode import decode_image
-from mamlpp.data.files import atomic_write as _atomic_write
-from mamlpp.data.files import (
-    decode_workers,
-    download,
-    load_cached_array,
-    md5_file,
-    ordered_map,
-    zip_for_chunk,
-)
-from mamlpp.data.files import file_stat as _file_stat
-from mamlpp.data.files import one_line as _one_line
-from mamlpp.errors import ConfigError, DataError
+from mamlpp.data.files import download, md5_file
+from mamlpp.data.image_folder import ImageListing, Part, load_cached, open_zip, part_fingerprint
+from mamlpp.data.splits import RANDOM_ROTATION, SplitClasses, fixed_splits
+from mamlpp.errors import ConfigError, DataError, first_line
 
 __all__ = [
     "IMAGES_PER_CLASS",
     "NUM_CLASSES",
     "OMNIGLOT_MD5",
     "OMNIGLOT_URLS",
+    "PROTOCOL_SPLITS",
+    "ROTATIONS",
+    "class_splits",
     "download",
     "load_omniglot",
     "md5_file",
+    "split_class_counts",
+    "split_sizes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,14 +62,54 @@ OMNIGLOT_MD5: dict[str, str] = {
 }
 NUM_CLASSES = 1623
 IMAGES_PER_CLASS = 20
+# The protocols' [train, val, test] characters. mamlpp (Antoniou et al.): a class is a character,
+# training tasks turn each by a random k*90 deg. maml (Finn et al.): a class is a (character,
+# rotation) pair, so every split has ROTATIONS times as many classes.
+PROTOCOL_SPLITS = {"mamlpp": (1150, 50, 423), "maml": (1100, 100, 423)}
+ROTATIONS = 4
 
 # Class order is background characters first, then evaluation characters.
 _SETS: tuple[str, ...] = ("images_background", "images_evaluation")
-_FORMAT_VERSION = 2  # 2: the manifest records the content digest
-_CHUNK = 1000  # images per pool task: small enough to balance load, big enough to amortise IPC
-_PARALLEL_MIN_IMAGES = 4000  # below this a process pool costs more than it saves
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _FIX_HINT = "re-download it or set dataset.source"
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+def split_sizes(protocol: str, sizes: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """Characters per split: `sizes` when given (dataset.split_sizes), else the protocol's."""
+    train, val, test = sizes if sizes is not None else PROTOCOL_SPLITS[protocol]
+    return train, val, test
+
+
+def split_class_counts(protocol: str, sizes: Sequence[int] | None = None) -> tuple[int, ...]:
+    """Classes a task can draw from in each split (each rotation its own class under maml)."""
+    per = ROTATIONS if protocol == "maml" else 1
+    return tuple(n * per for n in split_sizes(protocol, sizes))
+
+
+def class_splits(
+    num_chars: int,
+    sizes: tuple[int, int, int],
+    split_seed: int,
+    protocol: str,
+    train_rotation: bool = True,
+) -> dict[str, SplitClasses]:
+    """Shuffle characters with `split_seed` and cut them into the protocol's train/val/test
+    classes (see PROTOCOL_SPLITS)."""
+    perm = np.random.default_rng(split_seed).permutation(num_chars)
+    out = {}
+    for name, split in fixed_splits(perm, list(sizes)).items():
+        chars = split.chars
+        if protocol == "maml":
+            out[name] = SplitClasses(
+                np.repeat(chars, ROTATIONS), np.tile(np.arange(ROTATIONS), len(chars))
+            )
+        else:
+            rot = RANDOM_ROTATION if (name == "train" and train_rotation) else 0
+            out[name] = SplitClasses(chars, np.full(len(chars), rot))
+    return out
 
 
 # --------------------------------------------------------------------------- sources
@@ -103,8 +139,9 @@ def _is_url(source: str) -> bool:
     return bool(_URL_RE.match(source))
 
 
-def _resolve_sources(data_dir: Path, source: str | Path | None) -> list[_Source]:
-    """Locate (downloading if needed) the background and evaluation sets, in class order."""
+def _resolve_sources(data_dir: Path, source: str | Path | None) -> tuple[list[_Source], Path]:
+    """Locate (downloading if needed) the background and evaluation sets, in class order, and
+    the folder that holds them."""
     src = None if source is None or not str(source).strip() else str(source).strip()
     found: list[_Source] = []
     if src is not None and not _is_url(src):
@@ -123,7 +160,7 @@ def _resolve_sources(data_dir: Path, source: str | Path | None) -> list[_Source]
                     f"{name}/ folder; both images_background and images_evaluation are required"
                 )
             found.append(hit)
-        return found
+        return found, src_dir
 
     for name in _SETS:
         hit = _find_local(data_dir, name)
@@ -151,64 +188,7 @@ def _resolve_sources(data_dir: Path, source: str | Path | None) -> list[_Source]
                     ) from e
             hit = _Source(name, "zip", dest.resolve())
         found.append(hit)
-    return found
-
-
-def _fingerprint(src: _Source) -> dict[str, Any]:
-    """Cheap identity of a source for the cache manifest (path, size, mtime, ctime).
-
-    The ctime: writing a file's bytes always sets it, and no copy tool restores it (cp -p and
-    rsync -t restore the mtime), so rewritten pixels never pass for the cached ones.
-    """
-    if src.kind == "zip":
-        st = src.path.stat()
-        return {
-            "name": src.name,
-            "kind": "zip",
-            "path": str(src.path),
-            "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns,
-            "ctime_ns": st.st_ctime_ns,
-        }
-    # A folder's own times miss edits deeper down: sum sizes and take the newest times.
-    st = src.path.stat()
-    size, newest, changed, count = 0, st.st_mtime_ns, st.st_ctime_ns, 0
-    for root, _dirs, files in os.walk(src.path):
-        st = os.stat(root)
-        newest, changed = max(newest, st.st_mtime_ns), max(changed, st.st_ctime_ns)
-        for fname in files:
-            st = os.stat(os.path.join(root, fname))
-            size += st.st_size
-            newest, changed = max(newest, st.st_mtime_ns), max(changed, st.st_ctime_ns)
-            count += 1
-    return {
-        "name": src.name,
-        "kind": "dir",
-        "path": str(src.path),
-        "size": size,
-        "mtime_ns": newest,
-        "ctime_ns": changed,
-        "files": count,
-    }
-
-
-def _content(plans: Sequence[_Plan]) -> str:
-    """Content digest of the planned images in order (CRC-32 and size of each PNG's bytes),
-    the same for the zips and their extracted folders (see mamlpp.data.content)."""
-    entries: list[tuple[int, int]] = []
-    for plan in plans:
-        src = plan.source
-        if src.kind == "zip":
-            with _open_zip(str(src.path)) as zf:
-                infos = {i.filename: i for i in zf.infolist()}
-            entries += content.member_crcs(infos, plan.members)
-        else:
-            cache = content.DigestCache(src.path, None)
-            try:
-                entries += [cache.crc(m) for m in plan.members]
-            except DataError as e:
-                raise DataError(f"omniglot: {e}; {_FIX_HINT}") from e
-    return content.digest(["omniglot", [len(p.members) for p in plans]], entries)
+    return found, data_dir
 
 
 # --------------------------------------------------------------------------- structure scan
@@ -223,174 +203,116 @@ def _class_parts(name: str, parts: list[str]) -> list[str]:
     return parts[1:] if parts and parts[0] == name else parts
 
 
-def _scan(src: _Source) -> dict[tuple[str, str], list[str]]:
-    """Map (alphabet, character) -> member names (zip) or relative paths (dir), unsorted.
+def _scan(
+    src: _Source, cache_dir: Path
+) -> tuple[dict[tuple[str, str], list[str]], dict[str, tuple[int, int]]]:
+    """Map (alphabet, character) -> member names (zip) or relative paths (dir), unsorted, and
+    (for a zip) each member's CRC-32 and size from its directory.
 
     Directory entries only register (possibly empty) character folders; stray non-PNG files and
-    hidden/__MACOSX entries are ignored; a PNG at an unexpected depth is a layout error.
+    hidden/__MACOSX entries are ignored; a PNG at an unexpected depth is a layout error. A zip's
+    scan is remembered under its status in `cache_dir`, so a cache hit opens no zip.
     """
+    if src.kind == "zip":
+        stem = f"omniglot_listing_{content.source_key('omniglot', src.path)}"
+        path = content.digest_cache_path(cache_dir, stem)
+        found = content.remember_for_zip(
+            src.path, path, {"set": src.name}, "listing", lambda: _scan_zip(src)
+        )
+        classes = {(a, c): members for a, c, members in found["classes"]}
+        return classes, {m: (crc, size) for m, crc, size in found["crcs"]}
     classes: dict[tuple[str, str], list[str]] = {}
-    layout = f"{src.name}/<Alphabet>/<characterNN>/<file>.png"
+    for root, _dirs, files in os.walk(src.path):
+        rel = Path(root).relative_to(src.path).parts
+        _add(src, classes, "", list(rel))
+        for fname in files:
+            parts = [*rel, fname]
+            _add(src, classes, "/".join(parts), parts)
+    return classes, {}
 
-    def add_dir(parts: list[str]) -> None:
+
+def _scan_zip(src: _Source) -> dict[str, list]:
+    """`_scan` of a zip, JSON-able: [alphabet, character, members] and [member, CRC, size]."""
+    classes: dict[tuple[str, str], list[str]] = {}
+    crcs = []
+    with open_zip("omniglot", str(src.path)) as zf:
+        infos = zf.infolist()
+    for info in infos:
+        parts = _class_parts(src.name, [p for p in info.filename.split("/") if p])
+        if _add(src, classes, "" if info.is_dir() else info.filename, parts):
+            crcs.append([info.filename, info.CRC, info.file_size])
+    return {"classes": [[*key, members] for key, members in classes.items()], "crcs": crcs}
+
+
+def _add(src: _Source, classes: dict, member: str, parts: list[str]) -> bool:
+    """Register a character folder (`member` "") or a PNG; True when it is one of the images."""
+    if not member:
         if len(parts) == 2 and not _is_hidden(parts):
             classes.setdefault((parts[0], parts[1]), [])
-
-    def add_file(member: str, parts: list[str]) -> None:
-        if _is_hidden(parts) or not parts[-1].lower().endswith(".png"):
-            return
-        if len(parts) != 3:
-            raise DataError(
-                f"omniglot: unexpected PNG {member!r} in {src.path}; expected layout {layout}"
-            )
-        classes.setdefault((parts[0], parts[1]), []).append(member)
-
-    if src.kind == "zip":
-        with _open_zip(str(src.path)) as zf:
-            infos = zf.infolist()
-        for info in infos:
-            parts = _class_parts(src.name, [p for p in info.filename.split("/") if p])
-            if info.is_dir():
-                add_dir(parts)
-            else:
-                add_file(info.filename, parts)
-    else:
-        for root, _dirs, files in os.walk(src.path):
-            rel = Path(root).relative_to(src.path).parts
-            add_dir(list(rel))
-            for fname in files:
-                parts = [*rel, fname]
-                add_file("/".join(parts), parts)
-    return classes
+        return False
+    if _is_hidden(parts) or not parts[-1].lower().endswith(".png"):
+        return False
+    if len(parts) != 3:
+        layout = f"{src.name}/<Alphabet>/<characterNN>/<file>.png"
+        raise DataError(
+            f"omniglot: unexpected PNG {member!r} in {src.path}; expected layout {layout}"
+        )
+    classes.setdefault((parts[0], parts[1]), []).append(member)
+    return True
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """Decode plan: per source, its members in final (class, image) order."""
-
-    source: _Source
-    members: list[str]
+# --------------------------------------------------------------------------- listing
 
 
-def _check_structure(
-    sources: Sequence[_Source], expected_classes: int, expected_images: int
-) -> list[_Plan]:
-    """Verify class/image counts across all sources and fix the deterministic order."""
-    plans: list[_Plan] = []
-    total = 0
+@dataclass
+class OmniglotListing(ImageListing):
+    """Omniglot's characters: greyscale images in two parts (background, evaluation sets)."""
+
+    sets: list[Part] = field(default_factory=list)
+
+    def parts(self) -> list[Part]:
+        return self.sets
+
+    def digest_header(self) -> Any:
+        return [self.name, [len(p.members) for p in self.sets]]
+
+    def names_identity(self) -> str | None:
+        return None  # Omniglot's identity hashed the contents from the start
+
+
+def list_omniglot(
+    sources: Sequence[_Source],
+    root: Path,
+    cache_dir: Path,
+    expected_classes: int = NUM_CLASSES,
+    expected_images: int = IMAGES_PER_CLASS,
+) -> OmniglotListing:
+    """Check the class and image counts of every source and fix the deterministic order."""
+    classes: list[str] = []
+    files: list[list[str]] = []
+    sets: list[Part] = []
     for src in sources:
-        classes = _scan(src)
+        found, crcs = _scan(src, cache_dir)
         members: list[str] = []
-        for key in sorted(classes):
-            files = classes[key]
-            if len(files) != expected_images:
+        for key in sorted(found):
+            drawings = found[key]
+            if len(drawings) != expected_images:
                 raise DataError(
                     f"omniglot: character folder {src.name}/{key[0]}/{key[1]} in {src.path} has "
-                    f"{len(files)} PNG images, expected exactly {expected_images}; {_FIX_HINT}"
+                    f"{len(drawings)} PNG images, expected exactly {expected_images}; {_FIX_HINT}"
                 )
-            members.extend(sorted(files, key=lambda m: m.rsplit("/", 1)[-1]))
-        total += len(classes)
-        plans.append(_Plan(src, members))
-    if total != expected_classes:
+            classes.append(f"{src.name}/{key[0]}/{key[1]}")
+            files.append(sorted(drawings, key=lambda m: m.rsplit("/", 1)[-1]))
+            members += files[-1]
+        sets.append(Part(src.kind, src.path, members, [crcs[m] for m in members] if crcs else None))
+    if len(classes) != expected_classes:
         where = ", ".join(str(s.path) for s in sources)
         raise DataError(
-            f"omniglot: found {total} character folders in {where}, expected exactly "
+            f"omniglot: found {len(classes)} character folders in {where}, expected exactly "
             f"{expected_classes} ({expected_images} PNGs each); {_FIX_HINT}"
         )
-    return plans
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def _decode_png(data: bytes, image_size: int, where: str) -> np.ndarray:
-    try:
-        return decode_image(data, image_size, 1, where)[0]
-    except DataError as e:
-        raise DataError(f"omniglot: {e}; {_FIX_HINT}") from e
-
-
-def _open_zip(root: str) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(root)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise DataError(
-            f"omniglot: {root} is not a readable zip file ({_one_line(e)}); {_FIX_HINT}"
-        ) from e
-
-
-def _decode_chunk(kind: str, root: str, members: Sequence[str], image_size: int) -> np.ndarray:
-    """Decode ``members`` of one source to uint8 [n, size, size]; also runs in pool workers."""
-    out = np.empty((len(members), image_size, image_size), dtype=np.uint8)
-    if kind == "dir":
-        for i, member in enumerate(members):
-            path = os.path.join(root, *member.split("/"))
-            try:
-                with open(path, "rb") as f:
-                    data = f.read()
-            except OSError as e:
-                raise DataError(f"omniglot: cannot read {path} ({_one_line(e)})") from e
-            out[i] = _decode_png(data, image_size, path)
-        return out
-    with zip_for_chunk(root, _open_zip) as zf:
-        for i, member in enumerate(members):
-            try:
-                data = zf.read(member)
-            except Exception as e:  # bad CRC, truncated data, zlib errors
-                raise DataError(
-                    f"omniglot: cannot read member {member!r} of {root} ({_one_line(e)}); "
-                    f"{_FIX_HINT}"
-                ) from e
-            out[i] = _decode_png(data, image_size, f"member {member!r} of {root}")
-    return out
-
-
-def _decode_all(plans: Sequence[_Plan], image_size: int, workers: int | None) -> np.ndarray:
-    """Decode every planned image in order, serially or with a process pool.
-
-    PNG decoding holds the GIL, so threads do not help (measured: no gain). Measured on the
-    2-core dev machine, all 32,460 images: serial 11.5-12.2 s, 2-process pool 5.8-6.1 s, so a pool
-    with one worker per usable core (capped) is used; small jobs stay serial (pool start-up costs
-    more than it saves). Falls back to serial decoding if a pool cannot be started.
-    """
-    total = sum(len(p.members) for p in plans)
-    n_workers = decode_workers() if workers is None else max(1, workers)
-    if n_workers <= 1 or total < _PARALLEL_MIN_IMAGES:
-        n_workers, chunk = 1, total  # serial: one task per source, so each zip opens once
-    else:
-        chunk = _CHUNK
-    tasks = [
-        (p.source.kind, str(p.source.path), p.members[i : i + chunk], image_size)
-        for p in plans
-        for i in range(0, len(p.members), max(chunk, 1))
-    ]
-    out = np.empty((total, image_size, image_size), dtype=np.uint8)
-    pos = 0
-    for decoded in ordered_map(_decode_chunk, tasks, n_workers, "omniglot"):
-        out[pos : pos + len(decoded)] = decoded
-        pos += len(decoded)
-    return out
-
-
-# --------------------------------------------------------------------------- cache
-
-
-def _cache_paths(data_dir: Path, image_size: int) -> tuple[Path, Path]:
-    cache_dir = data_dir / "cache"
-    return cache_dir / f"omniglot_{image_size}.npy", cache_dir / f"omniglot_{image_size}.json"
-
-
-def _write_cache(npy: Path, manifest_path: Path, arr: np.ndarray, meta: dict[str, Any]) -> None:
-    """Write the .npy first, then the manifest naming it, so the pair is never half-written."""
-    npy.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(npy, lambda f: np.save(f, arr, allow_pickle=False))
-    manifest = {**meta, "array": _file_stat(npy)}
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    try:
-        _atomic_write(manifest_path, lambda f: f.write(text.encode("utf-8")))
-    except BaseException:  # a .npy without its manifest would only take up space
-        npy.unlink(missing_ok=True)
-        raise
+    fingerprint = {"root": str(root.resolve()), "sets": [part_fingerprint(p) for p in sets]}
+    return OmniglotListing("omniglot", "parts", root, classes, files, None, fingerprint, 1, sets)
 
 
 # --------------------------------------------------------------------------- public entry
@@ -417,54 +339,22 @@ def _load(
     expected_images: int = IMAGES_PER_CLASS,
     workers: int | None = None,
 ) -> tuple[np.ndarray, str]:
-    """The images and their content digest (recorded in the cache manifest)."""
+    """The images [classes, drawings, S, S] (in memory) and their data identity."""
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
         raise ConfigError(f"omniglot: image_size must be a positive int, got {image_size!r}")
     data_dir = Path(data_dir).expanduser()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"omniglot: cannot create data_dir {data_dir} ({_one_line(e)})") from e
-
-    sources = _resolve_sources(data_dir, source)
-    meta: dict[str, Any] = {
-        "format_version": _FORMAT_VERSION,
-        "image_size": image_size,
-        "shape": [expected_classes, expected_images, image_size, image_size],
-        "sources": [_fingerprint(s) for s in sources],
-    }
-    npy, manifest_path = _cache_paths(data_dir, image_size)
-    cached = load_cached_array(npy, manifest_path, meta)
-    digest = _manifest_content(manifest_path) if cached is not None else None
-    if cached is not None and digest is not None:
-        logger.info("omniglot: loaded cached %s", npy)
-        return cached, digest
-
-    capacity.check_memory("omniglot", expected_classes * expected_images, 1, image_size)
-    start = time.perf_counter()
-    plans = _check_structure(sources, expected_classes, expected_images)
-    digest = _content(plans)
-    flat = _decode_all(plans, image_size, workers)
-    arr = flat.reshape(expected_classes, expected_images, image_size, image_size)
-    logger.info("omniglot: decoded %d images in %.1fs", len(flat), time.perf_counter() - start)
-    if [_fingerprint(s) for s in sources] != meta["sources"]:
-        # A source changed while we decoded it: return what we read, but do not cache it under
-        # a manifest that might describe different bytes.
-        logger.warning("omniglot: sources changed during decoding; not writing the cache")
-        return arr, digest
-    try:
-        _write_cache(npy, manifest_path, arr, {**meta, "content": digest})
-    except OSError as e:  # still usable without a cache; just slower next time
-        logger.warning("omniglot: could not write cache %s (%s)", npy, _one_line(e))
-    return arr, digest
-
-
-def _manifest_content(manifest_path: Path) -> str | None:
-    try:
-        digest = json.loads(manifest_path.read_text(encoding="utf-8")).get("content")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return digest if isinstance(digest, str) else None
+        raise DataError(f"omniglot: cannot create data_dir {data_dir} ({first_line(e)})") from e
+    sources, root = _resolve_sources(data_dir, source)
+    listing = list_omniglot(sources, root, data_dir / "cache", expected_classes, expected_images)
+    capacity.check_memory("omniglot", listing.num_images, 1, image_size)  # held in memory
+    cached = load_cached(listing, data_dir, image_size, workers)
+    images = np.array(cached.pixels).reshape(
+        expected_classes, expected_images, image_size, image_size
+    )
+    return images, cached.identity
 
 
 def load_omniglot(
@@ -482,7 +372,7 @@ def load_omniglot(
     both zips live (downloaded into ``data_dir``; zips already there are reused). With
     ``source=None`` the zips are looked for in ``data_dir`` and downloaded there from
     :data:`OMNIGLOT_URLS` (md5-checked) if missing. The decoded array is cached in
-    ``<data_dir>/cache``; see the module docstring.
+    ``<data_dir>/cache`` as the image folders' are.
     """
     return _load(data_dir, source, image_size)[0]
 
@@ -492,8 +382,7 @@ def load_omniglot_identified(
 ) -> tuple[np.ndarray, str]:
     """:func:`load_omniglot` and the data identity of its images (mamlpp.data.content): a run
     never resumes on a modified copy of Omniglot."""
-    images, digest = _load(data_dir, source, image_size)
-    return images, content.identity(digest)
+    return _load(data_dir, source, image_size)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual timing helper

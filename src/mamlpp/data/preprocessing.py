@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from mamlpp.data.dataset import ClassImages, FewShotDataset
@@ -62,20 +63,37 @@ class Preprocessing:
     def mode(self) -> str:
         return "L" if self.channels == 1 else "RGB"
 
-    def decode_file(self, path: Path) -> np.ndarray:
-        """An image file -> uint8 [C, S, S] as the model saw it: the decoder of Omniglot and the
-        image folders (mamlpp.data.decode), greyscale or RGB, LANCZOS-resized."""
-        return decode_image(path, self.image_size, self.channels, str(path))
+    def decode_file(self, image: Path | Image.Image) -> np.ndarray:
+        """An image file or PIL image -> uint8 [C, S, S] as the model saw it: the decoder of
+        Omniglot and the image folders (mamlpp.data.decode), greyscale or RGB, LANCZOS-resized."""
+        where = str(image) if isinstance(image, Path) else f"(a {image.mode} PIL image)"
+        return decode_image(image, self.image_size, self.channels, where)
 
     def normalise(self, pixels: Tensor) -> Tensor:
-        """uint8 [..., C, S, S] -> float32 as the episode sampler builds it: /255, then mean/std."""
-        x = pixels.float().div_(255.0)
-        if self.mean is None or self.std is None:
-            return x
-        shape = (len(self.mean), 1, 1)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(shape)
-        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(shape)
-        return (x - mean) / std
+        """uint8 [..., C, S, S] -> float32 as the episode sampler builds it (see `normalise`)."""
+        return normalise(pixels, *channel_tensors(self.mean, self.std, pixels.device))
+
+
+def channel_tensors(
+    mean: tuple[float, ...] | None, std: tuple[float, ...] | None, device: torch.device
+) -> tuple[Tensor | None, Tensor | None]:
+    """Per-channel `mean` and `std` as float32 [C, 1, 1] on `device` (None: no normalisation)."""
+    if mean is None or std is None:
+        return None, None
+    shape = (len(mean), 1, 1)
+    return (
+        torch.tensor(mean, dtype=torch.float32, device=device).view(shape),
+        torch.tensor(std, dtype=torch.float32, device=device).view(shape),
+    )
+
+
+def normalise(pixels: Tensor, mean: Tensor | None, std: Tensor | None) -> Tensor:
+    """The one normalisation of model inputs: uint8 [..., C, S, S] -> float32 pixels/255, then
+    (x - mean) / std per channel when `mean` and `std` (from `channel_tensors`) are given."""
+    x = pixels.float().div_(255.0)
+    if mean is None or std is None:
+        return x
+    return (x - mean) / std
 
 
 def convert_channels(pixels: np.ndarray, channels: int) -> np.ndarray:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mamlpp.config import DatasetConfig, split_sizes_of
+from mamlpp.config import DatasetConfig
+from mamlpp.data import omniglot
 from mamlpp.data.call_args import check_kwargs
 from mamlpp.data.dataset import (
     IMAGENET_MEAN,
@@ -25,8 +26,7 @@ from mamlpp.data.image_folder import (
     list_unsplit_folder,
     load_cached,
 )
-from mamlpp.data.omniglot import load_omniglot_identified
-from mamlpp.data.splits import fixed_splits, omniglot_splits
+from mamlpp.data.splits import fixed_splits
 from mamlpp.data.tiny_imagenet import find_source, list_tiny_imagenet
 from mamlpp.errors import ConfigError, locate
 
@@ -82,9 +82,10 @@ def custom_listing(target: str, kwargs: dict) -> ImageListing:
 
 
 def _omniglot(cfg: DatasetConfig) -> FewShotDataset:
-    images, identity = load_omniglot_identified(cfg.data_dir, cfg.source, cfg.image_size)
-    splits = omniglot_splits(
-        images.shape[0], split_sizes_of(cfg), cfg.split_seed, cfg.protocol, cfg.train_rotation
+    images, identity = omniglot.load_omniglot_identified(cfg.data_dir, cfg.source, cfg.image_size)
+    sizes = omniglot.split_sizes(cfg.protocol, cfg.split_sizes)
+    splits = omniglot.class_splits(
+        images.shape[0], sizes, cfg.split_seed, cfg.protocol, cfg.train_rotation
     )
     names = [f"character {i}" for i in range(images.shape[0])]
     return FewShotDataset(

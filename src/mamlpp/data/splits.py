@@ -1,4 +1,4 @@
-"""Train/val/test class splits: Omniglot's MAML++ and original-MAML protocols, fixed runs."""
+"""Train/val/test class splits: the classes (and fixed rotations) of each split, cut in runs."""
 
 from __future__ import annotations
 
@@ -19,30 +19,6 @@ class SplitClasses:
 
     def __len__(self) -> int:
         return len(self.chars)
-
-
-def omniglot_splits(
-    num_chars: int,
-    sizes: tuple[int, int, int],
-    split_seed: int,
-    protocol: str,
-    train_rotation: bool = True,
-) -> dict[str, SplitClasses]:
-    """Shuffle characters with `split_seed` and cut them into train/val/test.
-
-    mamlpp: a class is a character; training tasks rotate each class by a random k*90 deg.
-    maml (Finn et al.): a class is a (character, rotation) pair, so every split has 4x classes.
-    """
-    perm = np.random.default_rng(split_seed).permutation(num_chars)
-    out = {}
-    for name, split in fixed_splits(perm, list(sizes)).items():
-        chars = split.chars
-        if protocol == "maml":
-            out[name] = SplitClasses(np.repeat(chars, 4), np.tile(np.arange(4), len(chars)))
-        else:
-            rot = RANDOM_ROTATION if (name == "train" and train_rotation) else 0
-            out[name] = SplitClasses(chars, np.full(len(chars), rot))
-    return out
 
 
 def fixed_splits(order: np.ndarray, sizes: list[int]) -> dict[str, SplitClasses]:

@@ -14,9 +14,9 @@ import zipfile
 from importlib import resources
 from pathlib import Path
 
-from mamlpp.data.files import download, file_stat, one_line
+from mamlpp.data.files import download, file_stat
 from mamlpp.data.image_folder import ImageListing, dir_fingerprint
-from mamlpp.errors import DataError
+from mamlpp.errors import DataError, first_line
 
 NAME = "tiny_imagenet"
 OFFICIAL_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -60,7 +60,7 @@ def find_source(data_dir: str | Path, source: str | Path | None) -> Path:
         return download(OFFICIAL_URL, data_dir / ZIP_NAMES[1], md5=OFFICIAL_MD5)
     except DataError as e:
         raise DataError(
-            f"{NAME}: no zip in {data_dir} and the download failed ({one_line(str(e))}); "
+            f"{NAME}: no zip in {data_dir} and the download failed ({first_line(e)}); "
             f"set dataset.source to a folder with {' or '.join(ZIP_NAMES)}"
         ) from e
 
@@ -75,7 +75,7 @@ def list_tiny_imagenet(src: Path) -> ImageListing:
             with zipfile.ZipFile(src) as zf:
                 names = zf.namelist()
         except (zipfile.BadZipFile, OSError) as e:
-            raise DataError(f"{NAME}: {src} is not a readable zip ({one_line(e)})") from e
+            raise DataError(f"{NAME}: {src} is not a readable zip ({first_line(e)})") from e
         kind = "zip"
     else:
         names = [p.relative_to(src).as_posix() for p in (src / "train").glob("*/images/*.JPEG")]

@@ -3,9 +3,7 @@ sealed with a digest of their content (mamlpp.experiment.checksum)."""
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import random
 import warnings
 from pathlib import Path
@@ -16,6 +14,7 @@ import torch
 
 from mamlpp.errors import MamlppError, first_line
 from mamlpp.experiment import checksum
+from mamlpp.files import atomic_write
 
 
 class CheckpointError(MamlppError):
@@ -29,32 +28,15 @@ class WriteError(MamlppError):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file beside `path`, fsync, rename: readers never see a partial file.
+    """mamlpp.files.atomic_write (readers never see a partial file), creating the folder.
 
-    Any failure (disk full, read-only, a folder in the way) removes the temp file and raises a
-    one-line WriteError; `path` keeps its old content."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    Any failure (disk full, read-only, a folder in the way) raises a one-line WriteError;
+    `path` keeps its old content."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        atomic_write(path, data)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise WriteError(f"cannot write {path}: {exc.strerror or first_line(exc)}") from exc
-
-
-def fsync_dir(path: Path) -> None:
-    """Make renames inside `path` durable."""
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mamlpp.errors import MamlppError
+from mamlpp.files import atomic_write
 
 MANIFEST = ".mamlpp-report.json"
 STAGING_PREFIX = ".mamlpp-report-staging-"
@@ -76,9 +77,7 @@ def write_report(out: Path, write: Callable[[Path], list[Path]]) -> list[Path]:
         for name in names:
             (staging / name).replace(out / name)
             written[name] = _sha256(out / name)
-        tmp = staging / MANIFEST
-        tmp.write_text(json.dumps(written, indent=1, sort_keys=True))
-        tmp.replace(out / MANIFEST)
+        atomic_write(out / MANIFEST, json.dumps(written, indent=1, sort_keys=True).encode())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [out / n for n in names]

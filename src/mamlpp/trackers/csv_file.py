@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from mamlpp.files import atomic_write
+
 COLUMNS = ("step", "name", "value")
 
 
@@ -29,9 +31,7 @@ class CsvLogger:
         writer = csv.DictWriter(buf, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(kept)
-        tmp = self.path.with_name(f".{self.path.name}.new")  # a kill leaves the old file whole
-        tmp.write_text(buf.getvalue())
-        tmp.replace(self.path)
+        atomic_write(self.path, buf.getvalue().encode())  # a kill leaves the old file whole
         self.file = open(self.path, "a", newline="")  # noqa: SIM115 (closed by close())
         self.writer = csv.writer(self.file)
 

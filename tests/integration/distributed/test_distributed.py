@@ -28,8 +28,8 @@ from helpers.paths import REPO_ROOT
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.config import AlgorithmConfig, DatasetConfig, ModelConfig
 from mamlpp.data.registry import load_dataset
-from mamlpp.experiment.builder import make_sampler
 from mamlpp.experiment.distributed import Distributed
+from mamlpp.experiment.sampling import make_sampler
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
 # Every MAML++ switch, two inner steps.

@@ -27,13 +27,13 @@ import torch
 import mamlpp
 from helpers.cli import TINY_ARGS, Cli, result_accuracies
 from helpers.errors import error_lines, eval_error, one_line
+from mamlpp.apps.run_dir_hook import check_run_dir
 from mamlpp.errors import MamlppError
 from mamlpp.experiment import checkpoints, checksum
 from mamlpp.experiment.checkpoints import CheckpointError, load_checkpoint
 from mamlpp.experiment.console import log, run_log
 from mamlpp.experiment.members import read_member
 from mamlpp.experiment.run_dir import RunDirError, is_new, remove_temp_files
-from mamlpp.experiment.run_dir_hook import check_run_dir
 
 pytestmark = pytest.mark.slow
 

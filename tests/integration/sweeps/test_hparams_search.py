@@ -20,8 +20,8 @@ from omegaconf import OmegaConf
 
 from helpers.cli import TINY_ARGS, Cli, CliRun
 from mamlpp import compose
+from mamlpp.apps.optuna_sweeper import IDENTITY, INTERRUPTED
 from mamlpp.config import experiment_keys
-from mamlpp.experiment.optuna_sweeper import IDENTITY, INTERRUPTED
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ from mamlpp.config import (
     validate,
 )
 from mamlpp.errors import ConfigError
-from mamlpp.experiment.builder import configure_backends
+from mamlpp.experiment.device import configure_backends
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -312,7 +312,7 @@ def test_channels_last_is_the_same_arithmetic_in_float64_on_omniglot(
     rounding: in float64 the two layouts give the same meta-gradient to 1e-12."""
     from mamlpp.algorithms.factory import build_learner
     from mamlpp.data.registry import load_dataset
-    from mamlpp.experiment.builder import make_sampler
+    from mamlpp.experiment.sampling import make_sampler
 
     cfg = Config()
     cfg.dataset.source, cfg.dataset.data_dir = str(omniglot_source_dir), str(omniglot_data_dir)

@@ -13,11 +13,11 @@ from PIL import Image, ImageOps
 
 from mamlpp.config import DatasetConfig
 from mamlpp.data import image_folder as imf
-from mamlpp.data import omniglot as og
 from mamlpp.data.decode import decode_image
 from mamlpp.data.preprocessing import Preprocessing
 from mamlpp.data.registry import load_dataset
 from mamlpp.errors import DataError
+from mamlpp.image_inputs import image_sources
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -140,12 +140,13 @@ def test_omniglot_pngs_decode_as_before() -> None:
     with Image.open(io.BytesIO(data)) as im:
         assert im.mode == "1"
         before = np.asarray(im.convert("L").resize((28, 28), LANCZOS), dtype=np.uint8)
-    np.testing.assert_array_equal(og._decode_png(data, 28, "x"), before)
+    np.testing.assert_array_equal(decode_image(data, 28, 1, "x")[0], before)
 
 
 def test_every_path_decodes_alike(tmp_path: Path) -> None:
-    """A 16-bit PNG and an EXIF-rotated JPEG, through an image folder, load_images'
-    Preprocessing and Omniglot's decoder: the same pixels as the decoder's."""
+    """A 16-bit PNG and an EXIF-rotated JPEG, through an image folder (RGB, and greyscale as
+    Omniglot's listing decodes), load_images' Preprocessing of the file and of the open PIL
+    image: the same pixels as the decoder's."""
     exif = Image.Exif()
     exif[0x0112] = 6
     files = {
@@ -165,6 +166,9 @@ def test_every_path_decodes_alike(tmp_path: Path) -> None:
         split_ratios=[1, 1, 1],
     )
     data = load_dataset(cfg)
+    listing = imf.list_unsplit_folder(tmp_path / "src")
+    listing.channels = 1
+    grey_cache = imf.load_cached(listing, tmp_path / "data", S)
     for c in range(3):
         for i, (name, raw) in enumerate(files.items()):
             row = data.images.starts[c] + i
@@ -173,6 +177,31 @@ def test_every_path_decodes_alike(tmp_path: Path) -> None:
             path = tmp_path / "src" / f"class{c}" / f"{i}{name}"
             np.testing.assert_array_equal(Preprocessing(S, 3).decode_file(path), expected)
             grey = decode_image(raw, S, 1, name)
+            np.testing.assert_array_equal(grey_cache.pixels[row], grey)
             np.testing.assert_array_equal(Preprocessing(S, 1).decode_file(path), grey)
-            np.testing.assert_array_equal(og._decode_png(raw, S, name), grey[0])
-            np.testing.assert_array_equal(imf.decode_image(raw, S, name, "t"), expected)
+            with Image.open(path) as im:
+                np.testing.assert_array_equal(Preprocessing(S, 3).decode_file(im), expected)
+                np.testing.assert_array_equal(Preprocessing(S, 1).decode_file(im), grey)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "CMYK", "RGBX", "YCbCr", "HSV", "I", "F"])
+def test_a_turned_pil_image_decodes_like_its_upright_copy(mode: str) -> None:
+    """load_images gives a PIL image straight to the decoder (main re-encoded it, as TIFF for
+    these modes but RGB, and lost the EXIF orientation): every mode is turned alike."""
+    im = _rgb(7, 12).resize((12, 8)).convert("L" if mode in ("I", "F") else "RGB").convert(mode)
+    turned = im.copy()
+    turned.getexif()[0x0112] = 6
+    for channels in (1, 3):
+        prep = Preprocessing(S, channels)
+        upright = prep.decode_file(im.transpose(Image.Transpose.ROTATE_270))
+        np.testing.assert_array_equal(prep.decode_file(image_sources(turned)[0]), upright)
+        assert turned.getexif()[0x0112] == 6  # read, not changed
+
+
+def test_a_premultiplied_pil_image_decodes_like_its_file() -> None:
+    """An La image (main refused it in load_images) decodes as its un-premultiplied LA."""
+    la = Image.fromarray(np.random.default_rng(3).integers(0, 256, (8, 8, 2), np.uint8), "LA")
+    premultiplied = la.convert("La")
+    expected = decode_image(premultiplied.convert("LA"), S, 1, "la")
+    source = image_sources([premultiplied])[0]
+    np.testing.assert_array_equal(Preprocessing(S, 1).decode_file(source), expected)

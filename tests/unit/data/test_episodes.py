@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from mamlpp.algorithms.meta_learner import EpisodeBatch
-from mamlpp.data.episodes import EpisodeSampler
-from mamlpp.data.splits import RANDOM_ROTATION, omniglot_splits
+from mamlpp.data.dataset import ClassImages
+from mamlpp.data.episodes import Augmentation, EpisodeSampler
+from mamlpp.data.omniglot import class_splits as omniglot_splits
+from mamlpp.data.preprocessing import Preprocessing
+from mamlpp.data.splits import RANDOM_ROTATION
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -244,6 +247,47 @@ def test_torch_gather_matches_an_independent_numpy_host_sampler():
         np.testing.assert_array_equal(batch.xt[b].numpy(), target)
         np.testing.assert_array_equal(batch.ys[b].numpy(), np.repeat(np.arange(4), 2))
         np.testing.assert_array_equal(batch.yt[b].numpy(), np.repeat(np.arange(4), 3))
+
+
+def test_augmentation_and_normalisation_match_an_independent_float_reference():
+    """Crop, flip (done on uint8) and the one normalisation equal padding, cropping and
+    flipping the float pixels and then (x - mean) / std, as the sampler did before."""
+    rng = np.random.default_rng(8)
+    images = rng.integers(0, 256, size=(30, 20, 2, 6, 6), dtype=np.uint8)
+    splits = omniglot_splits(30, (18, 5, 7), 3, "mamlpp")
+    mean, std = (0.3, 0.6), (0.2, 0.25)
+    aug = Augmentation(crop_padding=2, flip=True)
+    sampler = EpisodeSampler(
+        ClassImages.from_class_major(torch.from_numpy(images.copy())),
+        splits,
+        ways=3,
+        shots=1,
+        targets=2,
+        mean=mean,
+        std=std,
+        augmentation=aug,
+    )
+    batch = sampler.batch("train", seed=4, start=2, count=2)
+    idx = sampler.task_indices("train", seed=4, start=2, count=2)
+    m = np.float32(mean).reshape(2, 1, 1)
+    s = np.float32(std).reshape(2, 1, 1)
+    for b in range(2):
+        ref = []
+        for n, (c, k) in enumerate(zip(idx.chars[b], idx.rotations[b])):
+            for j, i in enumerate(idx.images[b, n]):
+                x = np.rot90(images[c, i], k, axes=(1, 2)).astype(np.float32) / np.float32(255)
+                x = np.pad(x, ((0, 0), (2, 2), (2, 2)))
+                y, z = idx.crop_y[b, n, j], idx.crop_x[b, n, j]
+                x = x[:, y : y + 6, z : z + 6]
+                x = x[:, :, ::-1] if idx.flips[b, n, j] else x
+                ref.append((x - m) / s)
+        ref = np.stack(ref).reshape(3, 3, 2, 6, 6)
+        np.testing.assert_array_equal(batch.xs[b].numpy(), ref[:, :1].reshape(3, 2, 6, 6))
+        np.testing.assert_array_equal(batch.xt[b].numpy(), ref[:, 1:].reshape(6, 2, 6, 6))
+    prep = Preprocessing(6, 2, mean, std)
+    x = torch.from_numpy(images[0, :3].copy())
+    ref = (images[0, :3].astype(np.float32) / np.float32(255) - m) / s
+    np.testing.assert_array_equal(prep.normalise(x).numpy(), ref)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

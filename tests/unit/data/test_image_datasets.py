@@ -20,6 +20,7 @@ from helpers.paths import REPO_ROOT, USER_CODE
 from mamlpp.config import Config, DatasetConfig, validate
 from mamlpp.data import image_folder as imf
 from mamlpp.data.dataset import ClassImages, split_by_ratios
+from mamlpp.data.decode import decode_image
 from mamlpp.data.episodes import Augmentation, EpisodeSampler
 from mamlpp.data.registry import load_dataset
 from mamlpp.data.splits import SplitClasses
@@ -397,7 +398,7 @@ def test_real_tiny_imagenet_zip(tiny: dict) -> None:
         grey = next(n for n in zf.namelist() if n.endswith(".JPEG") and _mode(zf.read(n)) == "L")
     c = data.class_names.index(wnid)
     np.testing.assert_array_equal(
-        data.images.pixels[data.images.starts[c] + 42], imf.decode_image(raw, 32, "x", "t")
+        data.images.pixels[data.images.starts[c] + 42], decode_image(raw, 32, 3, "x")
     )
     gw, gi = grey.rsplit("/", 1)[-1].removesuffix(".JPEG").split("_")
     if int(gi) < 100:  # a greyscale JPEG: converted to RGB, so its channels are equal

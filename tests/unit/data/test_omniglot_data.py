@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import time
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image
 
 from helpers.paths import REPO_ROOT
+from mamlpp.data import image_folder as imf
 from mamlpp.data import omniglot as og
 from mamlpp.errors import ConfigError, DataError
 
@@ -78,7 +80,7 @@ def test_real_cached_load_reads_no_zip(real: dict, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(zipfile, "ZipFile", boom)
     monkeypatch.setattr(Image, "open", boom)
-    monkeypatch.setattr(og, "_decode_all", boom)
+    monkeypatch.setattr(imf, "decode_chunks", boom)
     start = time.perf_counter()
     again = og.load_omniglot(real["data_dir"], source=real["source"])
     seconds = time.perf_counter() - start
@@ -86,7 +88,31 @@ def test_real_cached_load_reads_no_zip(real: dict, monkeypatch: pytest.MonkeyPat
     np.testing.assert_array_equal(again, real["arr"])
     assert seconds < real["seconds"] / 5
     cache = real["data_dir"] / "cache"
-    assert sorted(p.name for p in cache.iterdir()) == ["omniglot_28.json", "omniglot_28.npy"]
+    decoded = [p for p in cache.iterdir() if p.is_file()]
+    assert sorted(p.suffix for p in decoded) == [".json", ".npy"]
+    assert all(p.name.startswith("omniglot_28_") for p in decoded)
+
+
+def test_real_array_and_identity_are_mains(real: dict) -> None:
+    """Every image and the data identity, computed here as main 3438f29 computed them (its
+    decoder: PIL's L conversion and a LANCZOS resize; its identity: the set sizes and each PNG's
+    CRC-32 and size), so run directories and checkpoints of that version still resume."""
+    images, counts, entries = [], [], []
+    for name in SETS:
+        with zipfile.ZipFile(real["source"] / f"{name}.zip") as zf:
+            pngs = [i for i in zf.infolist() if i.filename.endswith(".png")]
+            # images_background/<alphabet>/<character>/<file>: sorted by those three
+            pngs.sort(key=lambda i: i.filename.split("/")[1:])
+            counts.append(len(pngs))
+            for info in pngs:
+                with Image.open(io.BytesIO(zf.read(info))) as im:
+                    images.append(np.asarray(im.convert("L").resize((28, 28), Image.LANCZOS)))
+                entries.append(f"{info.CRC:08x}:{info.file_size}\n")
+    np.testing.assert_array_equal(real["arr"], np.stack(images).reshape(1623, 20, 28, 28))
+    digest = hashlib.sha1(json.dumps(["omniglot", counts]).encode(), usedforsecurity=False)
+    digest.update("".join(entries).encode())
+    _, identity = og.load_omniglot_identified(real["data_dir"], real["source"])
+    assert identity == f"v2-{digest.hexdigest()[:16]}"
 
 
 @pytest.mark.slow  # decodes all of real Omniglot
@@ -97,13 +123,13 @@ def test_real_changed_source_rebuilds(
     data_dir = tmp_path / "data"
     shutil.copytree(real["data_dir"] / "cache", data_dir / "cache")  # copy2 keeps mtimes
     calls = []
-    real_decode = og._decode_all
+    real_decode = imf.decode_chunks
 
-    def spy(*args: object, **kwargs: object) -> np.ndarray:
+    def spy(*args: object, **kwargs: object) -> object:
         calls.append(1)
         return real_decode(*args, **kwargs)
 
-    monkeypatch.setattr(og, "_decode_all", spy)
+    monkeypatch.setattr(imf, "decode_chunks", spy)
     hit = og.load_omniglot(data_dir, source=real["source"])
     assert calls == [], "copied cache with unchanged sources should be a hit"
     np.testing.assert_array_equal(hit, real["arr"])
@@ -250,9 +276,7 @@ def test_synthetic_corrupt_png_member(tmp_path: Path) -> None:
     assert bad in str(info.value)
     assert "images_evaluation.zip" in str(info.value)
     assert "\n" not in str(info.value)
-    assert not (tmp_path / "data" / "cache").exists() or not any(
-        (tmp_path / "data" / "cache").iterdir()
-    )
+    assert not list((tmp_path / "data" / "cache").glob("omniglot_*"))  # no decoded cache
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated"])
@@ -289,8 +313,8 @@ def test_synthetic_process_pool_matches_serial(
     synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     serial = _load_small(tmp_path / "serial", synth)
-    monkeypatch.setattr(og, "_PARALLEL_MIN_IMAGES", 0)
-    monkeypatch.setattr(og, "_CHUNK", 7)  # many tasks, chunks straddle class boundaries
+    monkeypatch.setattr(imf, "_PARALLEL_MIN_IMAGES", 0)
+    monkeypatch.setattr(imf, "_CHUNK", 7)  # many tasks, chunks straddle class boundaries
     pooled = og._load_omniglot(
         tmp_path / "pool", synth, SIZE, expected_classes=5, expected_images=20, workers=2
     )
@@ -308,21 +332,37 @@ def test_synthetic_process_pool_matches_serial(
 def test_synthetic_cache_roundtrip_and_repair(synth: Path, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     first = _load_small(data_dir, synth)
-    npy = data_dir / "cache" / f"omniglot_{SIZE}.npy"
-    manifest = data_dir / "cache" / f"omniglot_{SIZE}.json"
-    assert npy.is_file()
+    (npy,) = (data_dir / "cache").glob(f"omniglot_{SIZE}_*.npy")
+    manifest = npy.with_suffix(".json")
     assert manifest.is_file()
-    assert sorted(p.name for p in npy.parent.iterdir()) == [manifest.name, npy.name]  # no temps
-    np.testing.assert_array_equal(np.load(npy), first)
+    files = sorted(p.name for p in npy.parent.iterdir() if p.is_file())
+    assert files == [manifest.name, npy.name]  # no temps
+    np.testing.assert_array_equal(np.load(npy).reshape(first.shape), first)
 
     other = _load_small(data_dir, synth, image_size=4)
     assert other.shape == (5, 20, 4, 4)
-    assert (data_dir / "cache" / "omniglot_4.npy").is_file()
+    assert len(list((data_dir / "cache").glob("omniglot_4_*.npy"))) == 1
 
     npy.write_bytes(npy.read_bytes()[:100])  # damaged cache must be rebuilt, not trusted
     repaired = _load_small(data_dir, synth)
     np.testing.assert_array_equal(repaired, first)
-    np.testing.assert_array_equal(np.load(npy), first)
+    np.testing.assert_array_equal(np.load(npy).reshape(first.shape), first)
+
+
+def test_a_cache_main_wrote_is_left_alone_and_rebuilt_beside_it(
+    synth: Path, tmp_path: Path
+) -> None:
+    """main 3438f29 cached Omniglot as omniglot_<size>.npy/.json (its own manifest): that pair is
+    neither trusted nor deleted; the images are decoded once into the image-folder cache."""
+    data_dir = tmp_path / "data"
+    expected = _load_small(tmp_path / "fresh", synth)
+    old = data_dir / "cache" / f"omniglot_{SIZE}.npy"
+    old.parent.mkdir(parents=True)
+    np.save(old, np.zeros((5, 20, SIZE, SIZE), np.uint8))
+    old.with_suffix(".json").write_text('{"format_version": 2, "image_size": 8}')
+    np.testing.assert_array_equal(_load_small(data_dir, synth), expected)
+    assert old.is_file() and not np.load(old).any()
+    assert len(list(old.parent.glob(f"omniglot_{SIZE}_*.npy"))) == 1
 
 
 def test_synthetic_url_source_downloads_into_data_dir(synth: Path, tmp_path: Path) -> None:
