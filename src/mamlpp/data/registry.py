@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -43,7 +44,8 @@ def load_dataset(cfg: DatasetConfig) -> FewShotDataset:
         if listing.split_sizes is not None:
             splits = fixed_splits(np.arange(num_classes), listing.split_sizes)
         else:
-            splits = split_by_ratios(num_classes, tuple(cfg.split_ratios), cfg.split_seed)
+            train, val, test = cfg.split_ratios  # validate() checked there are three
+            splits = split_by_ratios(num_classes, (train, val, test), cfg.split_seed)
         data = FewShotDataset(cfg.name, images, listing.classes, splits, identity=cached.identity)
     if cfg.normalization == "imagenet":
         if data.images.channels != 3:
@@ -54,7 +56,7 @@ def load_dataset(cfg: DatasetConfig) -> FewShotDataset:
     elif cfg.normalization == "dataset":
         # Loaders return NumPy pixels (in memory or mapped); they move to the device later.
         rows = data.images.rows(data.splits["train"].chars)
-        mean, std = channel_stats(data.images.pixels, rows)
+        mean, std = channel_stats(cast(np.ndarray, data.images.pixels), rows)
         data.mean, data.std = tuple(mean), tuple(max(s, 1e-6) for s in std)
     return data
 
@@ -96,6 +98,7 @@ def _omniglot(cfg: DatasetConfig) -> FewShotDataset:
 def _listing(cfg: DatasetConfig) -> ImageListing:
     if cfg.name == "custom":
         source = {} if cfg.source is None else {"source": cfg.source}
+        assert cfg._target_ is not None  # validate() requires it for dataset=custom
         return custom_listing(cfg._target_, {**source, **cfg.kwargs})
     if cfg.name == "tiny_imagenet":
         return list_tiny_imagenet(find_source(cfg.data_dir, cfg.source))
