@@ -87,7 +87,12 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
     import torch
 
     from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
-    from mamlpp.config import ModelConfig, SpeedConfig
+    from mamlpp.config import SpeedConfig
+
+    try:
+        from mamlpp.config import model_config
+    except ImportError:  # a checkout from before the component registries (a --baseline)
+        from mamlpp.config import ModelConfig as model_config
 
     try:
         from mamlpp.experiment.device import configure_backends
@@ -113,7 +118,7 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
     torch.manual_seed(0)
     learner = MetaLearner(
         _algorithm(algo, steps),
-        ModelConfig(name="resnet12" if resnet else "conv4"),
+        model_config(name="resnet12" if resnet else "conv4"),
         channels,
         size,
         ways,

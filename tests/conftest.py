@@ -27,7 +27,7 @@ from helpers.cli import (
 from helpers.errors import eval_error, one_line
 from helpers.paths import REPO_ROOT, SHARED
 from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
-from mamlpp.config import AlgorithmConfig, ModelConfig
+from mamlpp.config import AlgorithmConfig, model_config
 
 WAYS = 3
 IMAGE_SIZE = 8
@@ -64,7 +64,7 @@ def _make_learner(
     algorithm.setdefault("inner_steps", 2)
     algorithm.setdefault("inner_steps_eval", algorithm["inner_steps"])
     torch.manual_seed(seed)
-    model = ModelConfig(filters=filters, stages=stages, norm=norm, bn_momentum=bn_momentum)
+    model = model_config(filters=filters, stages=stages, norm=norm, bn_momentum=bn_momentum)
     return MetaLearner(
         AlgorithmConfig(**algorithm),
         model,

@@ -27,8 +27,8 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
 from mamlpp.algorithms.factory import build_learner
-from mamlpp.algorithms.meta_learner import MetaLearner
-from mamlpp.config import Config, to_config
+from mamlpp.algorithms.learner import Learner
+from mamlpp.config import Config, schema_node, to_config
 from mamlpp.data.preprocessing import Preprocessing
 from mamlpp.data.registry import load_dataset
 from mamlpp.errors import DataError, MamlppError, first_line
@@ -42,11 +42,11 @@ from mamlpp.image_inputs import ImageInput, image_sources
 def config_of(trained: TrainedRun) -> Config:
     """The validated training config of a trained run (its checkpoint's or config.yaml)."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), trained.config)
+        merged = OmegaConf.merge(schema_node(), trained.config)
     except OmegaConfBaseException as exc:
         raise MamlppError(f"the config in {trained.policy.source}: {first_line(exc)}") from exc
     assert isinstance(merged, DictConfig)  # merged onto the Config schema
-    return to_config(merged)
+    return to_config(merged, trained.policy.allow)
 
 
 def preprocessing_of(trained: TrainedRun, cfg: Config) -> Preprocessing:
@@ -60,7 +60,7 @@ def preprocessing_of(trained: TrainedRun, cfg: Config) -> Preprocessing:
 
 def iter_members(
     trained: TrainedRun, cfg: Config, channels: int, device: torch.device
-) -> Iterator[MetaLearner]:
+) -> Iterator[Learner]:
     """The members as learners, built one at a time (an evaluation holds one in memory)."""
     cfg = trained.policy.model_config(cfg)
     for member in trained.members:
@@ -71,7 +71,7 @@ def iter_members(
 
 def build_members(
     trained: TrainedRun, cfg: Config, channels: int, device: torch.device
-) -> list[MetaLearner]:
+) -> list[Learner]:
     return list(iter_members(trained, cfg, channels, device))
 
 
@@ -126,7 +126,7 @@ class TrainedModel:
 
     config: Config
     preprocessing: Preprocessing
-    learners: list[MetaLearner]
+    learners: list[Learner]
     device: torch.device
 
     @property

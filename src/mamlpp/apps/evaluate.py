@@ -29,7 +29,15 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mamlpp import __version__
-from mamlpp.config import Config, DatasetConfig, SpeedConfig, conf_dir, to_config
+from mamlpp.config import (
+    Config,
+    SpeedConfig,
+    check_unread_overrides,
+    conf_dir,
+    schema_node,
+    to_config,
+)
+from mamlpp.config.compose import Allow
 from mamlpp.data.image_folder import is_image
 from mamlpp.data.preprocessing import with_channels
 from mamlpp.data.registry import load_dataset
@@ -101,10 +109,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def eval_config(saved: dict[str, Any], overrides: list[str]) -> tuple[Config, dict[str, str]]:
-    """The training config with evaluation overrides applied and checked; and the own keys."""
+def eval_config(
+    saved: dict[str, Any], overrides: list[str], allow: Allow | None = None
+) -> tuple[Config, dict[str, str]]:
+    """The training config with evaluation overrides applied and checked; and the own keys.
+    `allow` is asked before code the saved config names is imported (CodePolicy.allow)."""
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
+        cfg = OmegaConf.merge(schema_node(), saved)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"the saved config: {first_line(exc)}") from exc
     now = current_paths()  # where data lives for this process (MAMLPP_ROOT, MAMLPP_DATA_DIR)
@@ -159,7 +170,9 @@ def eval_config(saved: dict[str, Any], overrides: list[str]) -> tuple[Config, di
     if own["split"] not in SPLITS:
         raise ConfigError(f"split={own['split']!r} is invalid: allowed one of {SPLITS}")
     assert isinstance(cfg, DictConfig)  # merged onto a mapping
-    return to_config(cfg), own
+    checked = to_config(cfg, allow)
+    check_unread_overrides(checked, dotlist)
+    return checked, own
 
 
 def _dataset_group(name: str) -> Any:
@@ -167,7 +180,7 @@ def _dataset_group(name: str) -> Any:
     if not path.is_file():
         names = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"dataset={name} is not a dataset config: allowed one of {names}")
-    return OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(path))
+    return OmegaConf.load(path)
 
 
 def output_name(args: argparse.Namespace, default: str) -> str:
@@ -337,12 +350,12 @@ def run(args: argparse.Namespace) -> Path:
     members = [o.partition("=")[2] for o in args.overrides if o.startswith("members=")]
     named = named_targets(args.overrides)
     trained = open_trained(args.target, members[-1] if members else "top-k", named, args.trust_code)
-    cfg, own = eval_config(trained.config, args.overrides)
+    cfg, own = eval_config(trained.config, args.overrides, trained.policy.allow)
     trained.policy.model_config(cfg)  # code the file names is refused before any work
     device = resolve_device(cfg.device)
     configure_device(device, cfg.speed)
     torch.manual_seed(cfg.seed)  # the members' fresh init is overwritten; keep it reproducible
-    base = {"source": str(args.target), "overrides": list(args.overrides)}
+    base: dict[str, Any] = {"source": str(args.target), "overrides": list(args.overrides)}
     base["mamlpp_version"] = __version__
     if args.support is not None:
         out = trained.out_root / output_name(args, "predict")

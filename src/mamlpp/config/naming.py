@@ -33,6 +33,7 @@ def run_name(root: DictConfig) -> str:
     choices = root.hydra.runtime.choices
     parsed = OverridesParser.create().parse_overrides([str(o) for o in root.hydra.overrides.task])
     preset = [f"experiment={choices['experiment']}"] if choices.get("experiment") else []
+    preset = _searchpath(root) + preset
     preset_choices = compose("config", preset, return_hydra_config=True).hydra.runtime.choices
     groups = [
         str(o.input_line)
@@ -54,6 +55,14 @@ def run_name(root: DictConfig) -> str:
     if root.dataset.name != "omniglot" and source:
         kept.append(f"dataset.source={source_tag(str(source))}")
     return ",".join(sorted(kept)) or "base"
+
+
+def _searchpath(root: DictConfig) -> list[str]:
+    """The run's hydra.searchpath (a researcher's conf dir of own components), as an override
+    for composing the reference configs with the same group options."""
+    paths = list(root.hydra.get("searchpath") or [])
+    quoted = ",".join("'" + str(p).replace("\\", "\\\\").replace("'", "\\'") + "'" for p in paths)
+    return [f"hydra.searchpath=[{quoted}]"] if paths else []
 
 
 def _canonical(line: str, root: DictConfig) -> str:

@@ -26,7 +26,8 @@ import torch
 from omegaconf import OmegaConf
 
 from mamlpp.algorithms.factory import build_learner
-from mamlpp.algorithms.meta_learner import MetaLearner
+from mamlpp.algorithms.learner import Learner
+from mamlpp.algorithms.outer_step import build_outer_step
 from mamlpp.config import Config, algorithm_label, experiment_keys
 from mamlpp.data.preprocessing import Preprocessing
 from mamlpp.data.registry import load_dataset
@@ -122,14 +123,15 @@ class ExperimentBuilder:
         self.data_identity = data.identity
         self.sampler = make_sampler(cfg, data, self.device)
         self.total_iterations = cfg.train.epochs * cfg.train.iters_per_epoch
-        self.learner = LearnerPort(self._new_learner())
+        learner = self._new_learner()  # the outer step: meta-optimizer, schedule, sync
+        self.learner = LearnerPort(learner, build_outer_step(cfg, learner))
         if self.dist.enabled:
             self.learner.set_sync(self.dist)
         self.store = CheckpointStore(
             self.layout, self.learner, cfg, self.data_identity, self.dist, log
         )
 
-    def _new_learner(self) -> MetaLearner:
+    def _new_learner(self) -> Learner:
         return build_learner(self.cfg, self.in_channels, self.device)
 
     # ------------------------------------------------------------------ entry point
@@ -351,7 +353,7 @@ class ExperimentBuilder:
             identity=run_identity(cfg, self.data_identity),
         ).to_dict()
 
-    def _top_k_members(self, progress: TrainingProgress) -> Iterator[tuple[dict, MetaLearner]]:
+    def _top_k_members(self, progress: TrainingProgress) -> Iterator[tuple[dict, Learner]]:
         """The top-k members, loaded one at a time (a stop signal stops between them)."""
         for entry in progress.top_k:
             self._stop_if_requested(progress)

@@ -28,7 +28,8 @@ def config_summary(cfg: Config) -> dict[str, Any]:
     return {
         "experiment": cfg.experiment_name,
         "dataset": cfg.dataset.name,
-        "protocol": cfg.dataset.protocol,
+        # Omniglot's; other datasets have none and keep the value earlier files carried.
+        "protocol": getattr(cfg.dataset, "protocol", "mamlpp"),
         "ways": t.ways,
         "shots": t.shots,
         "targets": t.targets,

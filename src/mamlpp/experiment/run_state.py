@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mamlpp.config import Config, experiment_keys
+from mamlpp.config import Config, comparable, experiment_keys
 from mamlpp.data import content
 from mamlpp.errors import MamlppError
 from mamlpp.experiment.checkpoints import WriteError
@@ -87,8 +87,8 @@ def config_diffs(saved: dict[str, Any], cfg: Config, data_identity: str | None =
     existed still resume, and a finished run is reported without loading its data. A key the
     checkpoint lacks (added to the schema since) counts as its default, which the code of the
     time had built in (e.g. optimizer._target_ = Adam)."""
-    current = run_identity(cfg, data_identity)
-    saved = {**experiment_keys(Config()), **saved}
+    current = comparable(run_identity(cfg, data_identity))
+    saved = comparable({**experiment_keys(Config()), **saved})
     if DATA_IDENTITY in saved and DATA_IDENTITY in current:  # an older identity: its own check
         current[DATA_IDENTITY] = content.comparable(saved[DATA_IDENTITY], current[DATA_IDENTITY])
     keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mamlpp.config import comparable
 from mamlpp.experiment.results import Results
 
 # Summary fields of older results.json files -> the experiment key each one is.
@@ -68,7 +69,7 @@ class Group:
 def identity_of(result: Results) -> tuple[dict[str, Any], bool]:
     """(experiment keys without `seed`, whether they are the full identity)."""
     if result.identity is not None:
-        identity, complete = dict(result.identity), True
+        identity, complete = comparable(dict(result.identity)), True
     else:
         c = result.config
         identity, complete = {SUMMARY_KEYS[k]: v for k, v in c.items() if k in SUMMARY_KEYS}, False

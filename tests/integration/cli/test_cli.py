@@ -127,15 +127,14 @@ def test_ci95_matches_per_task_accuracies(reference_run: dict) -> None:
     """Re-evaluate the saved top-k members in-process: results.json must be 1.96*std/sqrt(n)."""
     from omegaconf import OmegaConf
 
-    from mamlpp.config import Config, to_config
+    from mamlpp.config import saved_config
     from mamlpp.experiment.builder import ExperimentBuilder
     from mamlpp.experiment.evaluation import ensemble, predict_tasks
     from mamlpp.experiment.topk import member_file
 
     run_dir: Path = reference_run["dir"]
     results = reference_run["results"]
-    saved = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run_dir / "config.yaml"))
-    cfg = to_config(saved)
+    cfg = saved_config(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
     builder = ExperimentBuilder(cfg, run_dir)
     builder._build()
     members, n = [], results["num_test_tasks"]

@@ -17,10 +17,10 @@ from conftest import IMAGE_SIZE, MAMLPP_ALL, WAYS
 from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
 from mamlpp.config import (
     Config,
-    ModelConfig,
     SpeedConfig,
     TrainConfig,
     experiment_keys,
+    model_config,
     validate,
 )
 from mamlpp.errors import ConfigError
@@ -40,7 +40,7 @@ def _variant(learner: MetaLearner, **speed: object) -> MetaLearner:
     precision = str(speed.pop("precision", "fp32"))
     other = MetaLearner(
         learner.cfg,
-        ModelConfig(filters=4, stages=2),  # conftest's _make_learner defaults
+        model_config(filters=4, stages=2),  # conftest's _make_learner defaults
         1,
         IMAGE_SIZE,
         WAYS,

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from helpers.paths import REPO_ROOT, USER_CODE
-from mamlpp.config import Config, DatasetConfig, validate
+from mamlpp.config import Config, ImageDatasetConfig, dataset_config, validate
 from mamlpp.data import image_folder as imf
 from mamlpp.data.dataset import ClassImages, split_by_ratios
 from mamlpp.data.decode import decode_image
@@ -90,8 +90,8 @@ def make_miniimagenet(root: Path) -> Path:
     return root
 
 
-def cfg(name: str, source: Path | str | None, data_dir: Path, **kw) -> DatasetConfig:
-    return DatasetConfig(
+def cfg(name: str, source: Path | str | None, data_dir: Path, **kw) -> ImageDatasetConfig:
+    return dataset_config(
         name=name, source=None if source is None else str(source), data_dir=str(data_dir),
         image_size=kw.pop("image_size", SIZE), **kw,
     )  # fmt: skip
@@ -217,7 +217,7 @@ def test_config_errors_are_one_line() -> None:
         ("augment_crop_padding", 40, "0..27"),
         ("split_ratios", [0.5, 0.5], "three positive ratios"),
     ):
-        c = Config()
+        c = Config(dataset=dataset_config("image_folder", source="/x", image_size=28))
         setattr(c.dataset, key, value)
         with pytest.raises(ConfigError) as info:
             validate(c)
@@ -530,9 +530,9 @@ def test_custom_dataset_errors_are_one_line(tmp_path: Path, target: str, message
         )
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="dataset._target_.*dataset=custom"):
-        validate(Config(dataset=DatasetConfig(name="custom")))
+        validate(Config(dataset=dataset_config(name="custom")))
     with pytest.raises(ConfigError, match="dataset._target_"):
-        validate(Config(dataset=DatasetConfig(_target_="user_data.list_flat")))
+        validate(Config(dataset=dataset_config(_target_="user_data.list_flat")))
 
 
 @pytest.mark.slow

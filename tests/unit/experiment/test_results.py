@@ -42,7 +42,7 @@ def test_run_results_keeps_the_old_fields_first_and_adds_identity_and_code() -> 
     values = {name: i for i, name in enumerate(LEGACY_FIELDS)}
     out = RunResults(**values, identity=run_identity(Config())).to_dict()
     assert {k: out[k] for k in LEGACY_FIELDS} == values
-    assert out["identity"]["algorithm.multi_step_loss"] is False
+    assert out["identity"]["algorithm.multi_step_loss"] is True  # Config(): MAML++
     assert out["code"] == code_version() and out["schema_version"] == 1
 
 

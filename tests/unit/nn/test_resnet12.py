@@ -13,7 +13,14 @@ from conftest import MAMLPP_ALL
 from helpers.gradients import central_difference, random_index
 from helpers.paths import SHARED
 from mamlpp.algorithms.meta_learner import MetaLearner
-from mamlpp.config import AlgorithmConfig, Config, ConfigError, DatasetConfig, ModelConfig, validate
+from mamlpp.config import (
+    AlgorithmConfig,
+    Config,
+    ConfigError,
+    dataset_config,
+    model_config,
+    validate,
+)
 from mamlpp.nn.resnet12 import ResNet12, drop_block
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -26,7 +33,7 @@ def resnet_learner(
 ) -> MetaLearner:
     torch.manual_seed(0)
     algorithm.setdefault("inner_steps", 2)
-    model = ModelConfig(name="resnet12", channels=[4, 6, 6, 8], **(model_keys or {}))
+    model = model_config(name="resnet12", channels=[4, 6, 6, 8], **(model_keys or {}))
     return MetaLearner(AlgorithmConfig(**algorithm), model, 1, SIZE, WAYS, 100, impl=impl)
 
 
@@ -175,15 +182,15 @@ def test_dropblock_is_off_by_default_and_ramps_when_on(make_batch) -> None:
 
 
 def test_resnet12_config_checks() -> None:
-    ok = Config(model=ModelConfig(name="resnet12"), dataset=DatasetConfig(image_size=32))
+    ok = Config(model=model_config(name="resnet12"), dataset=dataset_config(image_size=32))
     validate(ok)
     with pytest.raises(ConfigError, match="model.channels"):
-        validate(Config(model=ModelConfig(name="resnet12"), dataset=DatasetConfig(image_size=8)))
+        validate(Config(model=model_config(name="resnet12"), dataset=dataset_config(image_size=8)))
     with pytest.raises(ConfigError, match="model.name"):
-        validate(Config(model=ModelConfig(name="resnet18")))
+        validate(Config(model=model_config(name="resnet18")))
     with pytest.raises(ConfigError, match=r"model.drop_rate.*\[0, 1\)"):
-        validate(Config(model=ModelConfig(name="resnet12", drop_rate=1.0)))
-    dropblock = Config(model=ModelConfig(name="resnet12", drop_rate=0.1))
+        validate(Config(model=model_config(name="resnet12", drop_rate=1.0)))
+    dropblock = Config(model=model_config(name="resnet12", drop_rate=0.1))
     dropblock.speed.checkpoint_inner_steps = True
     with pytest.raises(ConfigError, match="model.drop_rate.*checkpoint_inner_steps"):
         validate(dropblock)

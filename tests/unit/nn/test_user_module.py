@@ -23,8 +23,8 @@ from mamlpp.config import (
     AlgorithmConfig,
     Config,
     ConfigError,
-    ModelConfig,
     OptimizerConfig,
+    model_config,
     validate,
 )
 from mamlpp.nn.contract import MetaBackbone
@@ -38,7 +38,7 @@ def module_learner(
     vectorize: bool = True, target: str = "SmallCNN", model_keys: dict | None = None, **algorithm
 ) -> MetaLearner:
     torch.manual_seed(0)
-    model = ModelConfig(
+    model = model_config(
         name="module",
         _target_=f"user_nets.{target}",
         kwargs={"width": 6} if target in ("SmallCNN", "EveryNorm", "FunctionalDropout") else {},
@@ -144,7 +144,7 @@ def test_which_weights_adapt(adapt: str, make_batch) -> None:
 def test_config_errors_name_the_key() -> None:
     def cfg(**model) -> Config:
         return Config(
-            model=ModelConfig(**model),
+            model=model_config(**model),
             algorithm=AlgorithmConfig(name="maml"),
         )
 
@@ -154,7 +154,7 @@ def test_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match="model._target_.*model=module"):
         validate(cfg(_target_="user_nets.SmallCNN"))
     mamlpp = Config(
-        model=ModelConfig(name="module", _target_="user_nets.SmallCNN"),
+        model=model_config(name="module", _target_="user_nets.SmallCNN"),
         algorithm=AlgorithmConfig(per_step_bn_stats=True),
     )
     with pytest.raises(ConfigError, match="algorithm.per_step_bn_stats.*model=module"):
@@ -172,7 +172,7 @@ def test_config_errors_name_the_key() -> None:
     ],
 )
 def test_bad_module_is_one_line(target: str, kwargs: dict, message: str) -> None:
-    model = ModelConfig(name="module", _target_=target, kwargs=kwargs)
+    model = model_config(name="module", _target_=target, kwargs=kwargs)
     with pytest.raises(ConfigError, match=message) as err:
         MetaLearner(AlgorithmConfig(name="maml"), model, 1, 12, 5, 10)
     assert "\n" not in str(err.value)
@@ -427,6 +427,6 @@ def test_every_norm_kind_runs_under_vmap_as_in_the_loop(make_batch) -> None:
 
 
 def test_norm_layers_are_checked() -> None:
-    model = ModelConfig(name="module", _target_="user_nets.SmallCNN", norm_layers=["batch-norm"])
+    model = model_config(name="module", _target_="user_nets.SmallCNN", norm_layers=["batch-norm"])
     with pytest.raises(ConfigError, match="model.norm_layers.*batch_norm, instance_norm"):
         validate(Config(model=model, algorithm=AlgorithmConfig(name="maml")))
