@@ -45,6 +45,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks script_generation_tools
 	$(BIN)/ruff format --check src tests benchmarks script_generation_tools
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python benchmarks/bench_meta_step.py $(ARGS)

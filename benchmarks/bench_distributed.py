@@ -28,7 +28,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from mamlpp.algorithms.meta_learner import MetaLearner
-    from mamlpp.config import AlgorithmConfig, ModelConfig
+    from mamlpp.config import AlgorithmConfig, model_config
     from mamlpp.experiment.distributed import Distributed
     from mamlpp.tasks import EpisodeBatch
 
@@ -43,7 +43,7 @@ def worker(args: argparse.Namespace) -> None:
         per_step_bn_weights=True,
         cosine_meta_lr=True,
     )
-    learner = MetaLearner(algorithm, ModelConfig(), 1, 28, 5, 10_000).to(device)
+    learner = MetaLearner(algorithm, model_config(), 1, 28, 5, 10_000).to(device)
     if dist.enabled:
         learner.sync = dist
     local = dist.local_share(args.batch)

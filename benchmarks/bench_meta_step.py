@@ -87,8 +87,8 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
     import torch
 
     from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
-    from mamlpp.config import ModelConfig, SpeedConfig
-    from mamlpp.experiment.builder import configure_backends
+    from mamlpp.config import SpeedConfig, model_config
+    from mamlpp.experiment.device import configure_backends
 
     algo, ways, batch, steps, resnet = parse_setting(setting)
     channels, size = (3, 32) if resnet else (1, 28)
@@ -101,7 +101,7 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
     torch.manual_seed(0)
     learner = MetaLearner(
         _algorithm(algo, steps),
-        ModelConfig(name="resnet12" if resnet else "conv4"),
+        model_config(name="resnet12" if resnet else "conv4"),
         channels,
         size,
         ways,

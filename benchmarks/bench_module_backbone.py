@@ -40,14 +40,14 @@ class PlainConv4(nn.Module):
 
 def learner(kind: str, ways: int):
     from mamlpp.algorithms.meta_learner import MetaLearner
-    from mamlpp.config import AlgorithmConfig, ModelConfig
+    from mamlpp.config import AlgorithmConfig, model_config
 
     algorithm = AlgorithmConfig(name="maml", inner_lr=0.4, inner_steps=5)
     if kind.startswith("conv4"):
-        model, impl = ModelConfig(activation="relu"), kind.split("_")[1]
+        model, impl = model_config(activation="relu"), kind.split("_")[1]
     else:
         vectorize = kind == "module_vmap"
-        model = ModelConfig(name="module", _target_=f"{__name__}.PlainConv4", vectorize=vectorize)
+        model = model_config(name="module", _target_=f"{__name__}.PlainConv4", vectorize=vectorize)
         impl = "batched"
     torch.manual_seed(0)
     return MetaLearner(algorithm, model, 1, 28, ways, 10_000, impl)

@@ -37,9 +37,9 @@ __version__ = _version()
 
 # name -> the module that defines it (imported on first use)
 _LAZY = {
-    "compose": "mamlpp.api",
+    "compose": "mamlpp.apps.api",
     "load": "mamlpp.inference",
-    "train": "mamlpp.train",
+    "train": "mamlpp.apps.train",
     "MamlppError": "mamlpp.errors",
     "ConfigError": "mamlpp.errors",
     "DataError": "mamlpp.errors",

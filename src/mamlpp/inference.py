@@ -22,17 +22,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
 from mamlpp.algorithms.factory import build_learner
-from mamlpp.algorithms.meta_learner import MetaLearner
-from mamlpp.config import Config, to_config
+from mamlpp.algorithms.learner import Learner
+from mamlpp.config import Config, schema_node, to_config
 from mamlpp.data.preprocessing import Preprocessing
 from mamlpp.data.registry import load_dataset
 from mamlpp.errors import DataError, MamlppError, first_line
-from mamlpp.experiment.builder import resolve_device
+from mamlpp.experiment.device import resolve_device
 from mamlpp.experiment.members import load_learner_state
 from mamlpp.experiment.trained import TrainedRun, open_trained
 from mamlpp.experiment.trust import CODE_KEYS, named_targets
@@ -42,10 +42,11 @@ from mamlpp.image_inputs import ImageInput, image_sources
 def config_of(trained: TrainedRun) -> Config:
     """The validated training config of a trained run (its checkpoint's or config.yaml)."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), trained.config)
+        merged = OmegaConf.merge(schema_node(), trained.config)
     except OmegaConfBaseException as exc:
         raise MamlppError(f"the config in {trained.policy.source}: {first_line(exc)}") from exc
-    return to_config(merged)
+    assert isinstance(merged, DictConfig)  # merged onto the Config schema
+    return to_config(merged, trained.policy.allow)
 
 
 def preprocessing_of(trained: TrainedRun, cfg: Config) -> Preprocessing:
@@ -59,7 +60,7 @@ def preprocessing_of(trained: TrainedRun, cfg: Config) -> Preprocessing:
 
 def iter_members(
     trained: TrainedRun, cfg: Config, channels: int, device: torch.device
-) -> Iterator[MetaLearner]:
+) -> Iterator[Learner]:
     """The members as learners, built one at a time (an evaluation holds one in memory)."""
     cfg = trained.policy.model_config(cfg)
     for member in trained.members:
@@ -70,7 +71,7 @@ def iter_members(
 
 def build_members(
     trained: TrainedRun, cfg: Config, channels: int, device: torch.device
-) -> list[MetaLearner]:
+) -> list[Learner]:
     return list(iter_members(trained, cfg, channels, device))
 
 
@@ -125,7 +126,7 @@ class TrainedModel:
 
     config: Config
     preprocessing: Preprocessing
-    learners: list[MetaLearner]
+    learners: list[Learner]
     device: torch.device
 
     @property
@@ -205,5 +206,5 @@ def load(
     cfg = config_of(trained)
     trained.policy.model_config(cfg)  # refused before the data is read for old members
     prep = preprocessing_of(trained, cfg)
-    device = resolve_device(device)
-    return TrainedModel(cfg, prep, build_members(trained, cfg, prep.channels, device), device)
+    on = resolve_device(device)
+    return TrainedModel(cfg, prep, build_members(trained, cfg, prep.channels, on), on)

@@ -2,7 +2,7 @@
 
 Hydra instantiates sweepers only from the hydra_plugins package and imports every module in it
 on each start, so optuna is imported only when the sweeper is built: without mamlpp[optuna]
-this module still loads quietly. The logic is mamlpp.experiment.optuna_sweeper.
+this module still loads quietly. The logic is mamlpp.apps.optuna_sweeper.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class ResumableOptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         import sys
 
+        from mamlpp.apps.optuna_sweeper import prepare, report_best
         from mamlpp.errors import MamlppError
-        from mamlpp.experiment.optuna_sweeper import prepare, report_best
 
         try:
             lock = prepare(self.optuna.sweeper, arguments)

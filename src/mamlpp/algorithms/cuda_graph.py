@@ -4,7 +4,7 @@ A MAML++ meta-step launches thousands of small kernels (every inner step runs a 
 backward with create_graph, and the target forward; the meta-backward runs through all of it
 twice over). On a GPU the step is launch-bound, so the whole forward + backward is captured once
 and replayed. The shapes are static and the step has no host synchronisation
-(`MetaLearner.forward_backward`). The switches that change the graph (derivative order,
+(`Learner.forward_backward`). The switches that change the graph (derivative order,
 multi-step loss on/off) select a capture; the multi-step-loss weights and the inputs are copied
 into static tensors before each replay. The running-statistics update (hundreds of tiny
 kernels) is captured with them. The optimizer step and gradient clipping stay eager: a handful
@@ -38,7 +38,7 @@ class GraphedMetaStep:
     """Callable (batch, second_order, step_weights) -> (loss sum, accuracy sum, []).
 
     Gradients are written into the parameters' .grad tensors allocated during capture; the
-    caller must not reset them between replays (MetaLearner.train_step does not in graph mode).
+    caller must not reset them between replays (OuterStep.train_step does not in graph mode).
     """
 
     def __init__(self, step: StepFunction, zero_grad: Callable[..., None]) -> None:

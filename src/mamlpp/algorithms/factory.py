@@ -1,36 +1,75 @@
-"""Build the meta-learner a config describes: the one place that turns config into a learner.
+"""Build the learner a config describes: the one place that turns config into a learner.
 
 Training, evaluation and the Python API all call `build_learner`, so a checkpoint's state dict
-always meets the module layout it was saved from.
+always meets the module layout it was saved from. The runtime adds the outer step
+(algorithms.outer_step.build_outer_step) for training.
 """
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 
-from mamlpp.algorithms.meta_learner import MetaLearner
-from mamlpp.algorithms.optimizer import build_optimizer
-from mamlpp.config import Config
+from mamlpp.algorithms.inner_lr import inner_rule_factory
+from mamlpp.algorithms.learner import Learner
+from mamlpp.algorithms.protomaml import ProtoMAML
+from mamlpp.algorithms.reptile import Reptile
+from mamlpp.config import PER_STEP_BN_KEYS, AlgorithmConfig, ComponentConfig, Config
+from mamlpp.errors import ConfigError
+from mamlpp.nn.backbones import build_backbone
+from mamlpp.nn.contract import MetaBackbone
+
+# The algorithms that are not a Learner with other keys (algorithms.variants lists those).
+LEARNERS: dict[str, type[Learner]] = {"reptile": Reptile, "protomaml": ProtoMAML}
 
 
-def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "cpu") -> MetaLearner:
+def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "cpu") -> Learner:
     """The configured learner on `device` (weights freshly initialised from torch's RNG)."""
+    a = cfg.algorithm
     impl = "batched" if cfg.train.impl == "auto" else cfg.train.impl
-    learner = MetaLearner(
-        cfg.algorithm,
-        cfg.model,
-        in_channels=in_channels,
-        image_size=cfg.dataset.image_size,
-        ways=cfg.task.ways,
-        total_iterations=cfg.train.epochs * cfg.train.iters_per_epoch,
+    net = build_network(
+        a, cfg.model, in_channels, cfg.dataset.image_size, cfg.task.ways, cfg.speed.channels_last
+    )
+    rule = inner_rule_factory(
+        a.inner_rule._target_, a.inner_rule.kwargs, a.inner_lr, a.learn_inner_lr, a.per_element_lr
+    )
+    learner = LEARNERS.get(a.name, Learner)(
+        a,
+        net,
         impl=impl,
         precision=cfg.train.precision,
-        speed=cfg.speed,
-        optimizer=partial(build_optimizer, cfg.optimizer),
-        iters_per_epoch=cfg.train.iters_per_epoch,
-    ).to(device)
-    if cfg.speed.cuda_graphs:
-        learner.use_cuda_graphs()
-    return learner
+        checkpoint_inner_steps=cfg.speed.checkpoint_inner_steps,
+        inner_rule=rule,
+    )
+    return learner.to(device)
+
+
+def build_network(
+    algorithm: AlgorithmConfig,
+    model: ComponentConfig | MetaBackbone,
+    in_channels: int,
+    image_size: int,
+    ways: int,
+    channels_last: bool = False,
+) -> MetaBackbone:
+    """The backbone `model` describes with the per-step batch norm the algorithm asks for (or
+    `model` itself when already built); a backbone without per-step batch norm asked for one
+    is a one-line error."""
+    steps = algorithm.inner_steps
+    if isinstance(model, ComponentConfig):
+        model = build_backbone(
+            model,
+            in_channels,
+            image_size,
+            ways,
+            bn_weight_steps=steps if algorithm.per_step_bn_weights else 1,
+            bn_stat_steps=steps if algorithm.per_step_bn_stats else 1,
+            channels_last=channels_last,
+        )
+    wanted = [k for k in PER_STEP_BN_KEYS if getattr(algorithm, k)]
+    if wanted and not model.supports_per_step_bn:
+        raise ConfigError(
+            f"config key 'algorithm.{wanted[0]}' = True: the backbone "
+            f"{type(model).__name__} has no per-step batch norm (it declares "
+            "supports_per_step_bn=False)"
+        )
+    return model

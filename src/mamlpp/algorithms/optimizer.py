@@ -25,7 +25,7 @@ def build_optimizer(
             f"config key 'optimizer._target_' = {cfg._target_!r} is not a torch.optim.Optimizer"
         )
     try:
-        return cls(list(params), lr=lr, **dict(cfg.kwargs))
+        return cls(list(params), lr=lr, **dict(cfg.kwargs))  # type: ignore[call-arg]  # a subclass
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"config key 'optimizer.kwargs' = {dict(cfg.kwargs)!r}: {cfg._target_}: {exc}"

@@ -39,13 +39,18 @@ def meta_lr_at(
     min_lr: float,
     cosine: bool,
     iters_per_epoch: int = 0,
+    linear: bool = False,
 ) -> float:
-    """Cosine annealing from base_lr to min_lr over the whole training run.
+    """Cosine annealing from base_lr to min_lr over the whole training run (or, with `linear`,
+    a straight line from base_lr to min_lr: Reptile's outer step size).
 
     Per iteration by default. With iters_per_epoch > 0 a staircase: every iteration of an epoch
     gets the rate of the epoch's start, cos(pi * epoch / epochs), as the published MAML++ code's
     CosineAnnealingLR stepped with the integer epoch gives.
     """
+    if linear:
+        t = min(max(iteration, 0), total_iterations) / max(total_iterations, 1)
+        return base_lr + (min_lr - base_lr) * t
     if not cosine:
         return base_lr
     if iters_per_epoch > 0:

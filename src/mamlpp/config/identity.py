@@ -3,14 +3,14 @@ is compared on, and the algorithm's label (the MAML++ feature list)."""
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from mamlpp.config.paths import conf_dir
-from mamlpp.config.schema import AlgorithmConfig, Config, ModelConfig
+from mamlpp.config.registry import component, known_keys, names
+from mamlpp.config.schema import AlgorithmConfig, Config
 
 # Keys that may differ between a checkpoint and the resuming run, and that never name a run
 # directory (mamlpp.config.naming). The one list of them.
@@ -54,6 +54,7 @@ def _definition(name: str) -> tuple[str, bool]:
     from its conf/algorithm YAML: the one place that defines ANIL, BOIL and Meta-SGD."""
     path = Path(conf_dir()) / "algorithm" / f"{name}.yaml"
     own = OmegaConf.load(path) if path.exists() else OmegaConf.create()
+    assert isinstance(own, DictConfig), path  # a config group option is a mapping
     default = AlgorithmConfig()
     return own.get("adapt", default.adapt), own.get("per_element_lr", default.per_element_lr)
 
@@ -96,5 +97,22 @@ def experiment_keys(cfg: Config) -> dict[str, Any]:
 
 def is_module_argument(key: str) -> bool:
     """Whether model.<key> under model=module is a constructor argument of the module (a key
-    ModelConfig does not declare, `+model.width=32`), i.e. model.kwargs.<key>."""
-    return key not in {f.name for f in fields(ModelConfig)}
+    no registered backbone has, `+model.width=32`), i.e. model.kwargs.<key>."""
+    return key not in known_keys("model")
+
+
+def comparable(keys: dict[str, Any]) -> dict[str, Any]:
+    """Experiment keys without the model.* / dataset.* keys of other components than theirs:
+    identities written before components owned their configs held every backbone's and
+    dataset's keys (a conv4 run's model.channels), which no run reads."""
+    kept = dict(keys)
+    for section in ("model", "dataset"):
+        name = keys.get(f"{section}.name")
+        if name not in names(section):
+            continue
+        foreign = known_keys(section) - set(component(section, name).own_keys())
+        for key in keys:
+            head, _, rest = key.partition(".")
+            if head == section and rest.partition(".")[0] in foreign:
+                del kept[key]
+    return kept

@@ -33,9 +33,10 @@ def run_name(root: DictConfig) -> str:
     choices = root.hydra.runtime.choices
     parsed = OverridesParser.create().parse_overrides([str(o) for o in root.hydra.overrides.task])
     preset = [f"experiment={choices['experiment']}"] if choices.get("experiment") else []
+    preset = _searchpath(root) + preset
     preset_choices = compose("config", preset, return_hydra_config=True).hydra.runtime.choices
     groups = [
-        o.input_line
+        str(o.input_line)
         for o in parsed
         if o.key_or_group in GROUPS
         and choices.get(o.key_or_group) != preset_choices.get(o.key_or_group)
@@ -49,11 +50,19 @@ def run_name(root: DictConfig) -> str:
         if is_neutral(key) or key == "dataset.source":
             continue
         if _value(root, key) != _value(reference, key):
-            kept.append(_canonical(o.input_line, root))
+            kept.append(_canonical(str(o.input_line), root))
     source = root.dataset.get("source")
     if root.dataset.name != "omniglot" and source:
         kept.append(f"dataset.source={source_tag(str(source))}")
     return ",".join(sorted(kept)) or "base"
+
+
+def _searchpath(root: DictConfig) -> list[str]:
+    """The run's hydra.searchpath (a researcher's conf dir of own components), as an override
+    for composing the reference configs with the same group options."""
+    paths = list(root.hydra.get("searchpath") or [])
+    quoted = ",".join("'" + str(p).replace("\\", "\\\\").replace("'", "\\'") + "'" for p in paths)
+    return [f"hydra.searchpath=[{quoted}]"] if paths else []
 
 
 def _canonical(line: str, root: DictConfig) -> str:

@@ -1,54 +1,28 @@
-"""The structured-config schema: one dataclass per section of `conf/config.yaml`.
+"""The config schema: one dataclass per section of `conf/config.yaml`.
 
-Hydra's ConfigStore holds `Config` as the schema of `conf/config.yaml` (mamlpp.config.compose), so
-a misspelt key or a wrongly typed value fails while the config is composed; ranges and
-cross-field constraints are mamlpp.config.validation's job.
+`Config()` is what `conf/config.yaml` composes to without overrides (tests/test_presets.py checks
+it field by field). The sections a group option chooses a component for (`model`, `dataset`,
+`logger`) hold that component's own config dataclass (mamlpp.config.registry); Hydra composes
+them loosely and mamlpp.config.compose checks them against it. Ranges and cross-field
+constraints are mamlpp.config.validation's job.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-# model.norm_layers' kinds of torch.nn normalisation layers (mamlpp.nn.norm_rule).
-NORM_LAYER_KINDS = ("batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm")
+from omegaconf import OmegaConf
 
+from mamlpp.config.backbones import Conv4Config
+from mamlpp.config.datasets import OmniglotConfig
+from mamlpp.config.paths import conf_dir
+from mamlpp.config.trackers import default_logger
 
-@dataclass
-class DatasetConfig:
-    """One dataset; keys marked (omniglot) or (image_folder) only apply to that loader."""
-
-    # omniglot | miniimagenet | image_folder | tiny_imagenet
-    name: str = "omniglot"
-    # omniglot: folder with the zips or a URL base; miniimagenet: the root with images/ and CSVs;
-    # image_folder: the folder; tiny_imagenet: a zip or a folder holding it.
-    # None: look in data_dir, then download where a download exists (omniglot, tiny_imagenet).
-    source: str | None = None
-    # Where downloads and the decoded uint8 cache go.
-    data_dir: str = "datasets/omniglot"
-    image_size: int = 28
-    # Pixels are scaled to [0, 1]; then none | imagenet (ImageNet mean/std) | dataset (train split).
-    normalization: str = "none"
-    # (image_folder) auto: presplit if <root> has train/val/test folders, else unsplit.
-    layout: str = "auto"
-    # (image_folder, unsplit) train/val/test class ratios; split_seed shuffles the classes first.
-    split_ratios: list[float] = field(default_factory=lambda: [0.64, 0.16, 0.2])
-    # Training-task augmentation, off in the paper presets: random crop after zero padding by
-    # this many pixels, and random horizontal flips; drawn per image from the task's seed.
-    augment_crop_padding: int = 0
-    augment_flip: bool = False
-    # (custom) a function returning the dataset's mamlpp.data.image_folder.ImageListing
-    # (package.module.function), and its keyword arguments (+dataset.kwargs.<name>=<value>).
-    _target_: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    # Omniglot's class protocol, mamlpp (a random k*90 rotation per class per training task)
-    # or maml (Finn et al.: each rotation its own class); see mamlpp.data.omniglot.
-    protocol: str = "mamlpp"
-    # [train, val, test] classes; None: the protocol's standard split
-    # (mamlpp.data.omniglot.PROTOCOL_SPLITS).
-    split_sizes: list[int] | None = None
-    split_seed: int = 0
-    train_rotation: bool = True
+# conf/config.yaml's default algorithm group option.
+DEFAULT_ALGORITHM = "mamlpp"
 
 
 @dataclass
@@ -59,46 +33,21 @@ class TaskConfig:
 
 
 @dataclass
-class ModelConfig:
-    """conv4 reads filters/stages/norm/pooling/activation; resnet12 reads channels and the
-    DropBlock keys; module reads _target_/kwargs/vectorize/head/norm_layers (see MODEL_READS)."""
-
-    # conv4 | resnet12 | module (any torch.nn.Module class, model._target_)
-    name: str = "conv4"
-    filters: int = 64
-    stages: int = 4
-    norm: str = "batch_norm"
-    pooling: str = "max"
-    activation: str = "leaky_relu"
-    bn_momentum: float = 0.1
-    # (resnet12) widths of the four residual blocks.
-    channels: list[int] = field(default_factory=lambda: [64, 160, 320, 640])
-    # (resnet12) MetaOptNet's regularisation, off by default: dropout of rate drop_rate after
-    # the first two blocks, DropBlock (dropblock_size x dropblock_size) after the last two,
-    # its rate ramped linearly from 0 over the first dropblock_ramp training forward passes.
-    drop_rate: float = 0.0
-    dropblock_size: int = 5
-    dropblock_ramp: int = 40000
-    # (module) the torch.nn.Module class (package.module.Class), the constructor's keyword
-    # arguments beyond in_channels/image_size/num_classes, and whether tasks run under
-    # torch.func.vmap (true) or one after another (false: for modules vmap cannot batch).
-    _target_: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    vectorize: bool = True
-    # (module) the submodule that is the head (ANIL/BOIL); null: found by a forward pass.
-    head: str | None = None
-    # (module) the normalisation layers whose affine weights are shared by the tasks and not
-    # adapted in the inner loop unless algorithm.inner_adapt_bn: kinds of NORM_LAYER_KINDS or
-    # class names of one's own norm layers.
-    norm_layers: list[str] = field(default_factory=lambda: list(NORM_LAYER_KINDS))
-
-
-@dataclass
 class OptimizerConfig:
     """The meta-optimizer: a torch.optim.Optimizer class taking (params, lr, **kwargs). Its
     learning rate is algorithm.meta_lr, set every iteration by the (cosine) schedule."""
 
     _target_: str = "torch.optim.Adam"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InnerRuleConfig:
+    """The inner update rule (mamlpp.algorithms.inner_lr.InnerRule), built as
+    `_target_(shapes, num_steps, init_lr=algorithm.inner_lr, **kwargs)`; empty: the built-in
+    rule of learn_inner_lr / per_element_lr (fixed, LSLR, Meta-SGD)."""
+
+    _target_: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,8 +76,11 @@ class AlgorithmConfig:
     # Meta-SGD: a learned inner learning rate per parameter element (shared by the steps),
     # initialised to inner_lr; replaces LSLR's per-layer per-step rates.
     per_element_lr: bool = False
+    inner_rule: InnerRuleConfig = field(default_factory=InnerRuleConfig)
     meta_lr: float = 0.001
     cosine_meta_lr: bool = False
+    # Anneal meta_lr linearly to min_meta_lr over training (Reptile's outer step size).
+    linear_meta_lr: bool = False
     # true: the cosine rate changes once per epoch (a staircase), as in the published MAML++
     # code; false: every iteration.
     cosine_per_epoch: bool = False
@@ -138,6 +90,17 @@ class AlgorithmConfig:
     # true: clamp only the network's meta-gradients, not those of the learned inner learning
     # rates (LSLR, Meta-SGD), as the published MAML++ code does; false: clamp all of them.
     grad_clip_network_only: bool = False
+
+
+@functools.cache
+def _algorithm_yaml(name: str) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.load(Path(conf_dir()) / "algorithm" / f"{name}.yaml"))
+
+
+def default_algorithm() -> AlgorithmConfig:
+    """MAML++ with every feature on, read from its group option (conf/algorithm/mamlpp.yaml):
+    the algorithm conf/config.yaml chooses. AlgorithmConfig() itself has every switch off."""
+    return AlgorithmConfig(**_algorithm_yaml(DEFAULT_ALGORITHM))
 
 
 @dataclass
@@ -217,69 +180,6 @@ class PathsConfig:
 
 
 @dataclass
-class TensorboardLoggerConfig:
-    """TensorBoard event files (the default tracker)."""
-
-    # Set by choosing the tracker in the `logger` group.
-    enabled: bool = False
-    # Relative to the run directory.
-    dir: str = "tb"
-
-
-@dataclass
-class CsvLoggerConfig:
-    """Every scalar as a (step, name, value) row; metrics.csv (one row per epoch) is written
-    whichever trackers are chosen."""
-
-    # Set by choosing the tracker in the `logger` group.
-    enabled: bool = False
-    # Relative to the run directory.
-    file: str = "scalars.csv"
-
-
-@dataclass
-class MlflowLoggerConfig:
-    """An MLflow run (pip install 'mamlpp[mlflow]')."""
-
-    # Set by choosing the tracker in the `logger` group.
-    enabled: bool = False
-    # None: $MLFLOW_TRACKING_URI, else <runs root>/mlflow/mlflow.db (mamlpp.trackers.mlflow_store).
-    tracking_uri: str | None = None
-    # The MLflow experiment; None: experiment_name.
-    experiment: str | None = None
-
-
-@dataclass
-class WandbLoggerConfig:
-    """A Weights & Biases run (pip install 'mamlpp[wandb]'); offline unless told otherwise."""
-
-    # Set by choosing the tracker in the `logger` group.
-    enabled: bool = False
-    project: str = "mamlpp"
-    entity: str | None = None
-    # offline (files only; `wandb sync` uploads them later) | online | disabled
-    mode: str = "offline"
-    # Where wandb/ is made; None: the run directory. conf/logger/wandb.yaml takes the defaults
-    # of project, entity, mode and dir from WANDB_PROJECT, WANDB_ENTITY, WANDB_MODE, WANDB_DIR.
-    dir: str | None = None
-
-
-@dataclass
-class LoggerConfig:
-    """The experiment trackers, chosen with the `logger` group (logger=[tensorboard,mlflow]):
-    each file of the group switches its tracker on."""
-
-    tensorboard: TensorboardLoggerConfig = field(default_factory=TensorboardLoggerConfig)
-    csv: CsvLoggerConfig = field(default_factory=CsvLoggerConfig)
-    mlflow: MlflowLoggerConfig = field(default_factory=MlflowLoggerConfig)
-    wandb: WandbLoggerConfig = field(default_factory=WandbLoggerConfig)
-
-    def chosen(self) -> list[str]:
-        """The names of the trackers switched on, in the schema's order."""
-        return [f.name for f in fields(self) if getattr(self, f.name).enabled]
-
-
-@dataclass
 class Config:
     experiment_name: str = "default"
     # The value mamlpp-train returns (the objective of a sweeper such as Optuna).
@@ -288,14 +188,17 @@ class Config:
     device: str = "auto"
     debug: bool = False
     progress_bar: bool = True
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # The chosen dataset's config (an ImageDatasetConfig registered under dataset.name).
+    dataset: Any = field(default_factory=OmniglotConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    # The chosen backbone's config (a ComponentConfig registered under model.name).
+    model: Any = field(default_factory=Conv4Config)
+    algorithm: AlgorithmConfig = field(default_factory=default_algorithm)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     run: RunConfig = field(default_factory=RunConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # One entry per registered tracker (mamlpp.config.trackers.LoggerConfig).
+    logger: Any = field(default_factory=default_logger)

@@ -1,38 +1,28 @@
-"""Range and cross-field checks of a composed `Config`: one-line `ConfigError`s naming the key."""
+"""Range and cross-field checks of a composed `Config`: one-line `ConfigError`s naming the key.
+
+The sections of components (dataset, model, logger) check themselves: their config's
+`validate(cfg)` (mamlpp.config.backbones, datasets, trackers, or the user's own).
+"""
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from dataclasses import fields, is_dataclass
 from typing import Any
 
+from mamlpp.config.checks import check as _check
 from mamlpp.config.objective import OPTIMIZED_METRICS
-from mamlpp.config.schema import NORM_LAYER_KINDS, Config
-from mamlpp.errors import ConfigError
+from mamlpp.config.registry import SECTIONS, component
+from mamlpp.config.schema import Config
 
-MODELS = ("conv4", "resnet12", "module")
-ALGORITHMS = ("maml", "fomaml", "mamlpp", "anil", "boil", "metasgd")
-# Algorithm switches that need per-step batch norm in the backbone (MAML++'s BNRS/BNWB and
-# running statistics at evaluation).
-PER_STEP_BN_KEYS = ("per_step_bn_stats", "per_step_bn_weights", "use_running_stats_eval")
+ALGORITHMS = ("maml", "fomaml", "mamlpp", "anil", "boil", "metasgd", "reptile", "protomaml")
 # mamlpp.algorithms.adaptation reads them; any other value is a glob over parameter names.
 ADAPT_MODES = ("all", "head", "body")
-PROTOCOLS = ("mamlpp", "maml")
 DEVICES = ("auto", "cpu", "cuda")
 IMPLS = ("auto", "batched", "loop")
 PRECISIONS = ("fp32", "bf16")
-DATASETS = ("omniglot", "miniimagenet", "image_folder", "tiny_imagenet", "custom")
-NORMALIZATIONS = ("none", "imagenet", "dataset")
-LAYOUTS = ("auto", "presplit", "unsplit")
 RESUME_MODES = ("auto", "never", "must")
-WANDB_MODES = ("offline", "online", "disabled")
-
-
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}' = {value!r} is invalid: allowed {allowed}")
 
 
 # Seeds feed numpy's legacy seeding (np.random.seed), which takes 0 <= seed < 2**32.
@@ -58,10 +48,14 @@ def _check_finite(node: Any, key: str = "") -> None:
 
 def validate(cfg: Config) -> Config:
     """Range and cross-field checks; the schema already checked names and types."""
-    d, t, m, a, tr, ev = cfg.dataset, cfg.task, cfg.model, cfg.algorithm, cfg.train, cfg.eval
+    t, a, tr, ev = cfg.task, cfg.algorithm, cfg.train, cfg.eval
     _check_finite(cfg)
     for key in SEED_KEYS:
-        value = functools.reduce(getattr, key.split("."), cfg)
+        section, _, name = key.rpartition(".")
+        node = getattr(cfg, section) if section else cfg
+        if not hasattr(node, name):  # a dataset without a class split of its own
+            continue
+        value = getattr(node, name)
         _check(0 <= value < SEED_LIMIT, key, value, f"0 <= {key} < 2**32 ({SEED_LIMIT})")
     _check(
         cfg.device in DEVICES or re.fullmatch(r"cuda:\d+", cfg.device) is not None,
@@ -75,77 +69,11 @@ def validate(cfg: Config) -> Config:
         cfg.optimized_metric,
         f"one of {tuple(OPTIMIZED_METRICS)}",
     )
-    _check(d.name in DATASETS, "dataset.name", d.name, f"one of {DATASETS}")
-    _check(
-        (d._target_ is not None and "." in d._target_) == (d.name == "custom"),
-        "dataset._target_",
-        d._target_,
-        "a function package.module.name with dataset=custom (and null with the built-in datasets)",
-    )
-    _check(d.protocol in PROTOCOLS, "dataset.protocol", d.protocol, f"one of {PROTOCOLS}")
-    _check(d.image_size >= 8, "dataset.image_size", d.image_size, ">= 8")
-    _check(
-        d.normalization in NORMALIZATIONS,
-        "dataset.normalization",
-        d.normalization,
-        f"one of {NORMALIZATIONS}",
-    )
-    _check(d.layout in LAYOUTS, "dataset.layout", d.layout, f"one of {LAYOUTS}")
-    _check(
-        d.name != "image_folder" or d.source is not None,
-        "dataset.source",
-        d.source,
-        "the image folder (<root>/{train,val,test}/<class>/<image> or <root>/<class>/<image>)",
-    )
-    _check(
-        len(d.split_ratios) == 3 and all(r > 0 for r in d.split_ratios),
-        "dataset.split_ratios",
-        d.split_ratios,
-        "three positive ratios [train, val, test]",
-    )
-    _check(
-        0 <= d.augment_crop_padding < d.image_size,
-        "dataset.augment_crop_padding",
-        d.augment_crop_padding,
-        f"0..{d.image_size - 1} pixels",
-    )
     _check(t.ways >= 2, "task.ways", t.ways, ">= 2")
     _check(t.shots >= 1, "task.shots", t.shots, ">= 1")
     _check(t.targets >= 1, "task.targets", t.targets, ">= 1")
-    if d.name == "omniglot":
-        # Omniglot's facts live in its module, imported only for an Omniglot config so that
-        # mamlpp.config stays light (no image decoders) for the tools that only read configs.
-        from mamlpp.data import omniglot
-
-        _check(
-            d.split_sizes is None
-            or (
-                len(d.split_sizes) == 3
-                and all(s > 0 for s in d.split_sizes)
-                and sum(d.split_sizes) <= omniglot.NUM_CLASSES
-            ),
-            "dataset.split_sizes",
-            d.split_sizes,
-            f"three positive class counts [train, val, test] summing to at most "
-            f"{omniglot.NUM_CLASSES}",
-        )
-        _check(
-            t.shots + t.targets <= omniglot.IMAGES_PER_CLASS,
-            "task.shots",
-            t.shots,
-            f"shots + targets <= {omniglot.IMAGES_PER_CLASS} images per Omniglot class "
-            f"(targets={t.targets})",
-        )
-        counts = omniglot.split_class_counts(d.protocol, d.split_sizes)
-        for split, n in zip(("train", "val", "test"), counts):
-            _check(
-                t.ways <= n, "task.ways", t.ways, f"at most {n}, the classes in the {split} split"
-            )
-    _check(m.name in MODELS, "model.name", m.name, f"one of {MODELS}")
-    if m.name == "module":
-        _check_module_model(cfg)
-    else:
-        _check_builtin_model(cfg)
+    for section in ("dataset", "model"):
+        _check_component(cfg, section)
     _check(a.name in ALGORITHMS, "algorithm.name", a.name, f"one of {ALGORITHMS}")
     _check(
         a.adapt in ADAPT_MODES or any(c in a.adapt for c in "*?["),
@@ -188,6 +116,18 @@ def validate(cfg: Config) -> Config:
         True,
         "false unless algorithm.cosine_meta_lr=true (it shapes the cosine schedule)",
     )
+    _check(
+        not (a.linear_meta_lr and a.cosine_meta_lr),
+        "algorithm.linear_meta_lr",
+        True,
+        "false with algorithm.cosine_meta_lr=true (one meta_lr schedule: choose one)",
+    )
+    if a.name == "reptile":
+        # Reptile's meta-update has no gradient for learned inner rates nor per-step losses.
+        for key in ("learn_inner_lr", "per_element_lr", "multi_step_loss"):
+            _check(
+                not getattr(a, key), f"algorithm.{key}", True, "false with algorithm.name=reptile"
+            )
     _check(
         not a.grad_clip_network_only or a.grad_clip is not None,
         "algorithm.grad_clip_network_only",
@@ -241,92 +181,19 @@ def validate(cfg: Config) -> Config:
         "false with algorithm.name=fomaml (first-order MAML)",
     )
     _check(ev.batch_size >= 1, "eval.batch_size", ev.batch_size, ">= 1")
-    wb = cfg.logger.wandb
-    _check(wb.mode in WANDB_MODES, "logger.wandb.mode", wb.mode, f"one of {WANDB_MODES}")
+    cfg.logger.validate(cfg)
     return cfg
 
 
-def _check_builtin_model(cfg: Config) -> None:
-    d, m = cfg.dataset, cfg.model
+def _check_component(cfg: Config, section: str) -> None:
+    """The section holds the config its component registered, and that config checks itself."""
+    node = getattr(cfg, section)
+    known = component(section, node.name)
     _check(
-        m._target_ is None,
-        "model._target_",
-        m._target_,
-        f"null with model={m.name} (a class of your own needs model=module)",
+        isinstance(node, known.config),
+        section,
+        type(node).__name__,
+        f"a {known.config.__name__} with {section}.name={node.name} ({SECTIONS[section]} "
+        "configs are registered with their component)",
     )
-    _check(not m.kwargs, "model.kwargs", m.kwargs, f"empty with model={m.name} (model=module)")
-    _check(
-        len(m.channels) >= 1 and all(c >= 1 for c in m.channels),
-        "model.channels",
-        m.channels,
-        "a list of positive block widths",
-    )
-    _check(
-        m.name != "resnet12" or d.image_size >> len(m.channels) >= 1,
-        "model.channels",
-        m.channels,
-        f"at most log2(image_size) = {d.image_size.bit_length() - 1} blocks (each halves it)",
-    )
-    _check(
-        m.name != "resnet12" or m.norm == "batch_norm",
-        "model.norm",
-        m.norm,
-        "batch_norm with model=resnet12",
-    )
-    _check(m.filters >= 1, "model.filters", m.filters, ">= 1")
-    _check(1 <= m.stages <= 8, "model.stages", m.stages, "1..8")
-    _check(m.norm in ("batch_norm", "none"), "model.norm", m.norm, "'batch_norm' or 'none'")
-    _check(m.pooling in ("max", "stride"), "model.pooling", m.pooling, "'max' or 'stride'")
-    _check(
-        m.activation in ("relu", "leaky_relu"), "model.activation", m.activation, "relu|leaky_relu"
-    )
-    _check(0 < m.bn_momentum <= 1, "model.bn_momentum", m.bn_momentum, "in (0, 1]")
-    _check(0 <= m.drop_rate < 1, "model.drop_rate", m.drop_rate, "in [0, 1)")
-    _check(m.dropblock_size >= 1, "model.dropblock_size", m.dropblock_size, ">= 1")
-    _check(m.dropblock_ramp >= 0, "model.dropblock_ramp", m.dropblock_ramp, ">= 0")
-    _check(
-        m.drop_rate == 0 or not cfg.speed.checkpoint_inner_steps,
-        "model.drop_rate",
-        m.drop_rate,
-        "0 with speed.checkpoint_inner_steps=true (its recomputation would draw other masks)",
-    )
-    _check(d.image_size >> m.stages >= 1, "model.stages", m.stages, "at most log2(image_size)")
-    for key in PER_STEP_BN_KEYS:
-        _check(
-            not getattr(cfg.algorithm, key) or m.norm == "batch_norm",
-            f"algorithm.{key}",
-            True,
-            "false when model.norm=none",
-        )
-
-
-def _check_module_model(cfg: Config) -> None:
-    """model=module: a class of the user's; its batch norm has no per-step or running stats."""
-    m = cfg.model
-    _check(
-        m._target_ is not None and "." in m._target_,
-        "model._target_",
-        m._target_,
-        "the torch.nn.Module class as package.module.Class with model=module",
-    )
-    for kind in m.norm_layers:
-        _check(
-            kind in NORM_LAYER_KINDS or kind.isidentifier(),
-            "model.norm_layers",
-            list(m.norm_layers),
-            f"a list of {', '.join(NORM_LAYER_KINDS)} or class names of your own norm layers",
-        )
-    for key in PER_STEP_BN_KEYS:
-        _check(
-            not getattr(cfg.algorithm, key),
-            f"algorithm.{key}",
-            True,
-            "false with model=module (a plain module's batch norm uses each task's batch "
-            "statistics only; per-step batch norm needs model=conv4 or resnet12)",
-        )
-    _check(
-        not cfg.speed.cuda_graphs,
-        "speed.cuda_graphs",
-        True,
-        "false with model=module",
-    )
+    node.validate(cfg)

@@ -31,6 +31,14 @@ import numpy as np
 from mamlpp.data import capacity, content
 from mamlpp.data.files import download, md5_file
 from mamlpp.data.image_folder import ImageListing, Part, load_cached, open_zip, part_fingerprint
+from mamlpp.data.omniglot_facts import (
+    IMAGES_PER_CLASS,
+    NUM_CLASSES,
+    PROTOCOL_SPLITS,
+    ROTATIONS,
+    split_class_counts,
+    split_sizes,
+)
 from mamlpp.data.splits import RANDOM_ROTATION, SplitClasses, fixed_splits
 from mamlpp.errors import ConfigError, DataError, first_line
 
@@ -60,13 +68,6 @@ OMNIGLOT_MD5: dict[str, str] = {
     "images_background": "68d2efa1b9178cc56df9314c21c6e718",
     "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
 }
-NUM_CLASSES = 1623
-IMAGES_PER_CLASS = 20
-# The protocols' [train, val, test] characters. mamlpp (Antoniou et al.): a class is a character,
-# training tasks turn each by a random k*90 deg. maml (Finn et al.): a class is a (character,
-# rotation) pair, so every split has ROTATIONS times as many classes.
-PROTOCOL_SPLITS = {"mamlpp": (1150, 50, 423), "maml": (1100, 100, 423)}
-ROTATIONS = 4
 
 # Class order is background characters first, then evaluation characters.
 _SETS: tuple[str, ...] = ("images_background", "images_evaluation")
@@ -75,18 +76,6 @@ _FIX_HINT = "re-download it or set dataset.source"
 
 
 # --------------------------------------------------------------------------- protocols
-
-
-def split_sizes(protocol: str, sizes: Sequence[int] | None = None) -> tuple[int, int, int]:
-    """Characters per split: `sizes` when given (dataset.split_sizes), else the protocol's."""
-    train, val, test = sizes if sizes is not None else PROTOCOL_SPLITS[protocol]
-    return train, val, test
-
-
-def split_class_counts(protocol: str, sizes: Sequence[int] | None = None) -> tuple[int, ...]:
-    """Classes a task can draw from in each split (each rotation its own class under maml)."""
-    per = ROTATIONS if protocol == "maml" else 1
-    return tuple(n * per for n in split_sizes(protocol, sizes))
 
 
 def class_splits(

@@ -1,4 +1,9 @@
-"""dataset.name -> a FewShotDataset: the one place that knows every supported dataset."""
+"""dataset.name -> a FewShotDataset.
+
+The built-in datasets attach their loaders to their registered configs here; a dataset of one's
+own registers itself the same way (mamlpp.config.registry.register_dataset): its loader returns
+an ImageListing (decoded and cached like an image folder) or a FewShotDataset.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mamlpp.config import DatasetConfig
+from mamlpp.config import (
+    CustomConfig,
+    ImageDatasetConfig,
+    ImageFolderConfig,
+    MiniImageNetConfig,
+    OmniglotConfig,
+    TinyImageNetConfig,
+    builder,
+    register_dataset,
+)
 from mamlpp.data import omniglot
 from mamlpp.data.call_args import check_kwargs
 from mamlpp.data.dataset import (
@@ -31,20 +45,11 @@ from mamlpp.data.tiny_imagenet import find_source, list_tiny_imagenet
 from mamlpp.errors import ConfigError, locate
 
 
-def load_dataset(cfg: DatasetConfig) -> FewShotDataset:
+def load_dataset(cfg: ImageDatasetConfig) -> FewShotDataset:
     """Load (decode or read from the cache) the configured dataset and its class split."""
-    if cfg.name == "omniglot":
-        data = _omniglot(cfg)
-    else:
-        listing = _listing(cfg)
-        cached = load_cached(listing, cfg.data_dir, cfg.image_size)
-        images = ClassImages.from_counts(cached.pixels, cached.counts)
-        num_classes = len(images.counts)
-        if listing.split_sizes is not None:
-            splits = fixed_splits(np.arange(num_classes), listing.split_sizes)
-        else:
-            splits = split_by_ratios(num_classes, tuple(cfg.split_ratios), cfg.split_seed)
-        data = FewShotDataset(cfg.name, images, listing.classes, splits, identity=cached.identity)
+    data = builder("dataset", cfg.name)(cfg)
+    if isinstance(data, ImageListing):
+        data = _from_listing(cfg, data)
     if cfg.normalization == "imagenet":
         if data.images.channels != 3:
             raise ConfigError(
@@ -59,7 +64,24 @@ def load_dataset(cfg: DatasetConfig) -> FewShotDataset:
     return data
 
 
-def augmentation(cfg: DatasetConfig) -> Augmentation:
+def _from_listing(cfg: ImageDatasetConfig, listing: ImageListing) -> FewShotDataset:
+    cached = load_cached(listing, cfg.data_dir, cfg.image_size)
+    images = ClassImages.from_counts(cached.pixels, cached.counts)
+    num_classes = len(images.counts)
+    if listing.split_sizes is not None:
+        splits = fixed_splits(np.arange(num_classes), listing.split_sizes)
+    else:
+        ratios = getattr(cfg, "split_ratios", None)
+        if ratios is None:
+            raise ConfigError(
+                f"dataset={cfg.name}: its listing fixes no split (split_sizes) and its config "
+                "has no split_ratios"
+            )
+        splits = split_by_ratios(num_classes, tuple(ratios), getattr(cfg, "split_seed", 0))
+    return FewShotDataset(cfg.name, images, listing.classes, splits, identity=cached.identity)
+
+
+def augmentation(cfg: ImageDatasetConfig) -> Augmentation:
     return Augmentation(cfg.augment_crop_padding, cfg.augment_flip)
 
 
@@ -81,11 +103,11 @@ def custom_listing(target: str, kwargs: dict) -> ImageListing:
     return listing
 
 
-def _omniglot(cfg: DatasetConfig) -> FewShotDataset:
+@register_dataset("omniglot", config=OmniglotConfig)
+def _omniglot(cfg: OmniglotConfig) -> FewShotDataset:
     images, identity = omniglot.load_omniglot_identified(cfg.data_dir, cfg.source, cfg.image_size)
-    sizes = omniglot.split_sizes(cfg.protocol, cfg.split_sizes)
     splits = omniglot.class_splits(
-        images.shape[0], sizes, cfg.split_seed, cfg.protocol, cfg.train_rotation
+        images.shape[0], cfg.splits(), cfg.split_seed, cfg.protocol, cfg.train_rotation
     )
     names = [f"character {i}" for i in range(images.shape[0])]
     return FewShotDataset(
@@ -93,14 +115,24 @@ def _omniglot(cfg: DatasetConfig) -> FewShotDataset:
     )
 
 
-def _listing(cfg: DatasetConfig) -> ImageListing:
-    if cfg.name == "custom":
-        source = {} if cfg.source is None else {"source": cfg.source}
-        return custom_listing(cfg._target_, {**source, **cfg.kwargs})
-    if cfg.name == "tiny_imagenet":
-        return list_tiny_imagenet(find_source(cfg.data_dir, cfg.source))
-    if cfg.name == "miniimagenet":
-        return list_miniimagenet(Path(cfg.source or cfg.data_dir))
+@register_dataset("custom", config=CustomConfig)
+def _custom(cfg: CustomConfig) -> ImageListing:
+    source = {} if cfg.source is None else {"source": cfg.source}
+    return custom_listing(cfg._target_, {**source, **cfg.kwargs})
+
+
+@register_dataset("tiny_imagenet", config=TinyImageNetConfig)
+def _tiny_imagenet(cfg: TinyImageNetConfig) -> ImageListing:
+    return list_tiny_imagenet(find_source(cfg.data_dir, cfg.source))
+
+
+@register_dataset("miniimagenet", config=MiniImageNetConfig)
+def _miniimagenet(cfg: MiniImageNetConfig) -> ImageListing:
+    return list_miniimagenet(Path(cfg.source or cfg.data_dir))
+
+
+@register_dataset("image_folder", config=ImageFolderConfig)
+def _image_folder(cfg: ImageFolderConfig) -> ImageListing:
     if cfg.source is None:
         raise ConfigError(
             "config key 'dataset.source' is null: name the image folder "

@@ -78,7 +78,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def rng_state() -> dict[str, Any]:
     """All global RNG states as tensors and plain types."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # the legacy form: (name, keys, pos, has_gauss, gauss)
     state = {
         "python": list(random.getstate()[1]),
         "python_version": random.getstate()[0],

@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mamlpp.errors import MamlppError
+from mamlpp.layout import RunLayout
 
 LOGGER = logging.getLogger("mamlpp")
 _FILE_ONLY = "mamlpp_file_only"
@@ -100,7 +101,7 @@ def run_log(run_dir: Path) -> Iterator[None]:
     train.log that cannot be opened stops the run in one line."""
     if not LOGGER.handlers:
         setup_console()
-    path = run_dir / "train.log"
+    path = RunLayout(run_dir).log
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         handler = _RunLogHandler(path, encoding="utf-8")

@@ -15,7 +15,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from mamlpp.config import DATASETS, conf_dir, register_configs
+from mamlpp.config import conf_dir, register_configs
+from mamlpp.config.registry import names
 
 DATA_ENV = ("MAMLPP_ROOT", "MAMLPP_DATA_DIR")
 
@@ -24,16 +25,19 @@ def current_paths() -> dict[str, str]:
     """`paths.*` as mamlpp-train resolves them in this process."""
     register_configs()  # the path_join resolver
     raw = OmegaConf.to_container(OmegaConf.load(Path(conf_dir()) / "config.yaml").paths)
-    return OmegaConf.to_container(OmegaConf.create({"paths": raw}), resolve=True)["paths"]
+    resolved = OmegaConf.to_container(OmegaConf.create({"paths": raw}), resolve=True)
+    assert isinstance(resolved, dict)
+    return resolved["paths"]
 
 
 def default_data_dir(name: str, paths: Mapping[str, Any]) -> str | None:
     """`dataset.data_dir` as conf/dataset/<name>.yaml derives it from `paths` (None: it has
     no such default)."""
     group = Path(conf_dir()) / "dataset" / f"{name}.yaml"
-    if name not in DATASETS or not group.is_file():
+    if name not in names("dataset") or not group.is_file():
         return None
-    raw = OmegaConf.to_container(OmegaConf.load(group)).get("data_dir")
+    options = OmegaConf.to_container(OmegaConf.load(group))
+    raw = options.get("data_dir") if isinstance(options, dict) else None
     if not isinstance(raw, str):
         return None
     register_configs()

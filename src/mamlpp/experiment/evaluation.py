@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mamlpp.algorithms.meta_learner import MetaLearner
+from mamlpp.algorithms.learner import Learner
 from mamlpp.data.episodes import EpisodeSampler
 from mamlpp.experiment.distributed import SINGLE, Distributed
 from mamlpp.experiment.nonfinite import check_eval
@@ -30,7 +30,7 @@ class TaskPredictions:
 
 
 def predict_tasks(
-    learner: MetaLearner,
+    learner: Learner,
     sampler: EpisodeSampler,
     split: str,
     seed: int,
@@ -77,7 +77,7 @@ def ensemble(predictions: list[TaskPredictions]) -> TaskPredictions:
 
 
 def evaluate_ensemble(
-    members: Iterable[tuple[dict[str, Any], MetaLearner]],
+    members: Iterable[tuple[dict[str, Any], Learner]],
     sampler: EpisodeSampler,
     split: str,
     seed: int,

@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 from mamlpp.errors import MamlppError
+from mamlpp.layout import RunLayout
 
 
 class RunLockedError(MamlppError):
@@ -77,7 +78,7 @@ class RunLock(HolderLock):
     """`<run_dir>/.lock`: one process trains a run directory at a time."""
 
     def __init__(self, run_dir: Path) -> None:
-        super().__init__(run_dir / ".lock")
+        super().__init__(RunLayout(run_dir).lock)
 
     def busy_error(self, holder: str) -> MamlppError:
         return RunLockedError(

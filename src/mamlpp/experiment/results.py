@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ def config_summary(cfg: Config) -> dict[str, Any]:
     return {
         "experiment": cfg.experiment_name,
         "dataset": cfg.dataset.name,
-        "protocol": cfg.dataset.protocol,
+        # Omniglot's; other datasets have none and keep the value earlier files carried.
+        "protocol": getattr(cfg.dataset, "protocol", "mamlpp"),
         "ways": t.ways,
         "shots": t.shots,
         "targets": t.targets,
@@ -78,43 +79,108 @@ def code_version() -> dict[str, str | None]:
 
 
 @dataclass
-class RunResults:
-    """A finished run's test results (fractions; CI = 1.96 * std / sqrt(n) over tasks)."""
+class Results:
+    """One results.json: a training run's test phase (`<run>/results.json`, written by
+    mamlpp-train) or an evaluation (`<run>/eval/<name>/results.json`, mamlpp-eval); read back
+    by re-runs, mamlpp-report and the results table. Accuracies are fractions; CI =
+    1.96 * std / sqrt(n) over tasks.
+
+    The fields every file has come first. The others are None where a writer does not know
+    them (an evaluation has no training time; files of older versions lack identity, code and
+    schema_version) and are then left out of the file. Keys this version does not know are
+    kept in `extra` and written back unchanged."""
 
     test_accuracy_mean: float
     test_accuracy_ci95: float
     num_test_tasks: int
     ensemble_size: int
     per_model: list[dict[str, Any]]
-    best_val_accuracy: float
-    train_seconds: float
-    test_seconds: float
-    wall_time_s: float
-    epochs: int
-    iterations: int
-    device: str
-    # Kept for readers of older files (mamlpp-report, the results table): a short summary.
-    config: dict[str, Any]
+    best_val_accuracy: float | None
+    # Training's: its clocks and length.
+    train_seconds: float | None = None
+    test_seconds: float | None = None
+    wall_time_s: float | None = None
+    epochs: int | None = None
+    iterations: int | None = None
+    device: str | None = None
+    # A short summary of the experiment (readers of older files, the results table).
+    config: dict[str, Any] = field(default_factory=dict)
     # The experiment keys (mamlpp.experiment.run_state.run_identity): what the run *is*.
-    identity: dict[str, Any]
-    code: dict[str, str | None] = field(default_factory=code_version)
-    schema_version: int = SCHEMA_VERSION
+    identity: dict[str, Any] | None = None
+    # mamlpp-eval's: which split and members were evaluated, from what, with which overrides.
+    split: str | None = None
+    members: str | None = None
+    channels_converted: str | None = None
+    preprocessing: dict[str, Any] | None = None
+    source: str | None = None
+    overrides: list[str] | None = None
+    mamlpp_version: str | None = None
+    code: dict[str, str | None] | None = field(default_factory=code_version)
+    schema_version: int | None = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_evaluation(self) -> bool:
+        """Written by mamlpp-eval (on any split), not by a training run's test phase."""
+        return self.split is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The file's content: the fields every file has, those of its writer (an
+        evaluation's even when None), any other field that is set, then the kept unknown keys."""
+        always = REQUIRED + (EVALUATION_FIELDS if self.is_evaluation else ())
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "extra" and (f.name in always or value is not None):
+                out[f.name] = value
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Results:
+        """A results.json's content, of this version or an older one; ValueError (naming the
+        missing fields) for one that lacks what every results file has."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        missing = [k for k in REQUIRED if k not in data]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("code", None)  # an older file's provenance is unknown, not ours
+        values.setdefault("schema_version", None)
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(**values, extra=extra)
 
 
+# Kept for older imports: training's results are Results.
+RunResults = Results
+# What every results file has (mamlpp-eval's of an old lone checkpoint: best_val_accuracy None).
+REQUIRED = (
+    "test_accuracy_mean",
+    "test_accuracy_ci95",
+    "num_test_tasks",
+    "ensemble_size",
+    "per_model",
+    "best_val_accuracy",
+)
+# mamlpp-eval's own fields, written whenever a file is an evaluation's.
+EVALUATION_FIELDS = (
+    "split",
+    "members",
+    "channels_converted",
+    "preprocessing",
+    "source",
+    "overrides",
+    "mamlpp_version",
+)
 # What the results table of a finished run reads (mamlpp.experiment.results_table).
 TABLE_FIELDS = ("num_test_tasks", "ensemble_size", "test_accuracy_mean", "test_accuracy_ci95")
 
 
-def read_results(path: Path) -> dict[str, Any]:
+def read_results(path: Path) -> Results:
     """A finished run's results.json; one line when it is truncated or not a results file."""
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-        missing = [k for k in (*TABLE_FIELDS, "per_model") if k not in results]
-        if missing:
-            raise ValueError(f"no {', '.join(missing)}")
+        results = Results.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError) as exc:
         why = getattr(exc, "strerror", None) or first_line(exc)[:80]
         raise MamlppError(

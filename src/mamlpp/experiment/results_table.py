@@ -5,17 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mamlpp.experiment.results import Results
 
-def format_results(results: dict[str, Any]) -> str:
+
+def format_results(results: Results | dict[str, Any]) -> str:
     """Markdown table: the top-k ensemble first, then each member alone (accuracies in %).
     A re-evaluation on another split (mamlpp-eval split=val) says so in the title and header."""
-    c = results.get("config", {})
-    best = results.get("best_val_accuracy")
-    split = results.get("split", "test")
+    r = results if isinstance(results, Results) else Results.from_dict(results)
+    c, split = r.config, r.split or "test"
     title = (
         f"{c.get('dataset', '?')} {c.get('ways', '?')}-way {c.get('shots', '?')}-shot, "
         f"{c.get('algorithm_variant', c.get('algorithm', '?'))}, seed {c.get('seed', '?')}: "
-        f"{results['num_test_tasks']} {split} tasks"
+        f"{r.num_test_tasks} {split} tasks"
     )
     column = "test acc (%)" if split == "test" else f"acc on {split} tasks (%)"
     lines = [
@@ -23,12 +24,12 @@ def format_results(results: dict[str, Any]) -> str:
         "",
         f"| model | val acc (%) | {column} | 95% CI (%) |",
         "|---|---|---|---|",
-        f"| ensemble of top-{results['ensemble_size']} "
-        f"| {_pct(best)} (best) "
-        f"| {100 * results['test_accuracy_mean']:.2f} "
-        f"| +- {100 * results['test_accuracy_ci95']:.2f} |",
+        f"| ensemble of top-{r.ensemble_size} "
+        f"| {_pct(r.best_val_accuracy)} (best) "
+        f"| {100 * r.test_accuracy_mean:.2f} "
+        f"| +- {100 * r.test_accuracy_ci95:.2f} |",
     ]
-    for m in results["per_model"]:
+    for m in r.per_model:
         lines.append(
             f"| {_model(m)} | {_pct(m['val_accuracy'])} | "
             f"{100 * m['test_accuracy_mean']:.2f} | +- {100 * m['test_accuracy_ci95']:.2f} |"

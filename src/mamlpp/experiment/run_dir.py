@@ -11,29 +11,11 @@ removes what it created, so a typo leaves no folder behind.
 from __future__ import annotations
 
 import contextlib
-import re
 import shutil
 from pathlib import Path
 
 from mamlpp.errors import MamlppError
-from mamlpp.files import TEMP_SUFFIX
-
-# Light on purpose (no torch): the Hydra callback of mamlpp-train checks run directories with it
-# before the job starts. mamlpp.experiment.run_state writes these names.
-CHECKPOINTS, LATEST, PREVIOUS = "checkpoints", "latest.pt", "previous.pt"
-NEW_LATEST, PREVIOUS_LINK = f".{LATEST}.new", f".{PREVIOUS}.link"
-MARKERS = (".lock", CHECKPOINTS, "done")
-LOG = "train.log"  # a run that failed before its lock (older versions) left only this
-HYDRA_RECORD = ".hydra"
-HYDRA_FILES = frozenset({"config.yaml", "hydra.yaml", "overrides.yaml"})
-# Files of the run directory written through a temporary name (mamlpp.files.atomic_write:
-# .NAME.tmpPID.HEX; older versions: .NAME.tmpPID, .NAME.new); a killed process can leave those.
-RUN_FILES = ("config.yaml", "results.json", "done", "metrics.csv", "trackers.json", "scalars.csv")
-_RUN_TEMP = re.compile(rf"\.({'|'.join(map(re.escape, RUN_FILES))})(?:{TEMP_SUFFIX}|\.new)")
-_CKPT_TEMP = re.compile(
-    rf"\.({re.escape(LATEST)}|{re.escape(NEW_LATEST)}|epoch_\d{{4,}}\.pt){TEMP_SUFFIX}"
-    rf"|{re.escape(NEW_LATEST)}|{re.escape(PREVIOUS_LINK)}"
-)
+from mamlpp.layout import HYDRA_FILES, HYDRA_RECORD, LOG, MARKERS, RunLayout
 
 
 class RunDirError(MamlppError):
@@ -56,7 +38,7 @@ def is_new(run_dir: Path) -> bool:
         names = sorted(p.name for p in run_dir.iterdir())
     except OSError as exc:
         raise RunDirError(f"cannot read run directory {run_dir}: {exc.strerror or exc}") from exc
-    ckpt = run_dir / CHECKPOINTS
+    ckpt = RunLayout(run_dir).checkpoints
     if ckpt.exists() and not ckpt.is_dir():
         raise RunDirError(
             f"{ckpt} is a file, but mamlpp keeps its checkpoints in that folder: move the file"
@@ -97,30 +79,26 @@ def remove_temp_files(run_dir: Path) -> list[Path]:
     """Delete the temporaries a killed process left (only names mamlpp writes).
 
     Only call this while holding the run lock: then no live writer can own them."""
-    removed = []
-    for directory, pattern in ((run_dir, _RUN_TEMP), (run_dir / CHECKPOINTS, _CKPT_TEMP)):
-        if not directory.is_dir():
-            continue
-        for path in directory.iterdir():
-            if pattern.fullmatch(path.name) and path.is_file():
-                path.unlink(missing_ok=True)
-                removed.append(path)
+    removed = RunLayout(run_dir).temp_files()
+    for path in removed:
+        path.unlink(missing_ok=True)
     return removed
 
 
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether a run wrote anything worth keeping: a checkpoint or results."""
-    ckpt = run_dir / CHECKPOINTS
-    if ckpt.is_dir() and any(ckpt.iterdir()):
+    run = RunLayout(run_dir)
+    if run.checkpoints.is_dir() and any(run.checkpoints.iterdir()):
         return True
-    return (run_dir / "results.json").exists() or (run_dir / "done").exists()
+    return run.results.exists() or run.done.exists()
 
 
 def require_checkpoint(run_dir: Path) -> None:
     """run.resume=must: refuse at once (before any data is loaded) when there is nothing to
     resume; unreadable checkpoints are reported and moved aside by the resume itself."""
-    ckpt = run_dir / CHECKPOINTS
-    if not any((ckpt / name).exists() for name in (LATEST, PREVIOUS)):
+    run = RunLayout(run_dir)
+    ckpt = run.checkpoints
+    if not (run.latest.exists() or run.previous.exists()):
         raise RunDirError(
             f"run.resume=must but {ckpt} holds no checkpoint: there is no run to resume there "
             "(check the overrides, or hydra.run.dir)"

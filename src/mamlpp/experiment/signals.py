@@ -18,6 +18,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 # EX_TEMPFAIL: "interrupted, resumable". Generated scripts and launchers re-run on this code.
 EXIT_RESUMABLE = 75
@@ -45,7 +46,7 @@ class SignalFlag:
 
     def __init__(self, on_first: Callable[[str], None] | None = None) -> None:
         self.signal_name: str | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
         self._on_first = on_first
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mamlpp.layout import member_name
+
 
 def update_top_k(
     table: list[dict], epoch: int, val_acc: float, k: int
@@ -17,4 +19,5 @@ def update_top_k(
 
 
 def member_file(epoch: int) -> str:
-    return f"epoch_{epoch:04d}.pt"
+    """The member file name of `epoch` (mamlpp.layout.member_name)."""
+    return member_name(epoch)

@@ -20,9 +20,8 @@ from omegaconf import OmegaConf
 from mamlpp.errors import MamlppError, first_line
 from mamlpp.experiment.checkpoints import load_checkpoint
 from mamlpp.experiment.members import Member, read_member
-from mamlpp.experiment.run_state import LATEST
-from mamlpp.experiment.topk import member_file
 from mamlpp.experiment.trust import CodePolicy, check_literal
+from mamlpp.layout import CHECKPOINTS, LATEST, RunLayout, member_epoch
 
 MEMBER_CHOICES = "top-k (the run's ensemble), best, or epoch=N"
 
@@ -56,8 +55,8 @@ def open_trained(
     elif target.is_file():
         if members not in ("top-k", "topk", "best"):
             raise MamlppError(f"members={members} needs a run directory, not the file {target}")
-        parent = target.parent
-        run_dir = parent.parent if parent.name == "checkpoints" else None
+        run = RunLayout.of_checkpoint(target)
+        run_dir = run.root if run is not None else None
         paths = [target]
     else:
         raise MamlppError(f"{target} does not exist: give a run directory or a checkpoint .pt")
@@ -71,22 +70,22 @@ def open_trained(
     if not isinstance(config, dict):
         raise MamlppError(f"the config in {source} is not a mapping of keys")
     check_literal(config, str(source))
-    out_root = (run_dir if run_dir is not None else target.parent) / "eval"
+    out_root = RunLayout(run_dir if run_dir is not None else target.parent).eval_root
     policy = CodePolicy(str(source), dict(named or {}), trust_code)
     return TrainedRun(loaded, infos, config, out_root, run_dir, policy)
 
 
 def _run_members(run_dir: Path, spec: str) -> list[Path]:
-    ckpt = run_dir / "checkpoints"
-    if not ckpt.is_dir():
+    run = RunLayout(run_dir)
+    if not run.checkpoints.is_dir():
         raise MamlppError(
-            f"{run_dir} is not a mamlpp run directory (it has no checkpoints/ folder)"
+            f"{run_dir} is not a mamlpp run directory (it has no {CHECKPOINTS}/ folder)"
         )
     epoch = re.fullmatch(r"(?:epoch[=:_]?)?(\d+)", spec)
     if epoch is not None:
-        path = ckpt / member_file(int(epoch.group(1)))
+        path = run.member(int(epoch.group(1)))
         if not path.is_file():
-            have = sorted(int(p.stem.split("_")[1]) for p in ckpt.glob("epoch_*.pt"))
+            have = run.members()
             raise MamlppError(
                 f"members={spec}: {path} does not exist; this run keeps epochs {have or 'none'}"
             )
@@ -96,18 +95,18 @@ def _run_members(run_dir: Path, spec: str) -> list[Path]:
     epochs = _ensemble_epochs(run_dir)
     if spec == "best":
         epochs = epochs[:1]  # top-k tables are ranked by validation accuracy, best first
-    return [ckpt / member_file(e) for e in epochs]
+    return [run.member(e) for e in epochs]
 
 
 def _ensemble_epochs(run_dir: Path) -> list[int]:
     """The top-k epochs in ensemble order: results.json's members, else latest.pt's table."""
-    results = run_dir / "results.json"
+    results = RunLayout(run_dir).results
     if results.is_file():
         try:
             return [int(m["epoch"]) for m in json.loads(results.read_text())["per_model"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise _bad_results(results, exc) from exc
-    latest = run_dir / "checkpoints" / LATEST
+    latest = RunLayout(run_dir).latest
     if latest.is_file():
         try:
             top_k = load_checkpoint(latest)["progress"]["top_k"]
@@ -119,7 +118,7 @@ def _ensemble_epochs(run_dir: Path) -> list[int]:
             return [int(e["epoch"]) for e in top_k]
     raise MamlppError(
         f"{run_dir} holds no trained model yet: no results.json and no validated epoch in "
-        f"checkpoints/{LATEST}"
+        f"{CHECKPOINTS}/{LATEST}"
     )
 
 
@@ -127,7 +126,7 @@ def _fill_from_history(run_dir: Path, infos: list[dict[str, Any]]) -> None:
     """Validation accuracies of members saved before they carried their own."""
     if all(i["val_accuracy"] is not None for i in infos):
         return
-    results = run_dir / "results.json"
+    results = RunLayout(run_dir).results
     if results.is_file():
         try:
             members = json.loads(results.read_text())["per_model"]
@@ -147,7 +146,7 @@ def _bad_results(path: Path, exc: Exception) -> MamlppError:
 
 
 def _config_beside(target: Path, run_dir: Path | None) -> tuple[Any, Path]:
-    path = run_dir / "config.yaml" if run_dir is not None else None
+    path = RunLayout(run_dir).config if run_dir is not None else None
     if path is None or not path.is_file():
         raise MamlppError(
             f"checkpoint {target} carries no config (written before checkpoints described "
@@ -162,7 +161,7 @@ def _config_beside(target: Path, run_dir: Path | None) -> tuple[Any, Path]:
 def _info(member: Member) -> dict[str, Any]:
     """A member's entry of results.json; a training-state file (latest.pt, previous.pt) has
     no epoch of its own, so it says after which iteration it was saved."""
-    info = {"epoch": _epoch_of(member), "val_accuracy": member.val_acc}
+    info: dict[str, Any] = {"epoch": _epoch_of(member), "val_accuracy": member.val_acc}
     info["checkpoint"] = str(member.path)
     if info["epoch"] is None:
         progress = load_checkpoint(member.path).get("progress")
@@ -173,7 +172,4 @@ def _info(member: Member) -> dict[str, Any]:
 
 def _epoch_of(member: Member) -> int | None:
     """The member's epoch: saved in it, or (older members) read from its file name."""
-    if member.epoch is not None:
-        return member.epoch
-    match = re.fullmatch(r"epoch_(\d+)\.pt", member.path.name)
-    return int(match.group(1)) if match else None
+    return member.epoch if member.epoch is not None else member_epoch(member.path.name)

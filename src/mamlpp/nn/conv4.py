@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -74,9 +76,8 @@ class Conv4(GroupedBackbone):
         for i, conv in enumerate(self.convs):
             h = conv(h, params[f"convs.{i}.weight"], params[f"convs.{i}.bias"])
             if self.norms:
-                h = meta_batch_norm(
-                    self.norms[i], f"norms.{i}", h, params, step, use_running_stats, sink
-                )
+                bn = cast(MetaBatchNorm2d, self.norms[i])
+                h = meta_batch_norm(bn, f"norms.{i}", h, params, step, use_running_stats, sink)
             h = F.leaky_relu(h) if self.activation == "leaky_relu" else F.relu(h)
             if self.pooling == "max":
                 h = max_pool_2x2(h)

@@ -230,6 +230,9 @@ class MetaBatchNorm2d(nn.Module):
     forward, so the update order can be made identical for the batched and per-task paths.
     """
 
+    running_mean: Tensor  # buffers, registered in __init__
+    running_var: Tensor
+
     def __init__(
         self, channels: int, weight_steps: int, stat_steps: int, momentum: float, eps: float = 1e-5
     ) -> None:

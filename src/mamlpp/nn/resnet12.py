@@ -17,6 +17,7 @@ and statistics, so MAML, MAML++ and their relatives run on it batched over tasks
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -75,9 +76,8 @@ class ResBlock(nn.Module):
         h = x
         for j, conv in enumerate(self.convs):
             h = conv(h, params[f"{prefix}convs.{j}.weight"])
-            h = meta_batch_norm(
-                self.norms[j], f"{prefix}norms.{j}", h, params, step, use_running, sink
-            )
+            bn = cast(MetaBatchNorm2d, self.norms[j])
+            h = meta_batch_norm(bn, f"{prefix}norms.{j}", h, params, step, use_running, sink)
             if j < 2:
                 h = F.leaky_relu(h, SLOPE)
         s = self.shortcut(x, params[f"{prefix}shortcut.weight"])
@@ -102,6 +102,8 @@ def drop_block(x: Tensor, tasks: int, gamma: Tensor, block_size: int) -> Tensor:
 
 class ResNet12(GroupedBackbone):
     """ResNet-12 whose forward takes a dict of per-task weights (name -> [B, *shape])."""
+
+    dropblock_forwards: Tensor  # a buffer: forwards counted for DropBlock's ramp
 
     def __init__(
         self,

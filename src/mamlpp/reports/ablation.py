@@ -32,7 +32,7 @@ FEATURE_KEYS = (
 )
 # The paper's order of rows (mamlpp.config.algorithm_label names); other variants follow.
 ORDER = ("maml", "maml+MSL", "maml+DA", "maml+BNRS+BNWB", "maml+LSLR", "maml+CA", "mamlpp")
-CSV_COLUMNS = ("experiment", "dataset", "ways", "shots", "variant", "seeds")
+CSV_COLUMNS: tuple[str, ...] = ("experiment", "dataset", "ways", "shots", "variant", "seeds")
 CSV_COLUMNS += ("test_acc_mean", "test_acc_std", "paper")
 
 

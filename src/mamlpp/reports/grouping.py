@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mamlpp.config import comparable
+from mamlpp.experiment.results import Results
+
 # Summary fields of older results.json files -> the experiment key each one is.
 SUMMARY_KEYS = {
     "dataset": "dataset.name",
@@ -43,15 +46,15 @@ class Group:
     experiment: str
     identity: dict[str, Any]
     complete: bool  # False: an older file's summary, so other keys may differ unseen
-    runs: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+    runs: list[tuple[Path, Results]] = field(default_factory=list)
 
     @property
-    def results(self) -> list[dict[str, Any]]:
+    def results(self) -> list[Results]:
         return [r for _, r in self.runs]
 
     @property
     def summary(self) -> dict[str, Any]:
-        return self.results[0]["config"]
+        return self.results[0].config
 
     @property
     def variant(self) -> str:
@@ -60,15 +63,15 @@ class Group:
 
     def test_accuracies(self) -> list[float]:
         """Each seed's test accuracy of the top-k ensemble, in %."""
-        return [100 * r["test_accuracy_mean"] for r in self.results]
+        return [100 * r.test_accuracy_mean for r in self.results]
 
 
-def identity_of(result: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+def identity_of(result: Results) -> tuple[dict[str, Any], bool]:
     """(experiment keys without `seed`, whether they are the full identity)."""
-    if "identity" in result:
-        identity, complete = dict(result["identity"]), True
+    if result.identity is not None:
+        identity, complete = comparable(dict(result.identity)), True
     else:
-        c = result["config"]
+        c = result.config
         identity, complete = {SUMMARY_KEYS[k]: v for k, v in c.items() if k in SUMMARY_KEYS}, False
     identity.pop("seed", None)
     return identity, complete
@@ -78,13 +81,13 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def group_runs(runs: list[tuple[Path, dict[str, Any]]]) -> list[Group]:
+def group_runs(runs: list[tuple[Path, Results]]) -> list[Group]:
     """One Group per (experiment name, identity without seed) of (run dir, results) pairs, in
     a stable order."""
     groups: dict[tuple[str, str], Group] = {}
     for run_dir, r in runs:
         identity, complete = identity_of(r)
-        experiment = r["config"].get("experiment", "?")
+        experiment = r.config.get("experiment", "?")
         key = (experiment, _canonical(identity))
         if key not in groups:
             groups[key] = Group(experiment, identity, complete)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mamlpp.experiment.results import Results
+
 # (dataset, ways, shots, algorithm variant) -> the published number, as the paper prints it.
 PAPER = {
     ("omniglot", 5, 1, "maml"): "98.7 +- 0.4",
@@ -35,7 +37,7 @@ PROTOCOL = {
     "model.name": "conv4",
     "model.stages": 4,
 }
-DATASET_PROTOCOL = {
+DATASET_PROTOCOL: dict[str, dict[str, object]] = {
     "omniglot": {
         "dataset.protocol": "mamlpp",
         "dataset.split_sizes": None,
@@ -52,36 +54,35 @@ def paper_number(dataset: str, ways: int, shots: int, variant: str) -> str:
     return PAPER.get((dataset, ways, shots, variant), "")
 
 
-def _known(result: dict[str, Any]) -> dict[str, Any]:
+def _known(result: Results) -> dict[str, Any]:
     """The protocol keys a results.json states: its identity, or (older files) its summary
     and the counts it recorded."""
-    if isinstance(result.get("identity"), dict):
-        return result["identity"]
-    c = result["config"]
+    if result.identity is not None:
+        return result.identity
+    c = result.config
     known: dict[str, Any] = {
         "dataset.protocol": c.get("protocol"),
         "task.targets": c.get("targets"),
     }
-    epochs, iterations = result.get("epochs"), result.get("iterations")
+    epochs, iterations = result.epochs, result.iterations
     if isinstance(epochs, int) and isinstance(iterations, int) and epochs > 0:
         known.update({"train.epochs": epochs, "train.iters_per_epoch": iterations // epochs})
-    if "num_test_tasks" in result:
-        known["eval.test_tasks"] = result["num_test_tasks"]
+    known["eval.test_tasks"] = result.num_test_tasks
     return {k: v for k, v in known.items() if v is not None}
 
 
-def off_protocol(result: dict[str, Any]) -> list[str]:
+def off_protocol(result: Results) -> list[str]:
     """The protocol keys on which a run differs from the paper's ([]: the paper's protocol).
     A key an older results.json does not record is not held against it."""
-    c = result["config"]
+    c = result.config
     wanted = {**PROTOCOL, **DATASET_PROTOCOL.get(c["dataset"], {})}
     known = _known(result)
     return sorted(k for k, v in wanted.items() if k in known and known[k] != v)
 
 
-def paper_number_of(result: dict[str, Any], variant: str) -> str:
+def paper_number_of(result: Results, variant: str) -> str:
     """The published number beside this run, or '' where there is none or the run's protocol
     is not the paper's."""
-    c = result["config"]
+    c = result.config
     number = paper_number(c["dataset"], c["ways"], c["shots"], variant)
     return number if number and not off_protocol(result) else ""

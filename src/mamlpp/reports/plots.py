@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mamlpp.layout import RunLayout
 from mamlpp.reports.grouping import Group
 
 
@@ -35,7 +36,7 @@ def row_label(row: dict[str, Any], keys: list[str], sep: str = " ") -> str:
 
 
 def _val_curve(run_dir: Path) -> tuple[list[int], list[float]] | None:
-    metrics = run_dir / "metrics.csv"
+    metrics = RunLayout(run_dir).metrics
     if not metrics.exists():
         return None
     with open(metrics) as f:

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mamlpp.experiment.results import Results
 from mamlpp.reports.ablation import write_ablation
 from mamlpp.reports.grouping import Group, differing_keys, format_value, group_runs, shown_keys
 from mamlpp.reports.output import ReportError, write_report
@@ -41,7 +42,7 @@ COLUMNS = (
 )
 
 
-def find_runs(dirs: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
+def find_runs(dirs: list[Path]) -> list[tuple[Path, Results]]:
     """Every run under `dirs`, each once (mamlpp.reports.runs); what was left out is said on
     stderr, one line each."""
     found = scan_runs(dirs)
@@ -63,16 +64,16 @@ def group_row(g: Group, extra: list[str]) -> dict[str, Any]:
         "seeds": len(rs),
         "test_acc_mean": statistics.fmean(accs),
         "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-        "ci95_mean": statistics.fmean(100 * r["test_accuracy_ci95"] for r in rs),
-        "best_val_acc": statistics.fmean(100 * r["best_val_accuracy"] for r in rs),
-        "train_hours": statistics.fmean(r.get("train_seconds", 0.0) for r in rs) / 3600,
+        "ci95_mean": statistics.fmean(100 * r.test_accuracy_ci95 for r in rs),
+        "best_val_acc": statistics.fmean(100 * (r.best_val_accuracy or 0.0) for r in rs),
+        "train_hours": statistics.fmean(r.train_seconds or 0.0 for r in rs) / 3600,
         "paper": paper_number_of(rs[0], g.variant),
     }
     row.update({k: format_value(g.identity[k]) if k in g.identity else "" for k in extra})
     return row
 
 
-def summarize(runs: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
+def summarize(runs: list[tuple[Path, Results]]) -> list[dict[str, Any]]:
     """One row per experiment (identity without seed), the keys that tell rows apart appended."""
     return rows_of(group_runs(runs))
 
@@ -82,9 +83,9 @@ def rows_of(groups: list[Group]) -> list[dict[str, Any]]:
     return [group_row(g, extra) for g in groups]
 
 
-def old_format_note(runs: list[tuple[Path, dict[str, Any]]]) -> str | None:
+def old_format_note(runs: list[tuple[Path, Results]]) -> str | None:
     """A note when some results.json predate the identity: their rows rest on a summary."""
-    old = sum("identity" not in r for _, r in runs)
+    old = sum(r.identity is None for _, r in runs)
     if not old:
         return None
     return (

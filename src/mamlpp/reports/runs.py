@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from mamlpp.errors import first_line
+from mamlpp.experiment.results import Results
+from mamlpp.layout import RESULTS, RunLayout
 
 PREFIX = "mamlpp-report"
 # What the report reads from every results.json.
@@ -27,7 +29,7 @@ NUMBER_FIELDS = ("test_accuracy_mean", "test_accuracy_ci95", "best_val_accuracy"
 class Found:
     """The runs to report (run directory, results) and one-line notes on what was left out."""
 
-    runs: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+    runs: list[tuple[Path, Results]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -55,18 +57,17 @@ def problem(result: Any) -> str | None:
     return None
 
 
-def run_key(result: dict[str, Any]) -> str:
+def run_key(result: Results) -> str:
     """Experiment, identity and seed: equal for two copies of one run. Files without an
     identity have only a summary, so their numbers must be equal too."""
-    if isinstance(result.get("identity"), dict):
-        key: Any = [result["config"].get("experiment"), result["identity"]]
-        key.append(result["config"].get("seed"))
+    if result.identity is not None:
+        key: Any = [result.config.get("experiment"), result.identity, result.config.get("seed")]
     else:
-        key = [result["config"], [result[k] for k in NUMBER_FIELDS]]
+        key = [result.config, [getattr(result, k) for k in NUMBER_FIELDS]]
     return json.dumps(key, sort_keys=True, default=str)
 
 
-def _read(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+def _read(path: Path) -> tuple[Results | None, str | None]:
     try:
         result = json.loads(path.read_text())
     except OSError as exc:
@@ -74,7 +75,12 @@ def _read(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return None, f"not JSON ({first_line(exc)})"
     why = problem(result)
-    return (result, None) if why is None else (None, f"not a mamlpp run's results.json ({why})")
+    if why is None:
+        try:
+            return Results.from_dict(result), None
+        except ValueError as exc:  # a field every results file has is missing
+            why = str(exc)
+    return None, f"not a mamlpp run's results.json ({why})"
 
 
 def _overlap(d: Path, earlier: list[Path]) -> str | None:
@@ -94,13 +100,13 @@ def scan_runs(dirs: list[Path]) -> Found:
     each run once."""
     found = Found()
     by_path: dict[Path, Path] = {}
-    by_key: dict[str, tuple[Path, dict[str, Any]]] = {}
+    by_key: dict[str, tuple[Path, Results]] = {}
     for i, d in enumerate(dirs):
         overlap = _overlap(d, dirs[:i])
         if overlap:
             found.notes.append(f"{PREFIX}: note: {d} {overlap}; its runs are counted once")
-        for path in sorted(d.rglob("results.json")):
-            if path.parent.parent.name == "eval":
+        for path in sorted(d.rglob(RESULTS)):
+            if RunLayout.is_eval_results(path):
                 continue
             real = path.resolve()
             if real in by_path:
@@ -117,11 +123,11 @@ def scan_runs(dirs: list[Path]) -> Found:
             key = run_key(result)
             if key in by_key:
                 first, kept = by_key[key]
-                differ = kept["test_accuracy_mean"] != result["test_accuracy_mean"]
+                differ = kept.test_accuracy_mean != result.test_accuracy_mean
                 found.notes.append(
                     f"{PREFIX}: note: {path.parent} is the same run as {first} (experiment "
-                    f"{result['config'].get('experiment', '?')}, seed "
-                    f"{result['config'].get('seed', '?')}); counted once"
+                    f"{result.config.get('experiment', '?')}, seed "
+                    f"{result.config.get('seed', '?')}); counted once"
                     + (", the first one's results kept" if differ else "")
                 )
                 continue

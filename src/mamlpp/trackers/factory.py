@@ -1,4 +1,9 @@
-"""The trackers of a config: checked for their packages up front, then opened together."""
+"""The trackers of a config: checked for their packages up front, then opened together.
+
+The built-in trackers attach their openers to their registered configs here (each imports its
+module only when chosen); a tracker of one's own registers itself the same way
+(mamlpp.config.registry.register_tracker): `open(tracker_cfg, run_dir, cfg) -> MetricLogger`.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,21 @@ import importlib.util
 import os
 from pathlib import Path
 
-from mamlpp.config import Config, LoggerConfig
+from mamlpp.config import (
+    Config,
+    CsvLoggerConfig,
+    LoggerConfig,
+    MlflowLoggerConfig,
+    TensorboardLoggerConfig,
+    WandbLoggerConfig,
+    builder,
+    register_tracker,
+)
 from mamlpp.errors import ConfigError
 from mamlpp.trackers.base import FanOut, MetricLogger
 from mamlpp.trackers.mlflow_store import check_reachable
 from mamlpp.trackers.reachable import unreachable
 
-# Trackers that need an optional package: the modules to import, and the pip extra.
-PACKAGES = {
-    "mlflow": (("mlflow", "sqlalchemy", "alembic"), "mlflow"),
-    "wandb": (("wandb",), "wandb"),
-}
 WANDB_CLOUD = "https://api.wandb.ai"  # wandb's server unless WANDB_BASE_URL says otherwise
 
 
@@ -31,12 +40,12 @@ def check_installed(cfg: LoggerConfig) -> None:
     """Refuse, in one line, a chosen tracker that cannot work: its package missing (naming the
     pip extra) or its tracking server unreachable."""
     for name in cfg.chosen():
-        modules, extra = PACKAGES.get(name, ((), ""))
-        missing = [m for m in modules if not _installed(m)]
+        tracker = getattr(cfg, name)  # its config says what it needs
+        missing = [m for m in tracker.packages if not _installed(m)]
         if missing:
             raise ConfigError(
                 f"config key 'logger' chooses {name}, but {', '.join(missing)} is not "
-                f"installed: pip install 'mamlpp[{extra}]'"
+                f"installed: pip install 'mamlpp[{tracker.extra}]'"
             )
     if cfg.mlflow.enabled:
         check_reachable(cfg.mlflow)
@@ -52,23 +61,36 @@ def check_installed(cfg: LoggerConfig) -> None:
 
 def open_trackers(cfg: Config, run_dir: Path) -> MetricLogger:
     """The chosen trackers behind one logger (call its `resume` before logging)."""
-    loggers: list[MetricLogger] = []
-    c = cfg.logger
-    if c.tensorboard.enabled:
-        from mamlpp.trackers.tensorboard import TensorboardLogger
-
-        loggers.append(TensorboardLogger(run_dir / c.tensorboard.dir))
-    if c.csv.enabled:
-        from mamlpp.trackers.csv_file import CsvLogger
-
-        loggers.append(CsvLogger(run_dir / c.csv.file))
-    if c.mlflow.enabled:
-        from mamlpp.trackers.mlflow_tracker import MlflowLogger
-
-        runs_dir = Path(cfg.paths.runs_dir)
-        loggers.append(MlflowLogger(c.mlflow, run_dir, cfg.experiment_name, runs_dir))
-    if c.wandb.enabled:
-        from mamlpp.trackers.wandb_tracker import WandbLogger
-
-        loggers.append(WandbLogger(c.wandb, run_dir, cfg.experiment_name))
+    loggers = [
+        builder("logger", name)(getattr(cfg.logger, name), run_dir, cfg)
+        for name in cfg.logger.chosen()
+    ]
     return FanOut(loggers)
+
+
+@register_tracker("tensorboard", config=TensorboardLoggerConfig)
+def _tensorboard(c: TensorboardLoggerConfig, run_dir: Path, cfg: Config) -> MetricLogger:
+    from mamlpp.trackers.tensorboard import TensorboardLogger
+
+    return TensorboardLogger(run_dir / c.dir)
+
+
+@register_tracker("csv", config=CsvLoggerConfig)
+def _csv(c: CsvLoggerConfig, run_dir: Path, cfg: Config) -> MetricLogger:
+    from mamlpp.trackers.csv_file import CsvLogger
+
+    return CsvLogger(run_dir / c.file)
+
+
+@register_tracker("mlflow", config=MlflowLoggerConfig)
+def _mlflow(c: MlflowLoggerConfig, run_dir: Path, cfg: Config) -> MetricLogger:
+    from mamlpp.trackers.mlflow_tracker import MlflowLogger
+
+    return MlflowLogger(c, run_dir, cfg.experiment_name, Path(cfg.paths.runs_dir))
+
+
+@register_tracker("wandb", config=WandbLoggerConfig)
+def _wandb(c: WandbLoggerConfig, run_dir: Path, cfg: Config) -> MetricLogger:
+    from mamlpp.trackers.wandb_tracker import WandbLogger
+
+    return WandbLogger(c, run_dir, cfg.experiment_name)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mamlpp.config import MlflowLoggerConfig
 from mamlpp.errors import ConfigError
+from mamlpp.layout import MLFLOW
 from mamlpp.trackers.reachable import unreachable
 
 ENV = "MLFLOW_TRACKING_URI"
@@ -52,7 +53,7 @@ def tracking_uri(cfg: MlflowLoggerConfig, run_dir: Path, runs_dir: Path) -> str:
     uri, _ = chosen_uri(cfg)
     if uri is not None:
         return uri
-    db_dir = runs_root(run_dir, runs_dir) / "mlflow"
+    db_dir = runs_root(run_dir, runs_dir) / MLFLOW
     db_dir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db_dir / 'mlflow.db'}"
 

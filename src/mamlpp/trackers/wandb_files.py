@@ -46,7 +46,7 @@ def records(path: Path) -> Iterator[Any]:
     from wandb.proto import wandb_internal_pb2
 
     for payload in read_chunks(path):
-        record = wandb_internal_pb2.Record()
+        record = wandb_internal_pb2.Record()  # type: ignore[attr-defined]  # generated protobuf
         record.ParseFromString(payload)
         yield record
 

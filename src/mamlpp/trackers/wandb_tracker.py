@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mamlpp.config import WandbLoggerConfig
+from mamlpp.layout import WANDB
 from mamlpp.trackers.base import new_points
 from mamlpp.trackers.ids import load_id, save_id
 from mamlpp.trackers.wandb_files import written_steps
@@ -40,7 +41,7 @@ class WandbLogger:
         old = load_id(self.run_dir, "wandb")
         if old is not None and step > 1:
             run_id = old["run_id"]
-            self.written = written_steps(self.root / "wandb", run_id)
+            self.written = written_steps(self.root / WANDB, run_id)
         else:
             run_id = uuid.uuid4().hex[:12]
             save_id(self.run_dir, "wandb", {"run_id": run_id})
@@ -48,7 +49,7 @@ class WandbLogger:
         self.run = wandb.init(
             project=self.cfg.project,
             entity=self.cfg.entity,
-            mode=self.cfg.mode,
+            mode=self.cfg.mode,  # type: ignore[arg-type]  # the schema checks the choice
             dir=str(self.root),
             id=run_id,
             resume="allow",

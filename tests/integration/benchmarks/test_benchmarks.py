@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
+from helpers.paths import REPO_ROOT, SHARED
 
 FIELDS = {
     "setting",
@@ -94,7 +94,7 @@ def test_gpu_suite_dry_run_on_cpu(tmp_path: Path) -> None:
         pytest.skip("no published HowToTrainYourMAMLPytorch checkout (set MAMLPP_PUBLISHED_SRC)")
     stage = tmp_path / "stage"
     env = {**os.environ, "STAGE": str(stage), "PUBLISHED_SRC": str(src), "PYTHON": sys.executable}
-    omniglot = REPO_ROOT.parent / "shared" / "datasets" / "omniglot"
+    omniglot = SHARED / "datasets" / "omniglot"
     env["OMNIGLOT_SOURCE"] = str(omniglot)
     prep = subprocess.run(
         ["bash", str(REPO_ROOT / "benchmarks" / "gpu_prepare.sh")],

@@ -23,12 +23,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import MAMLPP_ALL, REPO_ROOT
+from conftest import MAMLPP_ALL
+from helpers.paths import REPO_ROOT
 from mamlpp.algorithms.meta_learner import MetaLearner
-from mamlpp.config import AlgorithmConfig, DatasetConfig, ModelConfig
+from mamlpp.config import AlgorithmConfig, dataset_config, model_config
 from mamlpp.data.registry import load_dataset
-from mamlpp.experiment.builder import make_sampler
 from mamlpp.experiment.distributed import Distributed
+from mamlpp.experiment.sampling import make_sampler
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
 # Every MAML++ switch, two inner steps.
@@ -46,7 +47,7 @@ def _learner() -> MetaLearner:
     """SGD as the meta-optimizer: Adam would turn the rounding noise of gradients that are
     zero in theory (a conv bias before batch norm) into full steps, hiding the comparison."""
     torch.manual_seed(0)
-    model = ModelConfig(filters=16)
+    model = model_config(filters=16)
     algorithm = AlgorithmConfig(**{**MAMLPP, "meta_lr": 0.05})
     sgd = torch.optim.SGD
     return MetaLearner(algorithm, model, 1, 28, 5, STEPS, optimizer=sgd).double()
@@ -77,7 +78,7 @@ def test_two_ranks_make_the_meta_steps_of_one_process(
     omniglot_source_dir, omniglot_data_dir, tmp_path
 ) -> None:
     source = str(omniglot_source_dir)
-    data = load_dataset(DatasetConfig(source=source, data_dir=str(omniglot_data_dir)))
+    data = load_dataset(dataset_config(source=source, data_dir=str(omniglot_data_dir)))
     from mamlpp.config import Config
 
     sampler = make_sampler(Config(), data, torch.device("cpu"))

@@ -23,14 +23,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import (
-    REPO_ROOT,
-    TINY_ARGS,
-    Cli,
-    eval_error,
-    read_metric_rows,
-    result_accuracies,
-)
+from helpers.cli import TINY_ARGS, Cli, read_metric_rows, result_accuracies
+from helpers.errors import error_lines, eval_error
+from helpers.paths import REPO_ROOT
 from mamlpp.data.preprocessing import Preprocessing, convert_channels
 from mamlpp.evaluate import main as eval_main
 from mamlpp.experiment.checkpoints import save_checkpoint
@@ -470,7 +465,7 @@ def test_retest_with_other_settings_is_refused(cli: Cli, run_copy: Path) -> None
     arg = f"hydra.run.dir={run_copy}"
     done = cli.run(arg, "run.retest=true", "run.allow_config_change=true", "eval.task_seed=7")
     assert done.returncode == 2, done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("mamlpp: error:")]
+    errors = error_lines(done.stderr)
     assert len(errors) == 1 and "eval.task_seed: 0 -> 7" in errors[0] and "mamlpp-eval" in errors[0]
     assert _outputs(run_copy) == before
     done = cli.run(arg)  # the original command still finds its finished run

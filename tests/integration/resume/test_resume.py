@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import (
+from helpers.cli import (
     TINY_ITERATIONS,
     Cli,
     CliRun,
@@ -28,6 +28,7 @@ from conftest import (
     read_scalars,
     result_accuracies,
 )
+from helpers.errors import error_lines
 from mamlpp.experiment import checksum
 from mamlpp.experiment.results_table import format_results
 from mamlpp.experiment.signals import EXIT_RESUMABLE
@@ -259,7 +260,7 @@ def test_config_change_refused_unless_allowed(
     done = cli.run(arg, "algorithm.meta_lr=0.002", "eval.batch_size=3")
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("mamlpp: error:")]
+    errors = error_lines(done.stderr)
     assert len(errors) == 1, done.stderr
     assert "algorithm.meta_lr: 0.001 -> 0.002" in errors[0]
     assert "run.allow_config_change=true" in errors[0]
@@ -384,7 +385,7 @@ def test_finished_run_is_not_retrained(cli: Cli, reference_run: dict, tmp_path: 
     for allow in ("false", "true"):
         done = cli.run(arg, "algorithm.meta_lr=0.002", f"run.allow_config_change={allow}")
         assert done.returncode == 2, done.stderr
-        errors = [line for line in done.stderr.splitlines() if line.startswith("mamlpp: error:")]
+        errors = error_lines(done.stderr)
         assert len(errors) == 1 and "algorithm.meta_lr: 0.001 -> 0.002" in errors[0], done.stderr
         assert table not in done.stdout
     assert _snapshot(run_dir) == before

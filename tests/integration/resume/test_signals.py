@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, result_accuracies
+from helpers.cli import result_accuracies
+from helpers.paths import REPO_ROOT
 
 # A test phase of 2 members x 150 batches of 4 tasks: long enough to be caught in the middle
 # (a minute or more on a busy 2-core machine, where a batch takes well under a second).

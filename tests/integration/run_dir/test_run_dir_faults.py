@@ -25,14 +25,15 @@ import pytest
 import torch
 
 import mamlpp
-from conftest import TINY_ARGS, Cli, eval_error, one_line, result_accuracies
+from helpers.cli import TINY_ARGS, Cli, result_accuracies
+from helpers.errors import error_lines, eval_error, one_line
+from mamlpp.apps.run_dir_hook import check_run_dir
 from mamlpp.errors import MamlppError
 from mamlpp.experiment import checkpoints, checksum
 from mamlpp.experiment.checkpoints import CheckpointError, load_checkpoint
 from mamlpp.experiment.console import log, run_log
 from mamlpp.experiment.members import read_member
 from mamlpp.experiment.run_dir import RunDirError, is_new, remove_temp_files
-from mamlpp.experiment.run_dir_hook import check_run_dir
 
 pytestmark = pytest.mark.slow
 
@@ -500,6 +501,6 @@ def test_any_file_system_fault_is_one_line_from_the_cli(
     done = cli.run(f"hydra.run.dir={run}")
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("mamlpp: error:")]
+    errors = error_lines(done.stderr)
     assert len(errors) == 1 and f"{run / 'tb'}: File exists" in errors[0], done.stderr
     assert {k: v for k, v in hashes(run).items() if k.startswith("checkpoints")} == before

@@ -24,7 +24,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import mamlpp
-from conftest import REPO_ROOT, eval_error
+from helpers.errors import eval_error
+from helpers.paths import USER_CODE
 from mamlpp.algorithms.factory import build_learner
 from mamlpp.config import Config
 from mamlpp.data.preprocessing import Preprocessing
@@ -33,7 +34,6 @@ from mamlpp.evaluate import main as eval_main
 from mamlpp.experiment.checkpoints import save_checkpoint
 from mamlpp.experiment.members import member_state
 
-USER_CODE = REPO_ROOT / "tests" / "user_code"
 SMOKE = ("experiment=smoke", "device=cpu", "progress_bar=false")
 MODULE = ("algorithm=maml", "model=module", "model._target_=user_nets.SmallCNN", "+model.width=8")
 FEW_TASKS = "eval.test_tasks=4"

@@ -18,10 +18,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import TINY_ARGS, Cli, CliRun
+from helpers.cli import TINY_ARGS, Cli, CliRun
 from mamlpp import compose
+from mamlpp.apps.optuna_sweeper import IDENTITY, INTERRUPTED
 from mamlpp.config import experiment_keys
-from mamlpp.experiment.optuna_sweeper import IDENTITY, INTERRUPTED
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO_ROOT, TINY_ARGS, Cli, result_accuracies
+from helpers.cli import TINY_ARGS, Cli, result_accuracies
+from helpers.paths import REPO_ROOT
 
 FAST = ("eval.val_tasks=5", "eval.test_tasks=10", "eval.top_k=2")
 

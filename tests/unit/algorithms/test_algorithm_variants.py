@@ -1,25 +1,24 @@
 """ANIL, BOIL and Meta-SGD: which weights adapt, and the per-element update rule.
 
 Each variant's float64 meta-gradient is checked against an independent torch.func computation
-(written below on the functional Conv4 reference of test_meta_gradients.py), plus the
-behaviour that defines it: ANIL moves only the head in the inner loop, BOIL only the body,
-Meta-SGD learns a rate per element.
+(on the functional Conv4 of helpers/reference.py), plus the behaviour that defines it: ANIL
+moves only the head in the inner loop, BOIL only the body, Meta-SGD learns a rate per element.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-from test_meta_gradients import assert_grads_close, learner_grads, ref_forward
 from torch import Tensor
 
+from helpers import reference
+from helpers.gradients import assert_grads_close, meta_gradients
 from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
 from mamlpp.config import AlgorithmConfig, ConfigError, validate
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-STEPS = 2  # learner_grads adapts for test_meta_gradients.STEPS = 2 steps
+STEPS = 2
 VARIANTS = {
     "anil": dict(adapt="head"),
     "boil": dict(adapt="body"),
@@ -54,22 +53,7 @@ def reference_grads(
     def rate(n: str, step: int) -> Tensor:
         return rates[n] if cfg.per_element_lr else rates[n][step]
 
-    total = 0.0
-    for t in range(batch.xs.shape[0]):
-        fast = {n: params[n] for n in adapted}
-        for s in range(STEPS):
-
-            def support_loss(fw: dict[str, Tensor], s: int = s, t: int = t) -> Tensor:
-                logits = ref_forward({**params, **fw}, batch.xs[t], s, 2)
-                return F.cross_entropy(logits, batch.ys[t])
-
-            grads = torch.func.grad(support_loss)(fast)
-            fast = {n: fast[n] - rate(n, s) * grads[n] for n in fast}
-            if s == STEPS - 1 or step_weights is not None:
-                logits = ref_forward({**params, **fast}, batch.xt[t], s, 2)
-                loss = F.cross_entropy(logits, batch.yt[t])
-                total = total + (loss if step_weights is None else step_weights[s] * loss)
-    loss = total / batch.xs.shape[0]
+    loss = reference.meta_loss(params, adapted, rate, batch, STEPS, 2, step_weights)
     learned = [n for n in adapted if learner.inner_lrs.rates[n.replace(".", "__")].requires_grad]
     found = torch.autograd.grad(loss, [*params.values(), *(rates[n] for n in learned)])
     out = {f"net.{n}": g for n, g in zip(params, found[: len(params)])}
@@ -83,7 +67,7 @@ def test_meta_gradient_matches_torch_func(make_learner, make_batch, variant: str
     options = VARIANTS[variant]
     learner, batch = setup(make_learner, make_batch, options)
     weights = [0.3, 0.7] if options.get("multi_step_loss") else None
-    got = learner_grads(learner, batch, second_order=True, step_weights=weights)
+    got = meta_gradients(learner, batch, STEPS, second_order=True, step_weights=weights)
     want = reference_grads(learner, batch, weights)
     assert_grads_close(got, want, rtol=1e-8, atol=1e-10)
     for n, g in want.items():  # the fixed part is still meta-learned: nothing disconnected

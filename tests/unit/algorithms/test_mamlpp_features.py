@@ -11,7 +11,7 @@ from torch import Tensor
 
 from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
 from mamlpp.algorithms.schedules import meta_lr_at, msl_weights, use_multi_step_loss
-from mamlpp.config import AlgorithmConfig, Config, DatasetConfig, TaskConfig, validate
+from mamlpp.config import AlgorithmConfig, Config, TaskConfig, dataset_config, validate
 from mamlpp.errors import ConfigError
 from mamlpp.nn.layers import BatchStats, MetaBatchNorm2d, apply_batch_stats
 
@@ -379,14 +379,14 @@ def _config(**algorithm: object) -> Config:
     [
         (Config(task=TaskConfig(ways=500)), "task.ways"),
         (
-            Config(task=TaskConfig(ways=60), dataset=DatasetConfig(split_sizes=[100, 50, 100])),
+            Config(task=TaskConfig(ways=60), dataset=dataset_config(split_sizes=[100, 50, 100])),
             "task.ways",
         ),
         (Config(task=TaskConfig(shots=15, targets=6)), "task.shots"),
         (_config(inner_lr=-0.1), "algorithm.inner_lr"),
         (_config(inner_lr=0.0), "algorithm.inner_lr"),
         (_config(meta_lr=-1e-3), "algorithm.meta_lr"),
-        (_config(name="reptile"), "algorithm.name"),
+        (_config(name="snail"), "algorithm.name"),
         (_config(name="fomaml", second_order=True), "algorithm.second_order"),
         (_config(cosine_per_epoch=True), "algorithm.cosine_per_epoch"),
         (_config(grad_clip_network_only=True), "algorithm.grad_clip_network_only"),
@@ -405,7 +405,7 @@ def test_validate_rejects(cfg: Config, key: str) -> None:
         Config(task=TaskConfig(shots=15, targets=5)),
         _config(name="fomaml", second_order=False),
         _config(name="maml", second_order=True),
-        Config(task=TaskConfig(ways=60), dataset=DatasetConfig(split_sizes=[100, 60, 100])),
+        Config(task=TaskConfig(ways=60), dataset=dataset_config(split_sizes=[100, 60, 100])),
     ],
 )
 def test_validate_accepts(cfg: Config) -> None:

@@ -1,8 +1,9 @@
 """Meta-gradients of MetaLearner against an independent torch.func re-implementation.
 
-The reference below is a plain single-task functional Conv4 (F.conv2d, hand-written batch norm,
-F.linear) whose inner loop uses torch.func.grad; the outer gradient is ordinary autograd through
-it. It shares no code with mamlpp.nn beyond the parameter names and values.
+The reference (helpers/reference.py) is a plain single-task functional Conv4 (F.conv2d,
+hand-written batch norm, F.linear) whose inner loop uses torch.func.grad; the outer gradient is
+ordinary autograd through it. It shares no code with mamlpp.nn beyond the parameter names and
+values.
 """
 
 from __future__ import annotations
@@ -15,73 +16,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from conftest import MAMLPP_ALL
+from helpers import reference
+from helpers.gradients import assert_grads_close, central_difference, meta_gradients, rel_diff
 from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 STEPS = 2
-BN_EPS = 1e-5
 
 
 # --------------------------------------------------------------------------- reference
-
-
-def ref_forward(params: dict[str, Tensor], x: Tensor, step: int, stages: int) -> Tensor:
-    """One task: x [M, C, H, W] -> logits [M, N]; batch norm with this batch's statistics."""
-    h = x
-    for i in range(stages):
-        h = F.conv2d(h, params[f"convs.{i}.weight"], params[f"convs.{i}.bias"], padding=1)
-        if f"norms.{i}.weight" in params:
-            gamma, beta = params[f"norms.{i}.weight"], params[f"norms.{i}.bias"]
-            gamma = gamma[min(step, gamma.shape[0] - 1)]
-            beta = beta[min(step, beta.shape[0] - 1)]
-            mean = h.mean(dim=(0, 2, 3), keepdim=True)
-            var = ((h - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
-            h = (h - mean) / torch.sqrt(var + BN_EPS)
-            h = h * gamma.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1)
-        h = F.leaky_relu(h)
-        h = F.max_pool2d(h, 2)
-    return F.linear(h.flatten(1), params["head.weight"], params["head.bias"])
-
-
-def ref_adapt(
-    params: dict[str, Tensor],
-    lrs: dict[str, Tensor],
-    xs: Tensor,
-    ys: Tensor,
-    step: int,
-    fast: dict[str, Tensor],
-    stages: int,
-) -> dict[str, Tensor]:
-    """One inner SGD step on one task's support loss, gradient by torch.func.grad."""
-
-    def support_loss(fw: dict[str, Tensor]) -> Tensor:
-        return F.cross_entropy(ref_forward({**params, **fw}, xs, step, stages), ys)
-
-    grads = torch.func.grad(support_loss)(fast)
-    return {n: fast[n] - lrs[n][step] * grads[n] for n in fast}
-
-
-def ref_meta_loss(
-    params: dict[str, Tensor],
-    lrs: dict[str, Tensor],
-    batch: EpisodeBatch,
-    steps: int,
-    stages: int,
-    step_weights: list[float] | None = None,
-) -> Tensor:
-    """Second-order MAML(++) meta-loss: task-mean of the (MSL-weighted) target losses."""
-    total = 0.0
-    b = batch.xs.shape[0]
-    for t in range(b):
-        fast = {n: params[n] for n in lrs}
-        for s in range(steps):
-            fast = ref_adapt(params, lrs, batch.xs[t], batch.ys[t], s, fast, stages)
-            if s == steps - 1 or step_weights is not None:
-                logits = ref_forward({**params, **fast}, batch.xt[t], s, stages)
-                loss = F.cross_entropy(logits, batch.yt[t])
-                total = total + (loss if step_weights is None else step_weights[s] * loss)
-    return total / b
+# The functional Conv4 of helpers/reference.py, with the learner's weights and inner rates.
 
 
 def ref_params(learner: MetaLearner) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -102,7 +47,9 @@ def ref_grads(
     """Second-order reference gradient keyed like learner.named_parameters()."""
     params, lrs = ref_params(learner)
     learned = [n for n in lrs if learner.inner_lrs.rates[n.replace(".", "__")].requires_grad]
-    loss = ref_meta_loss(params, lrs, batch, STEPS, stages, step_weights)
+    loss = reference.meta_loss(
+        params, list(lrs), lambda n, s: lrs[n][s], batch, STEPS, stages, step_weights
+    )
     gp = torch.autograd.grad(loss, list(params.values()) + [lrs[n] for n in learned])
     out = {f"net.{n}": g for n, g in zip(params, gp[: len(params)])}
     out.update(
@@ -118,26 +65,7 @@ def learner_grads(
     step_weights: list[float] | None = None,
 ) -> dict[str, Tensor]:
     """d mean(meta-loss) / d parameter for every trainable parameter (no optimizer step)."""
-    named = [(n, p) for n, p in learner.named_parameters() if p.requires_grad]
-    loss, _ = learner.adapt_and_predict(batch, STEPS, True, second_order, step_weights)
-    grads = torch.autograd.grad(loss.mean(), [p for _, p in named], allow_unused=True)
-    return {
-        n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named, grads, strict=True)
-    }
-
-
-def assert_grads_close(
-    got: dict[str, Tensor], want: dict[str, Tensor], rtol: float, atol: float
-) -> None:
-    assert set(got) == set(want)
-    for n in want:
-        torch.testing.assert_close(got[n], want[n], rtol=rtol, atol=atol, msg=lambda m, n=n: n + m)
-
-
-def rel_diff(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
-    va = torch.cat([a[n].flatten() for n in sorted(a)])
-    vb = torch.cat([b[n].flatten() for n in sorted(a)])
-    return ((va - vb).norm() / vb.norm()).item()
+    return meta_gradients(learner, batch, STEPS, second_order, step_weights)
 
 
 # --------------------------------------------------------------------------- second order
@@ -212,19 +140,8 @@ def test_second_order_matches_finite_differences(make_learner, make_batch, case:
             ("inner_lrs.rates.convs__0__weight", (0,)),
             ("inner_lrs.rates.head__weight", (1,)),
         ]
-    eps = 1e-5
     for name, idx in entries:
-        p = params[name]
-        orig = p[idx].item()
-        values = []
-        for delta in (eps, -eps):
-            with torch.no_grad():
-                p[idx] = orig + delta
-            values.append(meta_loss())
-        with torch.no_grad():
-            p[idx] = orig
-        up, down = values
-        fd = (up - down) / (2 * eps)
+        fd = central_difference(meta_loss, params[name], idx, eps=1e-5)
         an = got[name][idx].item()
         assert abs(fd - an) <= 1e-6 * abs(an) + 1e-9, (name, idx, fd, an)
 
@@ -250,11 +167,14 @@ def test_first_order_is_target_gradient_at_adapted_weights(make_learner, make_ba
             base = {n: p.detach() for n, p in params.items()}
         fast = {n: base[n] for n in lrs}
         for s in range(STEPS):
-            fast = ref_adapt(base, lrs, batch.xs[t], batch.ys[t], s, fast, stages)
+            fast = reference.inner_step(
+                base, fast, lambda n, s: lrs[n][s], batch.xs[t], batch.ys[t], s, stages
+            )
         fast = {n: w.detach().requires_grad_() for n, w in fast.items()}
         shared = {n: p for n, p in params.items() if n not in fast}
         full = {**shared, **fast}
-        loss = F.cross_entropy(ref_forward(full, batch.xt[t], STEPS - 1, stages), batch.yt[t])
+        logits = reference.conv4_forward(full, batch.xt[t], STEPS - 1, stages)
+        loss = F.cross_entropy(logits, batch.yt[t])
         names = list(full)
         for n, g in zip(names, torch.autograd.grad(loss, [full[n] for n in names]), strict=True):
             expected[n] += g / b

@@ -17,14 +17,14 @@ from conftest import IMAGE_SIZE, MAMLPP_ALL, WAYS
 from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
 from mamlpp.config import (
     Config,
-    ModelConfig,
     SpeedConfig,
     TrainConfig,
     experiment_keys,
+    model_config,
     validate,
 )
 from mamlpp.errors import ConfigError
-from mamlpp.experiment.builder import configure_backends
+from mamlpp.experiment.device import configure_backends
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -40,7 +40,7 @@ def _variant(learner: MetaLearner, **speed: object) -> MetaLearner:
     precision = str(speed.pop("precision", "fp32"))
     other = MetaLearner(
         learner.cfg,
-        ModelConfig(filters=4, stages=2),  # conftest's _make_learner defaults
+        model_config(filters=4, stages=2),  # conftest's _make_learner defaults
         1,
         IMAGE_SIZE,
         WAYS,
@@ -312,7 +312,7 @@ def test_channels_last_is_the_same_arithmetic_in_float64_on_omniglot(
     rounding: in float64 the two layouts give the same meta-gradient to 1e-12."""
     from mamlpp.algorithms.factory import build_learner
     from mamlpp.data.registry import load_dataset
-    from mamlpp.experiment.builder import make_sampler
+    from mamlpp.experiment.sampling import make_sampler
 
     cfg = Config()
     cfg.dataset.source, cfg.dataset.data_dir = str(omniglot_source_dir), str(omniglot_data_dir)

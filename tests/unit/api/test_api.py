@@ -21,11 +21,12 @@ import torch
 from PIL import Image
 
 import mamlpp
-from conftest import REPO_ROOT, TINY_ARGS, Cli, one_line
+from helpers.cli import TINY_ARGS, Cli
+from helpers.errors import one_line
+from helpers.paths import REPO_ROOT, USER_CODE
 from mamlpp.errors import ConfigError, DataError, MamlppError
 from mamlpp.inference import TrainedModel
 
-USER_CODE = REPO_ROOT / "tests" / "user_code"
 WAYS = 5
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mamlpp.config import Config, ConfigError, validate
+from helpers.errors import error_lines
+from mamlpp.config import Config, ConfigError, dataset_config, validate
 from mamlpp.experiment.nonfinite import EXIT_NONFINITE, NonFiniteError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -37,7 +38,12 @@ def _float_keys(node: object, prefix: str = "") -> list[str]:
     return keys
 
 
-FLOAT_KEYS = _float_keys(Config())
+def _config() -> Config:
+    """Config() with the dataset that has float keys of its own (split_ratios)."""
+    return Config(dataset=dataset_config("image_folder", source="/data/x"))
+
+
+FLOAT_KEYS = _float_keys(_config())
 
 
 def _set(cfg: Config, key: str, value: object) -> None:
@@ -59,14 +65,14 @@ def test_the_schema_walk_finds_the_float_keys() -> None:
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
 @pytest.mark.parametrize("key", FLOAT_KEYS)
 def test_every_float_key_refuses_inf_and_nan(key: str, value: float) -> None:
-    cfg = Config()
+    cfg = _config()
     _set(cfg, key, value)
     with pytest.raises(ConfigError, match=rf"^config key '{key}' = .*finite number"):
         validate(cfg)
 
 
 def test_kwargs_values_refuse_nan() -> None:
-    cfg = Config()
+    cfg = _config()
     cfg.optimizer.kwargs = {"weight_decay": math.nan}
     with pytest.raises(ConfigError, match=r"'optimizer.kwargs.weight_decay' = nan"):
         validate(cfg)
@@ -75,11 +81,11 @@ def test_kwargs_values_refuse_nan() -> None:
 @pytest.mark.parametrize("key", ["seed", "eval.task_seed", "dataset.split_seed"])
 def test_seed_keys_must_fit_numpy(key: str) -> None:
     for bad in (-1, 2**32):
-        cfg = Config()
+        cfg = _config()
         _set(cfg, key, bad)
         with pytest.raises(ConfigError, match=rf"^config key '{key}' = {bad} .*2\*\*32"):
             validate(cfg)
-    cfg = Config()
+    cfg = _config()
     _set(cfg, key, 2**32 - 1)
     validate(cfg)
 
@@ -113,7 +119,7 @@ def test_evaluation_of_a_diverging_inner_loop_raises(make_learner, make_batch) -
 def test_training_with_running_stats_eval_is_refused(tmp_path: Path) -> None:
     from mamlpp.experiment.builder import ExperimentBuilder
 
-    cfg = Config()
+    cfg = _config()
     cfg.algorithm.per_step_bn_stats = cfg.algorithm.use_running_stats_eval = True
     with pytest.raises(ConfigError, match=r"use_running_stats_eval' = True cannot train.*diverges"):
         ExperimentBuilder(validate(cfg), tmp_path / "run")
@@ -133,7 +139,7 @@ def test_a_diverging_run_stops_with_exit_3_and_keeps_the_last_finite_checkpoint(
         f"hydra.run.dir={run_dir}",
     )
     assert done.returncode == EXIT_NONFINITE, done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("mamlpp: error:")]
+    errors = error_lines(done.stderr)
     assert len(errors) == 1 and "Traceback" not in done.stderr
     assert "training loss is nan at iteration 2" in errors[0]
     assert "algorithm.meta_lr = 1e+30" in errors[0]

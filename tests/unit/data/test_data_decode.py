@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from mamlpp.config import DatasetConfig
+from mamlpp.config import dataset_config
 from mamlpp.data import image_folder as imf
 from mamlpp.data.decode import decode_image
 from mamlpp.data.preprocessing import Preprocessing
@@ -158,7 +158,7 @@ def test_every_path_decodes_alike(tmp_path: Path) -> None:
             path = tmp_path / "src" / f"class{c}" / f"{i}{name}"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-    cfg = DatasetConfig(
+    cfg = dataset_config(
         name="image_folder",
         source=str(tmp_path / "src"),
         data_dir=str(tmp_path / "data"),

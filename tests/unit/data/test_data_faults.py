@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT
-from mamlpp.config import DatasetConfig
+from helpers.paths import USER_CODE
+from mamlpp.config import ImageDatasetConfig, dataset_config
 from mamlpp.data import capacity
 from mamlpp.data import image_folder as imf
 from mamlpp.data import omniglot as og
@@ -36,9 +36,9 @@ def _folder(root: Path, classes: int = 6, per_class: int = 10) -> Path:
     return root
 
 
-def _cfg(root: Path, data_dir: Path, **kw: object) -> DatasetConfig:
+def _cfg(root: Path, data_dir: Path, **kw: object) -> ImageDatasetConfig:
     kw.setdefault("image_size", S)
-    return DatasetConfig(name="image_folder", source=str(root), data_dir=str(data_dir), **kw)
+    return dataset_config(name="image_folder", source=str(root), data_dir=str(data_dir), **kw)
 
 
 def _decoded_cache(data_dir: Path) -> list[str]:
@@ -121,12 +121,12 @@ def test_a_write_the_os_refuses_midway_is_one_line(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import resource, signal, sys
-        from mamlpp.config import DatasetConfig
+        from mamlpp.config import dataset_config
         from mamlpp.data.registry import load_dataset
         from mamlpp.errors import MamlppError
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
-        cfg = DatasetConfig(name="image_folder", source={str(root)!r},
+        cfg = dataset_config(name="image_folder", source={str(root)!r},
                             data_dir={str(tmp_path / "data")!r}, image_size={S})
         try:
             load_dataset(cfg)
@@ -169,11 +169,11 @@ def test_an_image_size_that_cannot_fit_is_refused_up_front(
 
 
 def test_a_custom_listers_unknown_keyword_is_one_line(tmp_path: Path) -> None:
-    sys.path.insert(0, str(REPO_ROOT / "tests" / "user_code"))
+    sys.path.insert(0, str(USER_CODE))
     for c in range(3):
         for i in range(2):
             Image.new("RGB", (4, 4), (c, i, 0)).save(tmp_path / f"g{c}__{i}.png")
-    custom = DatasetConfig(
+    custom = dataset_config(
         name="custom",
         _target_="user_data.list_flat",
         source=str(tmp_path),

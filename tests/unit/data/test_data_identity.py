@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mamlpp.config import Config, DatasetConfig
+from mamlpp.config import Config, ImageDatasetConfig, dataset_config
 from mamlpp.data import content
 from mamlpp.data import image_folder as imf
 from mamlpp.data import omniglot as og
@@ -46,8 +46,8 @@ def _swap_keeping_times(a: Path, b: Path) -> None:
     os.utime(b, ns=(sb.st_atime_ns, sb.st_mtime_ns))
 
 
-def _cfg(root: Path, data_dir: Path) -> DatasetConfig:
-    return DatasetConfig(
+def _cfg(root: Path, data_dir: Path) -> ImageDatasetConfig:
+    return dataset_config(
         name="image_folder",
         source=str(root),
         data_dir=str(data_dir),

@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO_ROOT
-from mamlpp.config import Config, DatasetConfig, validate
+from helpers.paths import REPO_ROOT, USER_CODE
+from mamlpp.config import Config, ImageDatasetConfig, dataset_config, validate
 from mamlpp.data import image_folder as imf
 from mamlpp.data.dataset import ClassImages, split_by_ratios
 from mamlpp.data.decode import decode_image
@@ -90,8 +90,8 @@ def make_miniimagenet(root: Path) -> Path:
     return root
 
 
-def cfg(name: str, source: Path | str | None, data_dir: Path, **kw) -> DatasetConfig:
-    return DatasetConfig(
+def cfg(name: str, source: Path | str | None, data_dir: Path, **kw) -> ImageDatasetConfig:
+    return dataset_config(
         name=name, source=None if source is None else str(source), data_dir=str(data_dir),
         image_size=kw.pop("image_size", SIZE), **kw,
     )  # fmt: skip
@@ -217,7 +217,7 @@ def test_config_errors_are_one_line() -> None:
         ("augment_crop_padding", 40, "0..27"),
         ("split_ratios", [0.5, 0.5], "three positive ratios"),
     ):
-        c = Config()
+        c = Config(dataset=dataset_config("image_folder", source="/x", image_size=28))
         setattr(c.dataset, key, value)
         with pytest.raises(ConfigError) as info:
             validate(c)
@@ -382,6 +382,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"cfg": c, "data": load_dataset(c), "data_dir": data_dir}
 
 
+@pytest.mark.slow  # decodes the real Tiny-ImageNet subset
 def test_real_tiny_imagenet_zip(tiny: dict) -> None:
     data = tiny["data"]
     assert data.images.pixels.shape == (20_000, 3, 32, 32)
@@ -413,6 +414,7 @@ def _mode(data: bytes) -> str:
         return im.mode
 
 
+@pytest.mark.slow  # decodes the real Tiny-ImageNet subset
 def test_real_tiny_imagenet_cache_reused_and_deterministic(
     tiny: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -426,7 +428,7 @@ def test_real_tiny_imagenet_cache_reused_and_deterministic(
     assert abs(batch.xt.mean().item()) < 0.5  # normalised
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # decodes the real Tiny-ImageNet subset
 def test_real_tiny_imagenet_cache_invalidated_when_the_zip_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -497,7 +499,7 @@ def make_flat(root: Path, classes: int = 10, per_class: int = 4) -> Path:
 def test_custom_dataset_from_a_users_lister(tmp_path: Path) -> None:
     import sys
 
-    sys.path.insert(0, str(REPO_ROOT / "tests" / "user_code"))
+    sys.path.insert(0, str(USER_CODE))
     root = make_flat(tmp_path / "flat")
     custom = cfg("custom", root, tmp_path / "data", _target_="user_data.list_flat")
     data = load_dataset(custom)
@@ -521,22 +523,22 @@ def test_custom_dataset_from_a_users_lister(tmp_path: Path) -> None:
 def test_custom_dataset_errors_are_one_line(tmp_path: Path, target: str, message: str) -> None:
     import sys
 
-    sys.path.insert(0, str(REPO_ROOT / "tests" / "user_code"))
+    sys.path.insert(0, str(USER_CODE))
     with pytest.raises(ConfigError, match=message) as err:
         load_dataset(
             cfg("custom", make_flat(tmp_path / "f", 3, 2), tmp_path / "d", _target_=target)
         )
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="dataset._target_.*dataset=custom"):
-        validate(Config(dataset=DatasetConfig(name="custom")))
+        validate(Config(dataset=dataset_config(name="custom")))
     with pytest.raises(ConfigError, match="dataset._target_"):
-        validate(Config(dataset=DatasetConfig(_target_="user_data.list_flat")))
+        validate(Config(dataset=dataset_config(_target_="user_data.list_flat")))
 
 
 @pytest.mark.slow
 def test_custom_dataset_trains_through_the_cli(cli, tmp_path: Path) -> None:
     root = make_flat(tmp_path / "flat")
-    user_code = str(REPO_ROOT / "tests" / "user_code")
+    user_code = str(USER_CODE)
     env = {**cli.env, "PYTHONPATH": os.pathsep.join([user_code, os.environ.get("PYTHONPATH", "")])}
     args = [
         "experiment=smoke",

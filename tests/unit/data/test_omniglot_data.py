@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT
+from helpers.paths import REPO_ROOT
 from mamlpp.data import image_folder as imf
 from mamlpp.data import omniglot as og
 from mamlpp.errors import ConfigError, DataError
@@ -44,6 +44,7 @@ def _decode_member(zip_path: Path, member: str, size: int = 28) -> np.ndarray:
         return np.asarray(im.convert("L").resize((size, size), Image.LANCZOS))
 
 
+@pytest.mark.slow  # decodes all of real Omniglot
 def test_real_shape_dtype_and_content(real: dict) -> None:
     arr = real["arr"]
     assert arr.shape == (1623, 20, 28, 28)
@@ -56,6 +57,7 @@ def test_real_shape_dtype_and_content(real: dict) -> None:
     assert len({a.tobytes() for a in arr[0]}) == 20
 
 
+@pytest.mark.slow  # decodes all of real Omniglot
 def test_real_class_order(real: dict) -> None:
     """Background first, sorted by (alphabet, character); images sorted by file name."""
     arr, src = real["arr"], real["source"]
@@ -71,6 +73,7 @@ def test_real_class_order(real: dict) -> None:
         np.testing.assert_array_equal(arr[c, i], _decode_member(zip_path, member), err_msg=member)
 
 
+@pytest.mark.slow  # decodes all of real Omniglot
 def test_real_cached_load_reads_no_zip(real: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("cache hit must not read zips or decode PNGs")
@@ -112,6 +115,7 @@ def test_real_array_and_identity_are_mains(real: dict) -> None:
     assert identity == f"v2-{digest.hexdigest()[:16]}"
 
 
+@pytest.mark.slow  # decodes all of real Omniglot
 def test_real_changed_source_rebuilds(
     real: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,9 +9,18 @@ import copy
 import pytest
 import torch
 
-from conftest import MAMLPP_ALL, REPO_ROOT
+from conftest import MAMLPP_ALL
+from helpers.gradients import central_difference, random_index
+from helpers.paths import SHARED
 from mamlpp.algorithms.meta_learner import MetaLearner
-from mamlpp.config import AlgorithmConfig, Config, ConfigError, DatasetConfig, ModelConfig, validate
+from mamlpp.config import (
+    AlgorithmConfig,
+    Config,
+    ConfigError,
+    dataset_config,
+    model_config,
+    validate,
+)
 from mamlpp.nn.resnet12 import ResNet12, drop_block
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -24,7 +33,7 @@ def resnet_learner(
 ) -> MetaLearner:
     torch.manual_seed(0)
     algorithm.setdefault("inner_steps", 2)
-    model = ModelConfig(name="resnet12", channels=[4, 6, 6, 8], **(model_keys or {}))
+    model = model_config(name="resnet12", channels=[4, 6, 6, 8], **(model_keys or {}))
     return MetaLearner(AlgorithmConfig(**algorithm), model, 1, SIZE, WAYS, 100, impl=impl)
 
 
@@ -86,17 +95,8 @@ def test_second_order_meta_gradient_matches_finite_differences(make_batch, regul
     g = torch.Generator().manual_seed(0)
     for name, grad in zip(picks, grads):
         p = named[name]
-        idx = tuple(int(torch.randint(0, s, (1,), generator=g)) for s in p.shape)
-        eps = 1e-6
-        with torch.no_grad():
-            p[idx] += eps
-        up = meta_loss().item()
-        with torch.no_grad():
-            p[idx] -= 2 * eps
-        down = meta_loss().item()
-        with torch.no_grad():
-            p[idx] += eps
-        numeric = (up - down) / (2 * eps)
+        idx = random_index(p, g)
+        numeric = central_difference(meta_loss, p, idx, eps=1e-6)
         assert grad[idx].item() == pytest.approx(numeric, rel=1e-5, abs=1e-9), name
 
 
@@ -182,15 +182,15 @@ def test_dropblock_is_off_by_default_and_ramps_when_on(make_batch) -> None:
 
 
 def test_resnet12_config_checks() -> None:
-    ok = Config(model=ModelConfig(name="resnet12"), dataset=DatasetConfig(image_size=32))
+    ok = Config(model=model_config(name="resnet12"), dataset=dataset_config(image_size=32))
     validate(ok)
     with pytest.raises(ConfigError, match="model.channels"):
-        validate(Config(model=ModelConfig(name="resnet12"), dataset=DatasetConfig(image_size=8)))
+        validate(Config(model=model_config(name="resnet12"), dataset=dataset_config(image_size=8)))
     with pytest.raises(ConfigError, match="model.name"):
-        validate(Config(model=ModelConfig(name="resnet18")))
+        validate(Config(model=model_config(name="resnet18")))
     with pytest.raises(ConfigError, match=r"model.drop_rate.*\[0, 1\)"):
-        validate(Config(model=ModelConfig(name="resnet12", drop_rate=1.0)))
-    dropblock = Config(model=ModelConfig(name="resnet12", drop_rate=0.1))
+        validate(Config(model=model_config(name="resnet12", drop_rate=1.0)))
+    dropblock = Config(model=model_config(name="resnet12", drop_rate=0.1))
     dropblock.speed.checkpoint_inner_steps = True
     with pytest.raises(ConfigError, match="model.drop_rate.*checkpoint_inner_steps"):
         validate(dropblock)
@@ -202,7 +202,7 @@ def test_smoke_sized_tiny_imagenet_run(cli, tmp_path) -> None:
     iterations: a CI-sized check, not a result)."""
     import json
 
-    source = REPO_ROOT.parent / "shared" / "datasets" / "tiny-imagenet-subset"
+    source = SHARED / "datasets" / "tiny-imagenet-subset"
     args = (
         "experiment=tiny_imagenet_5w1s_maml",
         "model=resnet12",

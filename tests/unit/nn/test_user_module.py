@@ -15,20 +15,20 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from helpers.gradients import central_difference, meta_gradients, random_index
+from helpers.paths import REPO_ROOT, USER_CODE
 from mamlpp.algorithms.meta_learner import MetaLearner
 from mamlpp.algorithms.optimizer import build_optimizer
 from mamlpp.config import (
     AlgorithmConfig,
     Config,
     ConfigError,
-    ModelConfig,
     OptimizerConfig,
+    model_config,
     validate,
 )
 from mamlpp.nn.contract import MetaBackbone
 
-USER_CODE = REPO_ROOT / "tests" / "user_code"
 sys.path.insert(0, str(USER_CODE))
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -38,7 +38,7 @@ def module_learner(
     vectorize: bool = True, target: str = "SmallCNN", model_keys: dict | None = None, **algorithm
 ) -> MetaLearner:
     torch.manual_seed(0)
-    model = ModelConfig(
+    model = model_config(
         name="module",
         _target_=f"user_nets.{target}",
         kwargs={"width": 6} if target in ("SmallCNN", "EveryNorm", "FunctionalDropout") else {},
@@ -50,10 +50,7 @@ def module_learner(
 
 
 def grads(learner: MetaLearner, batch, weights=None) -> dict[str, torch.Tensor]:
-    loss, _ = learner.adapt_and_predict(batch, 2, True, True, weights)
-    named = [(n, p) for n, p in learner.named_parameters() if p.requires_grad]
-    values = torch.autograd.grad(loss.mean(), [p for _, p in named], allow_unused=True)
-    return {n: g for (n, _), g in zip(named, values) if g is not None}
+    return meta_gradients(learner, batch, 2, True, weights)
 
 
 def test_wrapper_meets_the_backbone_contract() -> None:
@@ -91,17 +88,8 @@ def test_second_order_meta_gradient_matches_finite_differences(make_batch) -> No
     g = torch.Generator().manual_seed(0)
     for name in picks:
         p = named[name]
-        idx = tuple(int(torch.randint(0, s, (1,), generator=g)) for s in p.shape)
-        eps = 1e-6
-        with torch.no_grad():
-            p[idx] += eps
-        up = meta_loss()
-        with torch.no_grad():
-            p[idx] -= 2 * eps
-        down = meta_loss()
-        with torch.no_grad():
-            p[idx] += eps
-        numeric = (up - down) / (2 * eps)
+        idx = random_index(p, g)
+        numeric = central_difference(meta_loss, p, idx, eps=1e-6)
         assert analytic[name][idx].item() == pytest.approx(numeric, rel=1e-5, abs=1e-9), name
 
 
@@ -156,7 +144,7 @@ def test_which_weights_adapt(adapt: str, make_batch) -> None:
 def test_config_errors_name_the_key() -> None:
     def cfg(**model) -> Config:
         return Config(
-            model=ModelConfig(**model),
+            model=model_config(**model),
             algorithm=AlgorithmConfig(name="maml"),
         )
 
@@ -166,7 +154,7 @@ def test_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match="model._target_.*model=module"):
         validate(cfg(_target_="user_nets.SmallCNN"))
     mamlpp = Config(
-        model=ModelConfig(name="module", _target_="user_nets.SmallCNN"),
+        model=model_config(name="module", _target_="user_nets.SmallCNN"),
         algorithm=AlgorithmConfig(per_step_bn_stats=True),
     )
     with pytest.raises(ConfigError, match="algorithm.per_step_bn_stats.*model=module"):
@@ -184,7 +172,7 @@ def test_config_errors_name_the_key() -> None:
     ],
 )
 def test_bad_module_is_one_line(target: str, kwargs: dict, message: str) -> None:
-    model = ModelConfig(name="module", _target_=target, kwargs=kwargs)
+    model = model_config(name="module", _target_=target, kwargs=kwargs)
     with pytest.raises(ConfigError, match=message) as err:
         MetaLearner(AlgorithmConfig(name="maml"), model, 1, 12, 5, 10)
     assert "\n" not in str(err.value)
@@ -439,6 +427,6 @@ def test_every_norm_kind_runs_under_vmap_as_in_the_loop(make_batch) -> None:
 
 
 def test_norm_layers_are_checked() -> None:
-    model = ModelConfig(name="module", _target_="user_nets.SmallCNN", norm_layers=["batch-norm"])
+    model = model_config(name="module", _target_="user_nets.SmallCNN", norm_layers=["batch-norm"])
     with pytest.raises(ConfigError, match="model.norm_layers.*batch_norm, instance_norm"):
         validate(Config(model=model, algorithm=AlgorithmConfig(name="maml")))

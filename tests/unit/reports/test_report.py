@@ -3,7 +3,9 @@ duplicates and foreign files, the paper column, and an output folder that is its
 
 from __future__ import annotations
 
+import copy
 import csv
+import functools
 import json
 import shutil
 import statistics
@@ -12,14 +14,23 @@ from pathlib import Path
 import pytest
 
 import mamlpp
+from mamlpp.config import Config
 from mamlpp.experiment.results import RunResults, config_summary
 from mamlpp.experiment.run_state import run_identity
 from mamlpp.reports.report import main
 
 
+@functools.cache
+def _composed(overrides: tuple[str, ...]) -> tuple[Config, dict, dict]:
+    """The config of `overrides` with its summary and identity; composed once per session,
+    since many runs here share a config (Hydra composes it in about a second on a busy CPU)."""
+    cfg = mamlpp.compose(*overrides)
+    return cfg, config_summary(cfg), run_identity(cfg)
+
+
 def write_run(root: Path, name: str, accuracy: float, *overrides: str) -> dict:
     """A results.json as training writes it for the config of `overrides`."""
-    cfg = mamlpp.compose(*overrides)
+    cfg, summary, identity = _composed(overrides)
     results = RunResults(
         test_accuracy_mean=accuracy,
         test_accuracy_ci95=0.01,
@@ -33,8 +44,8 @@ def write_run(root: Path, name: str, accuracy: float, *overrides: str) -> dict:
         epochs=cfg.train.epochs,
         iterations=cfg.train.epochs * cfg.train.iters_per_epoch,
         device="cpu",
-        config=config_summary(cfg),
-        identity=run_identity(cfg),
+        config=copy.deepcopy(summary),
+        identity=copy.deepcopy(identity),
     ).to_dict()
     (root / name).mkdir(parents=True)
     (root / name / "results.json").write_text(json.dumps(results))

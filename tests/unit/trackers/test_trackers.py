@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_ITERATIONS, Cli, CliRun, read_metric_rows, read_scalars
+from helpers.cli import TINY_ITERATIONS, Cli, CliRun, read_metric_rows, read_scalars
+from helpers.errors import error_lines
 from mamlpp import compose
 from mamlpp.config import experiment_keys
 from mamlpp.errors import ConfigError
@@ -72,7 +73,7 @@ def test_cli_refuses_a_missing_tracker_before_training(cli: Cli, tmp_path: Path)
         [sys.executable, "-c", code], cwd=tmp_path, env=cli.env, capture_output=True, text=True
     )
     assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("mamlpp: error:")]
+    errors = error_lines(proc.stderr)
     assert errors == [
         "mamlpp: error: config key 'logger' chooses mlflow, but mlflow is not installed: "
         "pip install 'mamlpp[mlflow]'"

@@ -101,6 +101,7 @@ def searched_keys(sweeper: OptunaSweeperImpl, arguments: Sequence[str]) -> set[s
 def study_identity(sweeper: OptunaSweeperImpl, arguments: Sequence[str]) -> dict[str, Any]:
     """What the study's trials optimise: the experiment keys every trial shares (the composed
     config with the fixed overrides, without the searched keys), the objective, its direction."""
+    assert sweeper.config is not None  # set by the sweeper's setup, before any sweep
     config: DictConfig = copy.deepcopy(sweeper.config)
     with open_dict(config):
         del config["hydra"]
@@ -168,7 +169,8 @@ def prepare(sweeper: OptunaSweeperImpl, arguments: Sequence[str] = ()) -> StudyL
         f"optuna study {sweeper.study_name!r} in {sweeper.storage}: {done} trial(s) done, "
         f"{sweeper.n_trials} to run{again}"
     )
-    sweeper.launcher = TrialReporter(sweeper.launcher, study, identity["optimized_metric"])
+    # Hydra's launcher, wrapped: the sweeper only calls launch()
+    sweeper.launcher = TrialReporter(sweeper.launcher, study, identity["optimized_metric"])  # type: ignore[assignment]
     return lock
 
 
@@ -195,8 +197,8 @@ class TrialReporter:
         returns = self.launcher.launch(job_overrides, initial_job_idx)
         for trial, ret in zip(batch, returns):
             value = getattr(ret, "_return_value", None)
-            ok = getattr(ret.status, "name", "") == "COMPLETED" and isinstance(value, float)
-            if ok and math.isfinite(value):
+            ok = getattr(ret.status, "name", "") == "COMPLETED"
+            if ok and isinstance(value, float) and math.isfinite(value):
                 say(f"trial {trial.number}: {self.metric} = {value:.6g}{self._best(value)}")
             else:
                 say(f"trial {trial.number}: failed (no {self.metric})")

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mamlpp.errors import MamlppError
 from mamlpp.experiment.run_dir import RunDirError, is_new, require_checkpoint
+from mamlpp.layout import RunLayout
 
 EXIT_REFUSED = 2
 _existing: dict[str, Path] = {}
@@ -48,7 +49,7 @@ def check_run_dir(raw: str, resume: str) -> Path:
         raise RunDirError(f"cannot make run directory {run_dir}: {nearest} is a file")
     if not os.access(nearest, os.W_OK | os.X_OK):
         raise RunDirError(f"run directory {run_dir} is not writable ({nearest}: read-only)")
-    if resume == "must" and not (run_dir / "done").exists():
+    if resume == "must" and not RunLayout(run_dir).done.exists():
         require_checkpoint(run_dir)
     return run_dir
 
