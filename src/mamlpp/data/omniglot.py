@@ -151,6 +151,7 @@ def _resolve_sources(data_dir: Path, source: str | Path | None) -> tuple[list[_S
             found.append(hit)
         return found, src_dir
 
+    md5: str | None  # checked for the official URLs only
     for name in _SETS:
         hit = _find_local(data_dir, name)
         if hit is None:
@@ -167,8 +168,9 @@ def _resolve_sources(data_dir: Path, source: str | Path | None) -> tuple[list[_S
                     ) from e
             else:
                 url = f"{src.rstrip('/')}/{name}.zip"
+                md5 = OMNIGLOT_MD5[name] if url == OMNIGLOT_URLS[name] else None
                 try:
-                    download(url, dest, OMNIGLOT_MD5[name] if url == OMNIGLOT_URLS[name] else None)
+                    download(url, dest, md5)
                 except DataError as e:
                     raise DataError(
                         f"omniglot: dataset.source={src}: {e}; fix dataset.source=DIR_OR_URL "
@@ -207,8 +209,8 @@ def _scan(
         found = content.remember_for_zip(
             src.path, path, {"set": src.name}, "listing", lambda: _scan_zip(src)
         )
-        by_class = {(a, c): members for a, c, members in found["classes"]}
-        return by_class, {m: (crc, size) for m, crc, size in found["crcs"]}
+        listed = {(a, c): members for a, c, members in found["classes"]}
+        return listed, {m: (crc, size) for m, crc, size in found["crcs"]}
     classes: dict[tuple[str, str], list[str]] = {}
     for root, _dirs, files in os.walk(src.path):
         rel = Path(root).relative_to(src.path).parts

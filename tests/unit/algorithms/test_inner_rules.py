@@ -20,7 +20,7 @@ from mamlpp.algorithms.inner_lr import (
 )
 from mamlpp.algorithms.learner import Learner
 from mamlpp.algorithms.meta_learner import build_network
-from mamlpp.config import AlgorithmConfig, ModelConfig
+from mamlpp.config import AlgorithmConfig, model_config
 from mamlpp.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -44,7 +44,7 @@ def user_rules(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_todays_keys_choose_the_builtin_rules(keys: dict, rule: type) -> None:
     cfg = AlgorithmConfig(inner_steps=2, **keys)
-    net = build_network(cfg, ModelConfig(filters=4, stages=2), 1, SIZE, WAYS)
+    net = build_network(cfg, model_config(filters=4, stages=2), 1, SIZE, WAYS)
     learner = Learner(cfg, net)
     assert type(learner.inner_lrs) is rule
     learned = {k for k, p in learner.state_dict(keep_vars=True).items() if p.requires_grad}
@@ -64,7 +64,7 @@ def test_a_target_without_a_step_is_one_line() -> None:
 def _user_learner() -> Learner:
     torch.manual_seed(3)
     cfg = AlgorithmConfig(inner_steps=STEPS, inner_steps_eval=STEPS, inner_lr=0.3)
-    net = build_network(cfg, ModelConfig(filters=3, stages=2, norm="none"), 1, SIZE, WAYS)
+    net = build_network(cfg, model_config(filters=3, stages=2, norm="none"), 1, SIZE, WAYS)
     rule = inner_rule_factory("user_rules.MomentumSGD", {"momentum": MOMENTUM}, cfg.inner_lr)
     learner = Learner(cfg, net, inner_rule=rule).double()
     with torch.no_grad():  # distinct rates, so a mix-up of tensors would show

@@ -11,7 +11,7 @@ import torch
 from conftest import REPO_ROOT, one_line
 from mamlpp.algorithms.factory import build_network
 from mamlpp.algorithms.protomaml import ProtoMAML
-from mamlpp.config import AlgorithmConfig, ModelConfig
+from mamlpp.config import AlgorithmConfig, ComponentConfig, model_config
 from mamlpp.errors import ConfigError
 from mamlpp.tasks import EpisodeBatch
 
@@ -30,16 +30,16 @@ def _batch(dtype: torch.dtype = torch.float32) -> EpisodeBatch:
     return EpisodeBatch(xs, ys, xt, yt)
 
 
-def _protomaml(model: ModelConfig, **algorithm) -> ProtoMAML:
+def _protomaml(model: ComponentConfig, **algorithm) -> ProtoMAML:
     torch.manual_seed(0)
     cfg = AlgorithmConfig(name="protomaml", inner_steps=2, inner_steps_eval=2, **algorithm)
     return ProtoMAML(cfg, build_network(cfg, model, 1, SIZE, WAYS))
 
 
 MODELS = {
-    "conv4": ModelConfig(filters=4, stages=2),
-    "resnet12": ModelConfig(name="resnet12", channels=[4, 4, 4, 4]),
-    "module": ModelConfig(name="module", _target_="user_nets.SmallCNN", kwargs={"width": 6}),
+    "conv4": model_config(filters=4, stages=2),
+    "resnet12": model_config(name="resnet12", channels=[4, 4, 4, 4]),
+    "module": model_config(name="module", _target_="user_nets.SmallCNN", kwargs={"width": 6}),
 }
 
 
@@ -78,7 +78,7 @@ def test_head_starts_at_the_prototype_formula(model: str, monkeypatch) -> None:
 
 
 def test_second_order_gradient_through_the_prototypes_matches_finite_differences() -> None:
-    learner = _protomaml(ModelConfig(filters=3, stages=2, norm="none"), inner_lr=0.25).double()
+    learner = _protomaml(model_config(filters=3, stages=2, norm="none"), inner_lr=0.25).double()
     batch = _batch(torch.float64)
 
     def meta_loss() -> torch.Tensor:
@@ -126,7 +126,7 @@ def test_a_backbone_without_a_linear_head_is_one_line(monkeypatch) -> None:
     monkeypatch.syspath_prepend(str(USER_CODE))
     cfg = AlgorithmConfig(name="protomaml")
     net = build_network(
-        cfg, ModelConfig(name="module", _target_="user_nets.SmallCNN"), 1, SIZE, WAYS
+        cfg, model_config(name="module", _target_="user_nets.SmallCNN"), 1, SIZE, WAYS
     )
     net.head_names = frozenset(n for n in net.head_names if n.endswith("weight"))
     with pytest.raises(

@@ -14,7 +14,7 @@ from mamlpp.algorithms.inner_lr import InnerAdam
 from mamlpp.algorithms.outer_step import OuterStep
 from mamlpp.algorithms.reptile import Reptile
 from mamlpp.algorithms.schedules import meta_lr_at
-from mamlpp.config import AlgorithmConfig, ModelConfig
+from mamlpp.config import AlgorithmConfig, model_config
 from mamlpp.tasks import EpisodeBatch
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -28,7 +28,7 @@ def _reptile(impl: str, rule=None) -> tuple[Reptile, OuterStep]:
     cfg = AlgorithmConfig(
         name="reptile", inner_steps=STEPS, inner_lr=INNER_LR, second_order=False, meta_lr=EPS
     )
-    net = build_network(cfg, ModelConfig(filters=3, stages=2, norm="none"), 1, SIZE, WAYS)
+    net = build_network(cfg, model_config(filters=3, stages=2, norm="none"), 1, SIZE, WAYS)
     learner = Reptile(cfg, net, impl=impl, inner_rule=rule).double()
     return learner, OuterStep(learner, cfg, total_iterations=10, optimizer=torch.optim.SGD)
 
