@@ -87,16 +87,33 @@ def measure(setting: str, impl: str, variant: str, device: str, warmup: int, rep
     import torch
 
     from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
-    from mamlpp.config import SpeedConfig, model_config
-    from mamlpp.experiment.device import configure_backends
+    from mamlpp.config import SpeedConfig
+
+    try:
+        from mamlpp.config import model_config
+    except ImportError:  # a checkout from before the component registries (a --baseline)
+        from mamlpp.config import ModelConfig as model_config
+
+    try:
+        from mamlpp.experiment.device import configure_backends
+    except ImportError:  # a checkout from before experiment.device (a --baseline)
+        from mamlpp.experiment.builder import configure_backends
+
+    try:
+        from mamlpp.nn.cpu_allocator import keep_freed_memory
+    except ImportError:  # a checkout from before it (a --baseline of bench_side_by_side.py)
+
+        def keep_freed_memory() -> bool:
+            return False
 
     algo, ways, batch, steps, resnet = parse_setting(setting)
     channels, size = (3, 32) if resnet else (1, 28)
     options, precision = VARIANTS[variant]
     speed = SpeedConfig(**options)
     dev = torch.device(device)
-    if dev.type == "cpu":
+    if dev.type == "cpu":  # as experiment.device.configure_device
         torch.set_flush_denormal(True)
+        keep_freed_memory()
     configure_backends(speed, dev)
     torch.manual_seed(0)
     learner = MetaLearner(

@@ -12,7 +12,7 @@ same for the process's CPU seconds (steadier than wall time on a shared machine;
 and the peak memory (RSS on CPU, allocated GPU memory on CUDA). `--published` defaults to
 .gpu/published (benchmarks/gpu_prepare.sh copies the published Python files there).
 `--baseline main=../main/src` adds another mamlpp checkout's src/ (e.g. the commit before a
-change) as extra rows.
+change) as extra rows, with the first `--variant` only.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main() -> None:
             ours = [sys.executable, str(HERE / "bench_meta_step.py"), "--worker", setting]
             ours += ["batched", variant, "--device", args.device, "--threads", str(args.threads)]
             cases.append((f"ours ({variant})", ours + common, str(REPO / "src")))
-            for name, path in baselines:
+            for name, path in baselines if variant == args.variant[0] else []:
                 cases.append((f"{name} ({variant})", ours + common, path))
         impls.extend((f"{setting}|{label}", cmd, path) for label, cmd, path in cases)
     for r in range(args.rounds):

@@ -149,11 +149,18 @@ class Cli:
         base = [*TINY_ARGS, *self.data_args] if tiny else []
         return [sys.executable, "-m", "mamlpp.train", *base, *args]
 
-    def start(self, *args: str, cwd: Path | None = None, tiny: bool = True) -> CliRun:
+    def start(
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        tiny: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> CliRun:
+        """`env`: the whole environment of the run (default: this runner's)."""
         proc = subprocess.Popen(
             self.command(*args, tiny=tiny),
             cwd=cwd or self.cwd,
-            env=self.env,
+            env=self.env if env is None else env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -161,9 +168,14 @@ class Cli:
         return CliRun(proc)
 
     def run(
-        self, *args: str, cwd: Path | None = None, tiny: bool = True, timeout: float = 300
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        tiny: bool = True,
+        timeout: float = 300,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
-        return self.start(*args, cwd=cwd, tiny=tiny).finish(timeout)
+        return self.start(*args, cwd=cwd, tiny=tiny, env=env).finish(timeout)
 
     def start_script(
         self, script: Path, run_dir: Path, *overrides: str, cwd: Path, timeout: float

@@ -362,7 +362,7 @@ def run(args: argparse.Namespace) -> Path:
     device = resolve_device(cfg.device)
     configure_device(device, cfg.speed)
     torch.manual_seed(cfg.seed)  # the members' fresh init is overwritten; keep it reproducible
-    base = {"source": str(args.target), "overrides": list(args.overrides)}
+    base: dict[str, Any] = {"source": str(args.target), "overrides": list(args.overrides)}
     base["mamlpp_version"] = __version__
     if args.support is not None:
         out = trained.out_root / output_name(args, "predict")

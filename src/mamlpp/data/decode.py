@@ -66,12 +66,14 @@ def eight_bit(im: Image.Image, mode: str) -> Image.Image:
     elif im.mode == "LAB":
         from PIL import ImageCms
 
-        im = ImageCms.applyTransform(
+        rgb = ImageCms.applyTransform(
             im,
             ImageCms.buildTransform(
                 ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
             ),
         )
+        assert rgb is not None  # None only for inPlace=True
+        im = rgb
     if im.mode == mode:
         return im.copy()  # loaded, and independent of the file (closed after decoding)
     with warnings.catch_warnings():  # "palette images with transparency": alpha is dropped

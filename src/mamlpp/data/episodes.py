@@ -85,8 +85,10 @@ class EpisodeSampler:
         picks = np.empty((count, n), dtype=np.int64)
         aug = self.augmentation if split == "train" else Augmentation()
         pad = aug.crop_padding
-        crop_y = crop_x = flips = None
-        if aug.active:
+        crop_y: np.ndarray | None = None
+        crop_x: np.ndarray | None = None
+        flips: np.ndarray | None = None
+        if aug.active:  # crop padding or flips
             crop_y = np.full((count, n, m), pad, dtype=np.int64)
             crop_x = np.full((count, n, m), pad, dtype=np.int64)
             flips = np.zeros((count, n, m), dtype=bool)
@@ -105,9 +107,11 @@ class EpisodeSampler:
                 imgs[b] = [rng.permutation(c)[:m] for c in counts]
             # Augmentation draws come last, so tasks without augmentation are unchanged.
             if pad > 0:
+                assert crop_y is not None and crop_x is not None  # made above: aug.active
                 crop_y[b] = rng.integers(0, 2 * pad + 1, size=(n, m))
                 crop_x[b] = rng.integers(0, 2 * pad + 1, size=(n, m))
             if aug.flip:
+                assert flips is not None
                 flips[b] = rng.random((n, m)) < 0.5
         return TaskIndices(chars, rots, imgs, crop_y, crop_x, flips, picks)
 
@@ -136,6 +140,7 @@ class EpisodeSampler:
 
     def _crop_and_flip(self, x: Tensor, idx: TaskIndices) -> Tensor:
         """One gather: each image is zero-padded, cropped at its offset and maybe mirrored."""
+        assert idx.crop_y is not None and idx.crop_x is not None and idx.flips is not None
         shape = x.shape
         c, h, w = shape[-3:]
         pad = self.augmentation.crop_padding

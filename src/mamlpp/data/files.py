@@ -35,7 +35,7 @@ from mamlpp.files import atomic_write
 logger = logging.getLogger(__name__)
 
 # Image.Resampling exists since Pillow 9.1; older versions only have the module-level alias.
-LANCZOS = Image.Resampling.LANCZOS if hasattr(Image, "Resampling") else Image.LANCZOS
+LANCZOS = Image.Resampling.LANCZOS if hasattr(Image, "Resampling") else Image.LANCZOS  # type: ignore[attr-defined]
 MAX_DECODE_WORKERS = 8
 
 
@@ -98,8 +98,8 @@ def zip_for_chunk(
 ) -> Iterator[zipfile.ZipFile]:
     """The zip at `root` for one chunk: a pool worker's cached handle, else opened and closed."""
     if _worker_zips is None:
-        with open_zip(root) as zf:
-            yield zf
+        with open_zip(root) as opened:
+            yield opened
         return
     zf = _worker_zips.get(root)
     if zf is None:

@@ -1,6 +1,6 @@
-"""Omniglot: its facts (1623 characters of 20 drawings, the protocols' class splits and
-rotations), where its two release zips are found or downloaded, and its layout, listed as one
-more ImageListing.
+"""Omniglot: where its two release zips are found or downloaded, its layout, listed as one more
+ImageListing, and its protocols' class splits. Its facts (1623 characters of 20 drawings, the
+protocols' split sizes, rotations) are in the leaf omniglot_facts.py, re-exported here.
 
 Decoding, the cache and the data identity are the image folders' (mamlpp.data.image_folder):
 greyscale, in class order background characters then evaluation characters, each sorted by
@@ -151,6 +151,7 @@ def _resolve_sources(data_dir: Path, source: str | Path | None) -> tuple[list[_S
             found.append(hit)
         return found, src_dir
 
+    md5: str | None  # checked for the official URLs only
     for name in _SETS:
         hit = _find_local(data_dir, name)
         if hit is None:
@@ -208,8 +209,8 @@ def _scan(
         found = content.remember_for_zip(
             src.path, path, {"set": src.name}, "listing", lambda: _scan_zip(src)
         )
-        classes = {(a, c): members for a, c, members in found["classes"]}
-        return classes, {m: (crc, size) for m, crc, size in found["crcs"]}
+        listed = {(a, c): members for a, c, members in found["classes"]}
+        return listed, {m: (crc, size) for m, crc, size in found["crcs"]}
     classes: dict[tuple[str, str], list[str]] = {}
     for root, _dirs, files in os.walk(src.path):
         rel = Path(root).relative_to(src.path).parts

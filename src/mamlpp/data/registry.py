@@ -8,6 +8,7 @@ an ImageListing (decoded and cached like an image folder) or a FewShotDataset.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -59,7 +60,7 @@ def load_dataset(cfg: ImageDatasetConfig) -> FewShotDataset:
     elif cfg.normalization == "dataset":
         # Loaders return NumPy pixels (in memory or mapped); they move to the device later.
         rows = data.images.rows(data.splits["train"].chars)
-        mean, std = channel_stats(data.images.pixels, rows)
+        mean, std = channel_stats(cast(np.ndarray, data.images.pixels), rows)
         data.mean, data.std = tuple(mean), tuple(max(s, 1e-6) for s in std)
     return data
 

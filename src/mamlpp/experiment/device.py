@@ -9,6 +9,7 @@ from mamlpp.config import SpeedConfig
 from mamlpp.errors import ConfigError
 from mamlpp.experiment.console import log
 from mamlpp.experiment.gpu_claim import GpuClaim, claim_free_gpu, cuda_ids
+from mamlpp.nn.cpu_allocator import keep_freed_memory
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,4 +62,5 @@ def configure_device(device: torch.device, speed: SpeedConfig) -> None:
         torch.cuda.set_device(device)
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal gradients slow CPU kernels by 10x+
+        keep_freed_memory()  # no page faults for each new temporary (same numbers)
     configure_backends(speed, device)

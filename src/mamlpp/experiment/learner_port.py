@@ -31,10 +31,10 @@ class LearnerPort:
     and what member files hold; `step` runs the meta-steps."""
 
     def __init__(self, learner: nn.Module, step: Any = None) -> None:
-        self.model = learner
-        # What owns train_step, the meta-optimizer and the sync: an outer-step object, or
-        # (without one) the learner itself.
-        self.step = step if step is not None else learner
+        # Duck-typed: any learner class (MAML's, Reptile's, ProtoMAML's, a user's) and any object
+        # that owns train_step, the meta-optimizer and the sync (an outer step, or the learner).
+        self.model: Any = learner
+        self.step: Any = step if step is not None else learner
 
     def train_step(self, batch: Any, epoch: int, iteration: int) -> Step:
         return self.step.train_step(batch, epoch, iteration)

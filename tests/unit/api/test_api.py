@@ -314,14 +314,7 @@ def test_target_typo_in_process_train(
 def test_target_typo_on_the_command_line(cli: Cli, tmp_path: Path) -> None:
     env = {**cli.env, "PYTHONPATH": str(USER_CODE)}
     args = ["algorithm=maml", "model=module", "model._target_=user_nets.Nope"]
-    done = subprocess.run(
-        [*cli.command(*args, f"hydra.run.dir={tmp_path / 'r'}")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = cli.run(*args, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, env=env)
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("mamlpp: error: "), done.stderr

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.images import class_folder
 from helpers.paths import USER_CODE
 from mamlpp.config import ImageDatasetConfig, dataset_config
 from mamlpp.data import capacity
@@ -27,13 +28,7 @@ S = 64
 
 
 def _folder(root: Path, classes: int = 6, per_class: int = 10) -> Path:
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        for i in range(per_class):
-            path = root / f"class{c}" / f"img{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(path)
-    return root
+    return class_folder(root, classes, per_class, size=20)
 
 
 def _cfg(root: Path, data_dir: Path, **kw: object) -> ImageDatasetConfig:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.images import class_folder
 from mamlpp.config import Config, ImageDatasetConfig, dataset_config
 from mamlpp.data import content
 from mamlpp.data import image_folder as imf
@@ -27,13 +28,7 @@ S = 8
 
 def _bmp_folder(root: Path, classes: int = 4, per_class: int = 3) -> Path:
     """BMPs: every image has the same byte size, so only their contents tell them apart."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        for i in range(per_class):
-            path = root / f"class{c}" / f"img{i}.bmp"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (S, S, 3), dtype=np.uint8)).save(path)
-    return root
+    return class_folder(root, classes, per_class, size=S, suffix=".bmp")
 
 
 def _swap_keeping_times(a: Path, b: Path) -> None:

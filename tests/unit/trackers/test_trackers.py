@@ -154,12 +154,11 @@ def test_cli_refuses_an_unreachable_mlflow_server_before_training(cli: Cli, tmp_
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}",
     }
     start = time.monotonic()
-    proc = subprocess.run(
-        cli.command(f"hydra.run.dir={run_dir}", "logger=[tensorboard,mlflow]"),
+    proc = cli.run(
+        f"hydra.run.dir={run_dir}",
+        "logger=[tensorboard,mlflow]",
         cwd=tmp_path,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
