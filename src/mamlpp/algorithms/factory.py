@@ -7,6 +7,8 @@ always meets the module layout it was saved from. The runtime adds the outer ste
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from mamlpp.algorithms.inner_lr import inner_rule_factory
@@ -56,14 +58,17 @@ def build_network(
     is a one-line error."""
     steps = algorithm.inner_steps
     if isinstance(model, ComponentConfig):
-        model = build_backbone(
-            model,
-            in_channels,
-            image_size,
-            ways,
-            bn_weight_steps=steps if algorithm.per_step_bn_weights else 1,
-            bn_stat_steps=steps if algorithm.per_step_bn_stats else 1,
-            channels_last=channels_last,
+        model = cast(
+            MetaBackbone,
+            build_backbone(
+                model,
+                in_channels,
+                image_size,
+                ways,
+                bn_weight_steps=steps if algorithm.per_step_bn_weights else 1,
+                bn_stat_steps=steps if algorithm.per_step_bn_stats else 1,
+                channels_last=channels_last,
+            ),
         )
     wanted = [k for k in PER_STEP_BN_KEYS if getattr(algorithm, k)]
     if wanted and not model.supports_per_step_bn:

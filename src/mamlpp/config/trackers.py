@@ -110,5 +110,5 @@ def default_logger() -> LoggerConfig:
 
 
 def _enabled(name: str) -> TrackerConfig:
-    config = {c.name: c.config for c in components("logger")}[name]
+    config: Any = {c.name: c.config for c in components("logger")}[name]  # a TrackerConfig
     return config(enabled=True)

@@ -39,6 +39,7 @@ def build_backbone(
 
 @register_backbone("module", config=ModuleConfig)
 def _module(model: ModuleConfig, *, in_channels: int, image_size: int, ways: int, **_: Any):
+    assert model._target_ is not None  # validate() requires it for model=module
     return build_module_backbone(
         model._target_,
         dict(model.kwargs),
