@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-runs/menu}
 shift || true
 ALGOS=("$@")
-[ ${#ALGOS[@]} -gt 0 ] || ALGOS=(maml fomaml mamlpp anil boil metasgd)
+[ ${#ALGOS[@]} -gt 0 ] || ALGOS=(maml fomaml mamlpp anil boil metasgd reptile protomaml)
 for algo in "${ALGOS[@]}"; do
   extra=()
   [ "$algo" = mamlpp ] && extra=(algorithm.first_order_epochs=1 algorithm.msl_epochs=2)

@@ -1,6 +1,6 @@
-"""Omniglot: its facts (1623 characters of 20 drawings, the protocols' class splits and
-rotations), where its two release zips are found or downloaded, and its layout, listed as one
-more ImageListing.
+"""Omniglot: where its two release zips are found or downloaded, its layout, listed as one more
+ImageListing, and its protocols' class splits. Its facts (1623 characters of 20 drawings, the
+protocols' split sizes, rotations) are in the leaf omniglot_facts.py, re-exported here.
 
 Decoding, the cache and the data identity are the image folders' (mamlpp.data.image_folder):
 greyscale, in class order background characters then evaluation characters, each sorted by
