@@ -34,11 +34,7 @@ LAYERS = [
 ]
 LOW = [name for layer in LAYERS for name in layer]
 # Known exceptions: one import edge each, with its reason; remove an entry once its import goes.
-KNOWN = {
-    # Omniglot's facts live in its module only (issue 20 part 5), and validate() checks a task
-    # against them; a leaf module of facts (importing nothing of mamlpp) would need no entry.
-    ("mamlpp.config.validation", "mamlpp.data.omniglot"): "Omniglot's class and image counts",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 FRONT_ENDS = ("train", "api", "apps", "evaluate", "inference", "image_inputs")
