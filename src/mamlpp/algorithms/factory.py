@@ -7,8 +7,6 @@ always meets the module layout it was saved from. The runtime adds the outer ste
 
 from __future__ import annotations
 
-from typing import cast
-
 import torch
 
 from mamlpp.algorithms.inner_lr import inner_rule_factory
@@ -58,23 +56,22 @@ def build_network(
     is a one-line error."""
     steps = algorithm.inner_steps
     if isinstance(model, ComponentConfig):
-        model = cast(
-            MetaBackbone,
-            build_backbone(
-                model,
-                in_channels,
-                image_size,
-                ways,
-                bn_weight_steps=steps if algorithm.per_step_bn_weights else 1,
-                bn_stat_steps=steps if algorithm.per_step_bn_stats else 1,
-                channels_last=channels_last,
-            ),
+        net = build_backbone(
+            model,
+            in_channels,
+            image_size,
+            ways,
+            bn_weight_steps=steps if algorithm.per_step_bn_weights else 1,
+            bn_stat_steps=steps if algorithm.per_step_bn_stats else 1,
+            channels_last=channels_last,
         )
+    else:
+        net = model
     wanted = [k for k in PER_STEP_BN_KEYS if getattr(algorithm, k)]
-    if wanted and not model.supports_per_step_bn:
+    if wanted and not net.supports_per_step_bn:
         raise ConfigError(
             f"config key 'algorithm.{wanted[0]}' = True: the backbone "
-            f"{type(model).__name__} has no per-step batch norm (it declares "
+            f"{type(net).__name__} has no per-step batch norm (it declares "
             "supports_per_step_bn=False)"
         )
-    return model
+    return net

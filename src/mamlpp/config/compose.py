@@ -52,7 +52,8 @@ def _schema_class() -> type:
     entries: list[tuple[str, Any, Any]] = []
     for f in fields(Config):
         if f.name in SECTIONS:
-            entries.append((f.name, dict[str, Any], dataclass_field(default_factory=dict)))
+            open_section: Any = dataclass_field(default_factory=dict)
+            entries.append((f.name, dict[str, Any], open_section))
         else:
             entries.append((f.name, _HINTS[f.name], f))
     return make_dataclass("ConfigSchema", entries)
@@ -226,6 +227,7 @@ def to_config(cfg: DictConfig | Config, allow: Allow | None = None) -> Config:
         _fold_module_kwargs(cfg)
         try:
             plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+            assert isinstance(plain, dict)
         except Exception as exc:  # omegaconf reports missing/mistyped values here
             raise ConfigError(f"config: {first_line(exc)}") from exc
         assert isinstance(plain, dict)

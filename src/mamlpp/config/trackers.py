@@ -81,6 +81,10 @@ register("logger", "wandb", WandbLoggerConfig)
 class LoggerConfig:
     """The experiment trackers: one field per registered tracker (see `logger_config`)."""
 
+    if TYPE_CHECKING:  # the fields are made per registry state (logger.mlflow, ...)
+
+        def __getattr__(self, name: str) -> Any: ...
+
     def chosen(self) -> list[str]:
         """The names of the trackers switched on, in registration order."""
         return [f.name for f in fields(self) if getattr(self, f.name).enabled]

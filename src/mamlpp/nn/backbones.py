@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from mamlpp.config import Conv4Config, ModuleConfig, ResNet12Config, builder, register_backbone
+from mamlpp.nn.contract import MetaBackbone
 from mamlpp.nn.conv4 import Conv4
 from mamlpp.nn.module_backbone import build_module_backbone
 from mamlpp.nn.resnet12 import ResNet12
@@ -24,7 +25,7 @@ def build_backbone(
     bn_weight_steps: int,
     bn_stat_steps: int,
     channels_last: bool = False,
-) -> nn.Module:
+) -> MetaBackbone:
     """The backbone `model` (a registered backbone's config) describes."""
     return builder("model", model.name)(
         model,
