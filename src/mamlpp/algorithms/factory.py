@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from mamlpp.algorithms.finetune_baseline import FineTuneBaseline
 from mamlpp.algorithms.inner_lr import inner_rule_factory
 from mamlpp.algorithms.learner import Learner
 from mamlpp.algorithms.protomaml import ProtoMAML
@@ -17,18 +18,37 @@ from mamlpp.config import PER_STEP_BN_KEYS, AlgorithmConfig, ComponentConfig, Co
 from mamlpp.errors import ConfigError
 from mamlpp.nn.backbones import build_backbone
 from mamlpp.nn.contract import MetaBackbone
+from mamlpp.tasks import CLASSIFICATION, REGRESSION, Objective
 
 # The algorithms that are not a Learner with other keys (algorithms.variants lists those).
-LEARNERS: dict[str, type[Learner]] = {"reptile": Reptile, "protomaml": ProtoMAML}
+LEARNERS: dict[str, type[Learner]] = {
+    "reptile": Reptile,
+    "protomaml": ProtoMAML,
+    "baseline": FineTuneBaseline,
+    "baseline_pp": FineTuneBaseline,
+}
+# Chen et al.'s pre-train then fine-tune baselines: a classifier of every training class.
+FINETUNE_BASELINES = ("baseline", "baseline_pp")
+# Datasets of the regression task family (MSE loss and score); the others classify.
+REGRESSION_DATASETS = ("sinusoid",)
+
+
+def objective_of(cfg: Config) -> Objective:
+    """The task family's per-task loss and score, chosen by the dataset."""
+    return REGRESSION if cfg.dataset.name in REGRESSION_DATASETS else CLASSIFICATION
 
 
 def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "cpu") -> Learner:
     """The configured learner on `device` (weights freshly initialised from torch's RNG)."""
     a = cfg.algorithm
     impl = "batched" if cfg.train.impl == "auto" else cfg.train.impl
-    net = build_network(
-        a, cfg.model, in_channels, cfg.dataset.image_size, cfg.task.ways, cfg.speed.channels_last
-    )
+    ways = cfg.task.ways
+    if a.name in FINETUNE_BASELINES:  # one output per training class (Omniglot's split)
+        ways = cfg.dataset.class_counts()[0]
+    # Vector data (model=mlp) has no image size; in_channels is then the input dimension.
+    image_size = getattr(cfg.dataset, "image_size", 1)
+    net = build_network(a, cfg.model, in_channels, image_size, ways, cfg.speed.channels_last)
+    objective = objective_of(cfg)
     rule = inner_rule_factory(
         a.inner_rule._target_, a.inner_rule.kwargs, a.inner_lr, a.learn_inner_lr, a.per_element_lr
     )
@@ -39,6 +59,8 @@ def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "c
         precision=cfg.train.precision,
         checkpoint_inner_steps=cfg.speed.checkpoint_inner_steps,
         inner_rule=rule,
+        loss_fn=objective.loss,
+        score_fn=objective.score,
     )
     return learner.to(device)
 

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mamlpp import __version__
+from mamlpp.algorithms.factory import REGRESSION_DATASETS
 from mamlpp.config import (
     Config,
     SpeedConfig,
@@ -350,6 +351,12 @@ def run(args: argparse.Namespace) -> Path:
     members = [o.partition("=")[2] for o in args.overrides if o.startswith("members=")]
     named = named_targets(args.overrides)
     trained = open_trained(args.target, members[-1] if members else "top-k", named, args.trust_code)
+    dataset = (trained.config.get("dataset") or {}).get("name")
+    if dataset in REGRESSION_DATASETS:
+        raise MamlppError(
+            f"{args.target} is a regression run (dataset={dataset}): evaluate it with "
+            "mamlpp-sinusoid RUN_DIR (test MSE after 0, 1 and 10 steps, and the figure)"
+        )
     cfg, own = eval_config(trained.config, args.overrides, trained.policy.allow)
     trained.policy.model_config(cfg)  # code the file names is refused before any work
     device = resolve_device(cfg.device)

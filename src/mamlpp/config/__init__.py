@@ -54,6 +54,7 @@ from mamlpp.config.registry import (
     register_dataset,
     register_tracker,
 )
+from mamlpp.config.regression import MlpConfig, SinusoidConfig
 from mamlpp.config.schema import (
     AlgorithmConfig,
     Config,
@@ -90,6 +91,8 @@ from mamlpp.config.validation import (
 from mamlpp.errors import ConfigError
 
 __all__ = [
+    "MlpConfig",
+    "SinusoidConfig",
     "ADAPT_MODES",
     "ALGORITHMS",
     "DEVICES",

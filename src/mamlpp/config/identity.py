@@ -70,6 +70,8 @@ def algorithm_label(a: AlgorithmConfig) -> str:
 
 
 def _feature_label(a: AlgorithmConfig) -> str:
+    if a.name in ("baseline", "baseline_pp"):  # no inner loop: the MAML++ switches do nothing
+        return a.name
     if a.name == "mamlpp":
         off = [name for on, name in _features(a) if not on]
         label = "mamlpp" + "".join(f"-{n}" for n in off)

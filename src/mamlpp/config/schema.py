@@ -90,6 +90,9 @@ class AlgorithmConfig:
     # true: clamp only the network's meta-gradients, not those of the learned inner learning
     # rates (LSLR, Meta-SGD), as the published MAML++ code does; false: clamp all of them.
     grad_clip_network_only: bool = False
+    # (baseline, baseline_pp) fine-tuning of each task's new head: SGD steps and step size.
+    finetune_steps: int = 100
+    finetune_lr: float = 0.01
 
 
 @functools.cache

@@ -11,12 +11,24 @@ import re
 from dataclasses import fields, is_dataclass
 from typing import Any
 
+from mamlpp.config.backbones import PER_STEP_BN_KEYS
 from mamlpp.config.checks import check as _check
 from mamlpp.config.objective import OPTIMIZED_METRICS
 from mamlpp.config.registry import SECTIONS, component
 from mamlpp.config.schema import Config
 
-ALGORITHMS = ("maml", "fomaml", "mamlpp", "anil", "boil", "metasgd", "reptile", "protomaml")
+ALGORITHMS = (
+    "maml",
+    "fomaml",
+    "mamlpp",
+    "anil",
+    "boil",
+    "metasgd",
+    "reptile",
+    "protomaml",
+    "baseline",
+    "baseline_pp",
+)
 # mamlpp.algorithms.adaptation reads them; any other value is a glob over parameter names.
 ADAPT_MODES = ("all", "head", "body")
 DEVICES = ("auto", "cpu", "cuda")
@@ -95,6 +107,8 @@ def validate(cfg: Config) -> Config:
         "false with algorithm.adapt=head (batch norm is part of the body, which ANIL keeps "
         "fixed in the inner loop)",
     )
+    if a.name in ("baseline", "baseline_pp"):
+        _check_finetune_baseline(cfg)
     _check(a.inner_steps >= 1, "algorithm.inner_steps", a.inner_steps, ">= 1")
     _check(a.inner_steps_eval >= 1, "algorithm.inner_steps_eval", a.inner_steps_eval, ">= 1")
     _check(a.inner_lr > 0, "algorithm.inner_lr", a.inner_lr, "> 0")
@@ -197,3 +211,36 @@ def _check_component(cfg: Config, section: str) -> None:
         "configs are registered with their component)",
     )
     node.validate(cfg)
+
+
+def _check_finetune_baseline(cfg: Config) -> None:
+    """algorithm=baseline|baseline_pp: a classifier of the training split's classes (their
+    count comes from the split: Omniglot), with a linear head to replace; no inner loop."""
+    a, d, m = cfg.algorithm, cfg.dataset, cfg.model
+    _check(a.finetune_steps >= 1, "algorithm.finetune_steps", a.finetune_steps, ">= 1")
+    _check(a.finetune_lr > 0, "algorithm.finetune_lr", a.finetune_lr, "> 0")
+    _check(
+        d.name == "omniglot",
+        "dataset.name",
+        d.name,
+        f"omniglot with algorithm={a.name} (its classifier has one output per training class)",
+    )
+    _check(
+        m.name in ("conv4", "resnet12"),
+        "model.name",
+        m.name,
+        f"conv4 or resnet12 with algorithm={a.name} (a backbone with a linear head)",
+    )
+    for key in (*PER_STEP_BN_KEYS, "learn_inner_lr", "per_element_lr", "multi_step_loss"):
+        _check(
+            not getattr(a, key),
+            f"algorithm.{key}",
+            True,
+            f"false with algorithm={a.name} (no inner loop: it pre-trains, then fine-tunes a head)",
+        )
+    _check(
+        a.adapt == "all",
+        "algorithm.adapt",
+        a.adapt,
+        f"all with algorithm={a.name} (fine-tuning always trains a new head on fixed features)",
+    )

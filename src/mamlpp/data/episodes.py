@@ -36,7 +36,8 @@ class Augmentation:
 @dataclass(frozen=True)
 class TaskIndices:
     """A batch of tasks: [B, N] classes/rotations, [B, N, K+T] image indices within each class,
-    and [B, N, K+T] crop offsets (y, x) and flips (None without augmentation)."""
+    and [B, N, K+T] crop offsets (y, x) and flips (None without augmentation); `picked` [B, N]
+    the classes as indices into the split's class list."""
 
     chars: np.ndarray
     rotations: np.ndarray
@@ -44,6 +45,7 @@ class TaskIndices:
     crop_y: np.ndarray | None = None
     crop_x: np.ndarray | None = None
     flips: np.ndarray | None = None
+    picked: np.ndarray | None = None
 
 
 class EpisodeSampler:
@@ -80,6 +82,7 @@ class EpisodeSampler:
         chars = np.empty((count, n), dtype=np.int64)
         rots = np.empty((count, n), dtype=np.int64)
         imgs = np.empty((count, n, m), dtype=np.int64)
+        picks = np.empty((count, n), dtype=np.int64)
         aug = self.augmentation if split == "train" else Augmentation()
         pad = aug.crop_padding
         crop_y: np.ndarray | None = None
@@ -93,6 +96,7 @@ class EpisodeSampler:
         for b in range(count):
             rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, start + b]))
             picked = rng.choice(len(classes), size=n, replace=False)
+            picks[b] = picked
             chars[b] = classes.chars[picked]
             fixed = classes.rotations[picked]
             rots[b] = np.where(fixed == RANDOM_ROTATION, rng.integers(0, 4, size=n), fixed)
@@ -109,7 +113,7 @@ class EpisodeSampler:
             if aug.flip:
                 assert flips is not None
                 flips[b] = rng.random((n, m)) < 0.5
-        return TaskIndices(chars, rots, imgs, crop_y, crop_x, flips)
+        return TaskIndices(chars, rots, imgs, crop_y, crop_x, flips, picks)
 
     def batch(self, split: str, seed: int, start: int, count: int) -> EpisodeBatch:
         """Tasks start..start+count-1 of `split` under `seed`, as normalised float tensors."""
@@ -131,7 +135,8 @@ class EpisodeSampler:
         xt = x[:, :, k:].reshape(b, n * self.targets, *x.shape[3:])
         ys = labels.repeat_interleave(k).expand(b, -1).contiguous()
         yt = labels.repeat_interleave(self.targets).expand(b, -1).contiguous()
-        return EpisodeBatch(xs, ys, xt, yt)
+        classes = torch.from_numpy(idx.picked).to(dev)
+        return EpisodeBatch(xs, ys, xt, yt, classes)
 
     def _crop_and_flip(self, x: Tensor, idx: TaskIndices) -> Tensor:
         """One gather: each image is zero-padded, cropped at its offset and maybe mirrored."""

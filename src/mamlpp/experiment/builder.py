@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from mamlpp.algorithms.factory import build_learner
+from mamlpp.algorithms.factory import REGRESSION_DATASETS, build_learner, objective_of
 from mamlpp.algorithms.learner import Learner
 from mamlpp.algorithms.outer_step import build_outer_step
 from mamlpp.config import Config, algorithm_label, experiment_keys
 from mamlpp.data.preprocessing import Preprocessing
 from mamlpp.data.registry import load_dataset
+from mamlpp.data.sinusoid import sinusoid_sampler
 from mamlpp.errors import ConfigError
 from mamlpp.experiment.callbacks import (
     CheckpointCadence,
@@ -109,19 +110,11 @@ class ExperimentBuilder:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        # Rank 0 first: it may write the decoded cache the other ranks then read.
-        if not self.dist.is_main:
-            self.dist.barrier()
-        data = load_dataset(cfg.dataset)
-        if self.dist.is_main:
-            self.dist.barrier()
         self.local_batch = self.dist.local_share(cfg.train.meta_batch_size)
-        t = cfg.task
-        data.check_task_fits(t.ways, t.shots, t.targets)
-        self.in_channels = data.images.channels
-        self.preprocessing = Preprocessing.of(data)
-        self.data_identity = data.identity
-        self.sampler = make_sampler(cfg, data, self.device)
+        if cfg.dataset.name in REGRESSION_DATASETS:
+            self._build_regression()
+        else:
+            self._build_images()
         self.total_iterations = cfg.train.epochs * cfg.train.iters_per_epoch
         learner = self._new_learner()  # the outer step: meta-optimizer, schedule, sync
         self.learner = LearnerPort(learner, build_outer_step(cfg, learner))
@@ -130,6 +123,29 @@ class ExperimentBuilder:
         self.store = CheckpointStore(
             self.layout, self.learner, cfg, self.data_identity, self.dist, log
         )
+
+    def _build_images(self) -> None:
+        cfg = self.cfg
+        # Rank 0 first: it may write the decoded cache the other ranks then read.
+        if not self.dist.is_main:
+            self.dist.barrier()
+        data = load_dataset(cfg.dataset)
+        if self.dist.is_main:
+            self.dist.barrier()
+        t = cfg.task
+        data.check_task_fits(t.ways, t.shots, t.targets)
+        self.in_channels = data.images.channels
+        self.preprocessing = Preprocessing.of(data)
+        self.data_identity = data.identity
+        self.sampler = make_sampler(cfg, data, self.device)
+
+    def _build_regression(self) -> None:
+        """Sinusoid tasks are drawn on the fly (no files, so no data fingerprint); members
+        record vector inputs as a 1x1 'image' of in_features channels."""
+        self.sampler = sinusoid_sampler(self.cfg.dataset, self.cfg.task, self.device)
+        self.in_channels = self.sampler.in_features
+        self.preprocessing = Preprocessing(image_size=1, channels=self.in_channels)
+        self.data_identity = None
 
     def _new_learner(self) -> Learner:
         return build_learner(self.cfg, self.in_channels, self.device)
@@ -173,8 +189,9 @@ class ExperimentBuilder:
         with run_log(self.run_dir):
             log(f"run directory: {where}")
             c = self.cfg
+            ways = "" if c.dataset.name in REGRESSION_DATASETS else f"{c.task.ways}-way "
             log(
-                f"experiment {c.experiment_name}: {c.dataset.name} {c.task.ways}-way "
+                f"experiment {c.experiment_name}: {c.dataset.name} {ways}"
                 f"{c.task.shots}-shot, algorithm {algorithm_label(c.algorithm)}, seed {c.seed}"
             )
             if self.dist.enabled:
@@ -264,6 +281,7 @@ class ExperimentBuilder:
                 log,
                 self.learner.inner_lrs if cfg.algorithm.learn_inner_lr else None,
                 self.dist,
+                objective_of(cfg),
             ),
             CheckpointCadence(cfg.run.checkpoint_every_iters, cfg.run.checkpoint_every_seconds),
             self.stop,
@@ -342,7 +360,7 @@ class ExperimentBuilder:
             num_test_tasks=cfg.eval.test_tasks,
             ensemble_size=tested["ensemble_size"],
             per_model=tested["per_model"],
-            best_val_accuracy=max(e["val_acc"] for e in progress.top_k),
+            best_val_accuracy=progress.top_k[0]["val_acc"],  # ranked best first
             train_seconds=round(progress.train_seconds, 2),
             test_seconds=round(t_test, 2),
             wall_time_s=round(progress.train_seconds + progress.eval_seconds + t_test, 2),
@@ -351,6 +369,7 @@ class ExperimentBuilder:
             device=str(self.device),
             config=config_summary(cfg),
             identity=run_identity(cfg, self.data_identity),
+            metric=None if objective_of(cfg).higher_is_better else objective_of(cfg).metric,
         ).to_dict()
 
     def _top_k_members(self, progress: TrainingProgress) -> Iterator[tuple[dict, Learner]]:

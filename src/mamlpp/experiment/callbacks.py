@@ -24,6 +24,7 @@ from mamlpp.experiment.nonfinite import check_step
 from mamlpp.experiment.run_state import TrainingProgress
 from mamlpp.experiment.signals import SignalFlag
 from mamlpp.experiment.topk import update_top_k
+from mamlpp.tasks import CLASSIFICATION, Objective
 from mamlpp.trackers.base import MetricLogger
 
 
@@ -98,7 +99,8 @@ class Validation(Callback):
     member file if kept (or a keep_every_epochs snapshot), close the epoch's metrics.csv row;
     once the checkpoint holds them, rewrite metrics.csv and say the epoch's numbers.
 
-    `validate(epoch, progress)` returns the (loss, accuracy) means over the validation tasks;
+    `validate(epoch, progress)` returns the (loss, score) means over the validation tasks (the
+    score of `objective`: accuracy, or MSE for regression, where the top-k are the lowest);
     `member(epoch, val_acc)` the member file's content."""
 
     def __init__(
@@ -112,7 +114,9 @@ class Validation(Callback):
         say: Callable[[str], None],
         inner_lrs: Callable[[], dict[str, Any]] | None = None,
         dist: Distributed = SINGLE,
+        objective: Objective = CLASSIFICATION,
     ) -> None:
+        self.objective = objective
         self.validate, self.store, self.member = validate, store, member
         self.trackers, self.top_k, self.metrics, self.say = trackers, top_k, metrics, say
         self.inner_lrs, self.dist = inner_lrs, dist
@@ -142,7 +146,8 @@ class Validation(Callback):
                     scalars[f"lslr/{name}/step{i}"] = r
         self.trackers.log_scalars(scalars, progress.next_iteration)
         self.trackers.flush()
-        progress.top_k, kept, _ = update_top_k(progress.top_k, epoch, val_acc, self.top_k)
+        higher = self.objective.higher_is_better
+        progress.top_k, kept, _ = update_top_k(progress.top_k, epoch, val_acc, self.top_k, higher)
         if (kept or self.store.is_snapshot(epoch)) and self.dist.is_main:
             self.store.save_member(epoch, self.member(epoch, val_acc))
         progress.close_epoch(row)
@@ -153,9 +158,10 @@ class Validation(Callback):
         if self.dist.is_main:
             write_metrics_csv(self.metrics, progress.history)
         row = progress.history[-1]
+        score = "acc" if self.objective.higher_is_better else self.objective.metric
         self.say(
-            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc "
-            f"{row['train_acc']:.4f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} {score} "
+            f"{row['train_acc']:.4f} | val loss {row['val_loss']:.4f} {score} {row['val_acc']:.4f}"
         )
 
 

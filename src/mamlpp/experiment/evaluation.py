@@ -1,4 +1,5 @@
-"""Evaluation on fixed tasks: per-task logits, accuracy with a 95% CI, top-k ensembles."""
+"""Evaluation on fixed tasks: per-task outputs, the task family's score (accuracy, or MSE for
+regression) with a 95% CI, top-k ensembles (averaged outputs)."""
 
 from __future__ import annotations
 
@@ -19,14 +20,18 @@ from mamlpp.tasks import task_accuracies, task_losses
 
 @dataclass
 class TaskPredictions:
-    logits: Tensor  # [tasks, M, N] on CPU
-    labels: Tensor  # [tasks, M]
+    logits: Tensor  # [tasks, M, N] on CPU (regression: predictions [tasks, M, D])
+    labels: Tensor  # [tasks, M] (regression: [tasks, M, D])
+    # The learner's per-task loss and score (accuracy; MSE for regression).
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = task_losses
+    score_fn: Callable[[Tensor, Tensor], Tensor] = task_accuracies
 
     def accuracies(self) -> Tensor:
-        return task_accuracies(self.logits, self.labels)
+        """The per-task score: accuracy, or MSE for a regression learner."""
+        return self.score_fn(self.logits, self.labels)
 
     def losses(self) -> Tensor:
-        return task_losses(self.logits, self.labels)
+        return self.loss_fn(self.logits, self.labels)
 
 
 def predict_tasks(
@@ -59,7 +64,8 @@ def predict_tasks(
         mine = {j: out for part in dist.gather(mine) for j, out in part.items()}
     logits = [mine[j][0] for j in range(len(starts))]
     labels = [mine[j][1] for j in range(len(starts))]
-    return TaskPredictions(torch.cat(logits), torch.cat(labels))
+    cat = torch.cat
+    return TaskPredictions(cat(logits), cat(labels), learner.loss_fn, learner.score_fn)
 
 
 def mean_ci95(values: Tensor) -> tuple[float, float]:
@@ -73,7 +79,8 @@ def mean_ci95(values: Tensor) -> tuple[float, float]:
 def ensemble(predictions: list[TaskPredictions]) -> TaskPredictions:
     """Average the logits of several models on the same tasks."""
     stacked = torch.stack([p.logits for p in predictions])
-    return TaskPredictions(stacked.mean(0), predictions[0].labels)
+    first = predictions[0]
+    return TaskPredictions(stacked.mean(0), first.labels, first.loss_fn, first.score_fn)
 
 
 def evaluate_ensemble(

@@ -107,6 +107,9 @@ class Results:
     config: dict[str, Any] = field(default_factory=dict)
     # The experiment keys (mamlpp.experiment.run_state.run_identity): what the run *is*.
     identity: dict[str, Any] | None = None
+    # What the score fields hold where it is not accuracy (None): "mse" for a regression run,
+    # whose test_accuracy_*, best_val_accuracy and per_model scores are mean squared errors.
+    metric: str | None = None
     # mamlpp-eval's: which split and members were evaluated, from what, with which overrides.
     split: str | None = None
     members: str | None = None
@@ -173,6 +176,21 @@ EVALUATION_FIELDS = (
     "overrides",
     "mamlpp_version",
 )
+# How a score is shown: accuracy in %, MSE as it is.
+METRIC_SCALE = {"accuracy": 100.0, "mse": 1.0}
+
+
+def metric_of(results: Results | dict[str, Any]) -> str:
+    """What the scores of a result are (files without `metric` hold accuracy)."""
+    value = results.get("metric") if isinstance(results, dict) else results.metric
+    return str(value or "accuracy")
+
+
+def shown(results: Results | dict[str, Any], value: float) -> float:
+    """A score of `results` as tables show it (accuracy in %, MSE unscaled)."""
+    return METRIC_SCALE.get(metric_of(results), 1.0) * value
+
+
 # What the results table of a finished run reads (mamlpp.experiment.results_table).
 TABLE_FIELDS = ("num_test_tasks", "ensemble_size", "test_accuracy_mean", "test_accuracy_ci95")
 

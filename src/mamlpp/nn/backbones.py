@@ -10,9 +10,17 @@ from typing import Any
 
 from torch import nn
 
-from mamlpp.config import Conv4Config, ModuleConfig, ResNet12Config, builder, register_backbone
+from mamlpp.config import (
+    Conv4Config,
+    MlpConfig,
+    ModuleConfig,
+    ResNet12Config,
+    builder,
+    register_backbone,
+)
 from mamlpp.nn.contract import MetaBackbone
 from mamlpp.nn.conv4 import Conv4
+from mamlpp.nn.mlp import build_mlp
 from mamlpp.nn.module_backbone import build_module_backbone
 from mamlpp.nn.resnet12 import ResNet12
 
@@ -101,3 +109,9 @@ def _conv4(
         bn_momentum=model.bn_momentum,
         channels_last=channels_last,
     )
+
+
+@register_backbone("mlp", config=MlpConfig)
+def _mlp(model: MlpConfig, *, in_channels: int, **_: Any) -> nn.Module:
+    """Vector inputs: in_channels features in, one regression output."""
+    return build_mlp(model, in_channels, 1)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mamlpp.config import comparable
-from mamlpp.experiment.results import Results
+from mamlpp.experiment.results import Results, metric_of, shown
 
 # Summary fields of older results.json files -> the experiment key each one is.
 SUMMARY_KEYS = {
@@ -61,9 +61,14 @@ class Group:
         c = self.summary
         return c.get("algorithm_variant", c["algorithm"])
 
+    @property
+    def metric(self) -> str:
+        """accuracy, or mse for a regression run (mamlpp.experiment.results)."""
+        return metric_of(self.results[0])
+
     def test_accuracies(self) -> list[float]:
-        """Each seed's test accuracy of the top-k ensemble, in %."""
-        return [100 * r.test_accuracy_mean for r in self.results]
+        """Each seed's test score of the top-k ensemble: accuracy in %, or MSE."""
+        return [shown(r, r.test_accuracy_mean) for r in self.results]
 
 
 def identity_of(result: Results) -> tuple[dict[str, Any], bool]:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mamlpp.experiment.results import Results
+from mamlpp.experiment.results import Results, shown
 from mamlpp.reports.ablation import write_ablation
 from mamlpp.reports.grouping import Group, differing_keys, format_value, group_runs, shown_keys
 from mamlpp.reports.output import ReportError, write_report
@@ -64,12 +64,14 @@ def group_row(g: Group, extra: list[str]) -> dict[str, Any]:
         "seeds": len(rs),
         "test_acc_mean": statistics.fmean(accs),
         "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-        "ci95_mean": statistics.fmean(100 * r.test_accuracy_ci95 for r in rs),
-        "best_val_acc": statistics.fmean(100 * (r.best_val_accuracy or 0.0) for r in rs),
+        "ci95_mean": statistics.fmean(shown(r, r.test_accuracy_ci95) for r in rs),
+        "best_val_acc": statistics.fmean(shown(r, r.best_val_accuracy or 0.0) for r in rs),
         "train_hours": statistics.fmean(r.train_seconds or 0.0 for r in rs) / 3600,
         "paper": paper_number_of(rs[0], g.variant),
     }
     row.update({k: format_value(g.identity[k]) if k in g.identity else "" for k in extra})
+    if g.metric != "accuracy":  # a regression run's scores are MSE (a key only its rows have)
+        row["metric"] = g.metric
     return row
 
 
@@ -100,19 +102,24 @@ def markdown(rows: list[dict[str, Any]], keys: list[str]) -> str:
     paper's number only where a row is on the paper's protocol."""
     paper = any(r["paper"] for r in rows)
     head = ["experiment", "dataset", "way", "shot", "algorithm", *keys]
-    head += ["test acc % (mean +- std over seeds)", "95% CI (mean)", "seeds", "best val %"]
+    regression = any("metric" in r for r in rows)
+    score = "test acc % or MSE" if regression else "test acc %"
+    head += [f"{score} (mean +- std over seeds)", "95% CI (mean)", "seeds", "best val"]
+    head[-1] += " (% or MSE)" if regression else " %"
     head += ["train h"] + (["paper %"] if paper else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         # One seed has no spread across seeds: say so instead of printing +- 0.00.
-        spread = f"+- {r['test_acc_std']:.2f}" if r["seeds"] > 1 else "(1 seed)"
+        f = "{:.4g}" if "metric" in r else "{:.2f}"
+        spread = f"+- {f.format(r['test_acc_std'])}" if r["seeds"] > 1 else "(1 seed)"
+        mse = " MSE" if "metric" in r else ""
         cells = [r["experiment"], r["dataset"], r["ways"], r["shots"], r["algorithm"]]
         cells += [r[k] for k in keys]
-        cells += [f"{r['test_acc_mean']:.2f} {spread}", f"{r['ci95_mean']:.2f}", r["seeds"]]
-        cells += [f"{r['best_val_acc']:.2f}", f"{r['train_hours']:.2f}"]
+        cells += [f"{f.format(r['test_acc_mean'])}{mse} {spread}", f.format(r["ci95_mean"])]
+        cells += [r["seeds"], f.format(r["best_val_acc"]), f"{r['train_hours']:.2f}"]
         cells += [r["paper"]] if paper else []
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    hidden = [k for k in rows[0] if k not in COLUMNS and k not in keys]
+    hidden = [k for k in rows[0] if k not in (*COLUMNS, "metric") and k not in keys]
     if hidden:
         lines += ["", f"{len(hidden)} more keys differ between experiments: see results.csv."]
     return "\n".join(lines) + "\n"
@@ -121,9 +128,10 @@ def markdown(rows: list[dict[str, Any]], keys: list[str]) -> str:
 def write_tables(rows: list[dict[str, Any]], keys: list[str], out: Path) -> tuple[Path, Path]:
     """results.csv (every key that differs between rows) and results.md (`keys` only)."""
     extra = [k for k in rows[0] if k not in COLUMNS]
+    extra += ["metric"] if any("metric" in r for r in rows) and "metric" not in extra else []
     csv_path, md_path = out / "results.csv", out / "results.md"
     with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*COLUMNS, *extra])
+        w = csv.DictWriter(f, fieldnames=[*COLUMNS, *extra], restval="")
         w.writeheader()
         w.writerows(rows)
     md_path.write_text(markdown(rows, keys))
