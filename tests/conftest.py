@@ -198,7 +198,7 @@ def reference_run(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> dict:
 # (32,460 PNGs): a test that uses one belongs to the slow tier (`make test` runs everything;
 # `make test-fast` runs `-m "not slow"`, in-process on synthetic data and small real samples).
 SLOW_FIXTURES = frozenset(
-    {"cli", "reference_run", "sweep", "submitit_reference", "omniglot_data_dir"}
+    {"cli", "reference_run", "sweep", "submitit_reference", "omniglot_data_dir", "real_omniglot"}
 )
 
 

@@ -33,14 +33,6 @@ LAYERS = [
     ("reports",),
 ]
 LOW = [name for layer in LAYERS for name in layer]
-# Known exceptions: one import edge each, with its reason; remove an entry once its import goes.
-KNOWN = {
-    # Omniglot's facts live in its module only (issue 20 part 5), and validate() checks a task
-    # against them; a leaf module of facts (importing nothing of mamlpp) would need no entry.
-    ("mamlpp.config.validation", "mamlpp.data.omniglot"): "Omniglot's class and image counts",
-}
-
-
 FRONT_ENDS = ("train", "api", "apps", "evaluate", "inference", "image_inputs")
 
 
@@ -199,8 +191,7 @@ def test_no_layer_imports_a_higher_one(layer: str) -> None:
     modules = _modules_of(layer)
     assert modules, layer
     for module in modules:
-        known = {m for (src, m) in KNOWN if src == module}
-        higher = _above(_all_imports(module), layer) - known
+        higher = _above(_all_imports(module), layer)
         assert not higher, f"{module} imports {sorted(higher)}"
 
 

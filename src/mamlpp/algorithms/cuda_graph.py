@@ -64,7 +64,9 @@ class GraphedMetaStep:
         for static, new in zip(vars(self.inputs).values(), vars(batch).values()):
             static.copy_(new)
         if step_weights is not None:
+            assert self.weights is not None  # captured with step weights (they are in the key)
             self.weights.copy_(step_weights)
+        assert self.graph is not None  # captured above
         self.graph.replay()
         return self.loss_sum, self.acc_sum, []
 

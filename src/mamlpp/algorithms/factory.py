@@ -78,7 +78,7 @@ def build_network(
     is a one-line error."""
     steps = algorithm.inner_steps
     if isinstance(model, ComponentConfig):
-        model = build_backbone(
+        net = build_backbone(
             model,
             in_channels,
             image_size,
@@ -87,11 +87,13 @@ def build_network(
             bn_stat_steps=steps if algorithm.per_step_bn_stats else 1,
             channels_last=channels_last,
         )
+    else:
+        net = model
     wanted = [k for k in PER_STEP_BN_KEYS if getattr(algorithm, k)]
-    if wanted and not model.supports_per_step_bn:
+    if wanted and not net.supports_per_step_bn:
         raise ConfigError(
             f"config key 'algorithm.{wanted[0]}' = True: the backbone "
-            f"{type(model).__name__} has no per-step batch norm (it declares "
+            f"{type(net).__name__} has no per-step batch norm (it declares "
             "supports_per_step_bn=False)"
         )
-    return model
+    return net

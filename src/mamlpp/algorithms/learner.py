@@ -47,6 +47,10 @@ class Learner(nn.Module):
     (algorithms.inner_lr; the built-in one of cfg when None). `loss_fn` and `score_fn` give
     per-task losses and scores of the outputs (classification by default)."""
 
+    # Duck-typed: any meta-backbone module (nn.contract) and any inner rule (algorithms.inner_lr).
+    net: Any
+    inner_lrs: Any
+
     # True when initial_fast_weights builds a graph of its own (ProtoMAML).
     initial_weights_have_graph = False
 
@@ -132,8 +136,10 @@ class Learner(nn.Module):
             else:
                 fast, state, loss_t, logits = inner_step(fast, state, sink)
             if want_target:
+                assert loss_t is not None  # the inner step scores the targets when asked
                 logits_t = logits
                 losses.append(loss_t if step_weights is None else step_weights[step] * loss_t)
+        assert logits_t is not None  # the last step always scores the targets
         return torch.stack(losses).sum(0), logits_t
 
     def _inner_step(
@@ -261,7 +267,7 @@ def _checkpointed(
         report, first = first, False
         local: list[BatchStats] | None = [] if sink is not None else None
         out = inner_step(fast, state, local)
-        if report and sink is not None:
+        if report and sink is not None and local is not None:
             sink.extend(local)
         return out
 

@@ -16,9 +16,11 @@ the class means of f. Any backbone whose head (`head_names`) is one weight [N, F
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from mamlpp.algorithms.learner import Learner, _widen
 from mamlpp.errors import ConfigError
@@ -28,7 +30,8 @@ from mamlpp.tasks import EpisodeBatch
 
 def linear_head(net: MetaBackbone) -> tuple[str, str]:
     """(weight name, bias name) of the backbone's linear head; one line when it has none."""
-    shapes = {n: p.shape for n, p in net.named_parameters() if n in net.head_names}
+    named = cast(nn.Module, net).named_parameters()  # a meta-backbone is a module
+    shapes = {n: p.shape for n, p in named if n in net.head_names}
     weights = [n for n, s in shapes.items() if len(s) == 2]
     biases = [n for n, s in shapes.items() if len(s) == 1]
     if len(shapes) != 2 or len(weights) != 1 or len(biases) != 1:

@@ -43,16 +43,17 @@ Allow = Callable[[str, str], None]
 
 # Config's fixed sections (dataclasses), read off its (postponed, so string) annotations.
 _HINTS = get_type_hints(Config)
-_SECTIONS: dict[str, type] = {n: h for n, h in _HINTS.items() if is_dataclass(h)}
+_SECTIONS: dict[str, Any] = {n: h for n, h in _HINTS.items() if is_dataclass(h)}
 _TOP_KEYS = tuple(f.name for f in fields(Config))
 
 
 def _schema_class() -> type:
     """Config with the component sections as open mappings: what Hydra composes into."""
-    entries = []
+    entries: list[tuple[str, Any, Any]] = []
     for f in fields(Config):
         if f.name in SECTIONS:
-            entries.append((f.name, dict[str, Any], dataclass_field(default_factory=dict)))
+            open_section: Any = dataclass_field(default_factory=dict)
+            entries.append((f.name, dict[str, Any], open_section))
         else:
             entries.append((f.name, _HINTS[f.name], f))
     return make_dataclass("ConfigSchema", entries)
@@ -100,7 +101,9 @@ def _build(comp: Component, data: Mapping[str, Any], where: str) -> ComponentCon
     """The component's config from the keys of `data` it has (the others were checked)."""
     own = {k: v for k, v in data.items() if k in comp.own_keys()}
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(comp.config), own))
+        built = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(comp.config), own))
+        assert isinstance(built, ComponentConfig)
+        return built
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         named = f"config key '{where}.{key}'" if key else f"config section '{where}'"
@@ -211,6 +214,7 @@ def _fold_module_kwargs(cfg: DictConfig) -> None:
     extra = [str(k) for k in model if is_module_argument(str(k))]
     if extra:
         data = OmegaConf.to_container(model, resolve=False)
+        assert isinstance(data, dict)
         data["kwargs"] = {**data.get("kwargs", {}), **{k: data.pop(k) for k in extra}}
         cfg.model = data
 
@@ -223,8 +227,10 @@ def to_config(cfg: DictConfig | Config, allow: Allow | None = None) -> Config:
         _fold_module_kwargs(cfg)
         try:
             plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+            assert isinstance(plain, dict)
         except Exception as exc:  # omegaconf reports missing/mistyped values here
             raise ConfigError(f"config: {first_line(exc)}") from exc
+        assert isinstance(plain, dict)
         parts = {s: section_config(s, plain.get(s) or {}, allow) for s in SECTIONS}
         check_known_keys(cfg)
         try:
@@ -248,4 +254,5 @@ def saved_config(saved: Mapping[str, Any], allow: Allow | None = None) -> Config
         merged = OmegaConf.merge(schema_node(), saved)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"the saved config: {first_line(exc)}") from exc
+    assert isinstance(merged, DictConfig)  # merged onto the schema, a mapping
     return to_config(merged, allow)

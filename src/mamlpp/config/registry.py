@@ -79,7 +79,8 @@ def register(section: str, name: str, config: type[ComponentConfig], build: Any 
             f"{section}={name} is registered twice, with {known.config.__name__} and "
             f"{config.__name__}: choose another name"
         )
-    _REGISTRY[section][name] = Component(section, name, config, build or (known and known.build))
+    built = build or (known.build if known is not None else None)
+    _REGISTRY[section][name] = Component(section, name, config, built)
 
 
 def _decorator(section: str) -> Callable[..., Callable[[Any], Any]]:
@@ -139,9 +140,11 @@ def builder(section: str, name: str) -> Callable[..., Any]:
 
 def model_config(name: str = "conv4", **keys: Any) -> ComponentConfig:
     """The config of the registered backbone `name` with `keys` set (for use in Python)."""
-    return component("model", name).config(name=name, **keys)
+    config: Any = component("model", name).config  # a backbone's config has `name`
+    return config(name=name, **keys)
 
 
 def dataset_config(name: str = "omniglot", **keys: Any) -> ComponentConfig:
     """The config of the registered dataset `name` with `keys` set (for use in Python)."""
-    return component("dataset", name).config(name=name, **keys)
+    config: Any = component("dataset", name).config  # a dataset's config has `name`
+    return config(name=name, **keys)

@@ -97,7 +97,9 @@ class AlgorithmConfig:
 
 @functools.cache
 def _algorithm_yaml(name: str) -> dict[str, Any]:
-    return OmegaConf.to_container(OmegaConf.load(Path(conf_dir()) / "algorithm" / f"{name}.yaml"))
+    data = OmegaConf.to_container(OmegaConf.load(Path(conf_dir()) / "algorithm" / f"{name}.yaml"))
+    assert isinstance(data, dict), name  # a config group option is a mapping
+    return {str(k): v for k, v in data.items()}
 
 
 def default_algorithm() -> AlgorithmConfig:

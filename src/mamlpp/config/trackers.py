@@ -81,6 +81,10 @@ register("logger", "wandb", WandbLoggerConfig)
 class LoggerConfig:
     """The experiment trackers: one field per registered tracker (see `logger_config`)."""
 
+    if TYPE_CHECKING:  # the fields are made per registry state (logger.mlflow, ...)
+
+        def __getattr__(self, name: str) -> Any: ...
+
     def chosen(self) -> list[str]:
         """The names of the trackers switched on, in registration order."""
         return [f.name for f in fields(self) if getattr(self, f.name).enabled]
@@ -110,5 +114,5 @@ def default_logger() -> LoggerConfig:
 
 
 def _enabled(name: str) -> TrackerConfig:
-    config = {c.name: c.config for c in components("logger")}[name]
+    config: Any = {c.name: c.config for c in components("logger")}[name]  # a TrackerConfig
     return config(enabled=True)

@@ -118,7 +118,9 @@ def _omniglot(cfg: OmniglotConfig) -> FewShotDataset:
 
 @register_dataset("custom", config=CustomConfig)
 def _custom(cfg: CustomConfig) -> ImageListing:
+    assert cfg._target_ is not None  # CustomConfig.validate requires it
     source = {} if cfg.source is None else {"source": cfg.source}
+    assert cfg._target_ is not None  # validate() requires it for dataset=custom
     return custom_listing(cfg._target_, {**source, **cfg.kwargs})
 
 

@@ -18,6 +18,7 @@ from mamlpp.config import (
     builder,
     register_backbone,
 )
+from mamlpp.nn.contract import MetaBackbone
 from mamlpp.nn.conv4 import Conv4
 from mamlpp.nn.mlp import build_mlp
 from mamlpp.nn.module_backbone import build_module_backbone
@@ -32,7 +33,7 @@ def build_backbone(
     bn_weight_steps: int,
     bn_stat_steps: int,
     channels_last: bool = False,
-) -> nn.Module:
+) -> MetaBackbone:
     """The backbone `model` (a registered backbone's config) describes."""
     return builder("model", model.name)(
         model,
@@ -47,6 +48,7 @@ def build_backbone(
 
 @register_backbone("module", config=ModuleConfig)
 def _module(model: ModuleConfig, *, in_channels: int, image_size: int, ways: int, **_: Any):
+    assert model._target_ is not None  # validate() requires it for model=module
     return build_module_backbone(
         model._target_,
         dict(model.kwargs),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 from mamlpp.config import (
     Config,
@@ -47,9 +48,12 @@ def check_installed(cfg: LoggerConfig) -> None:
                 f"config key 'logger' chooses {name}, but {', '.join(missing)} is not "
                 f"installed: pip install 'mamlpp[{tracker.extra}]'"
             )
-    if cfg.mlflow.enabled:
-        check_reachable(cfg.mlflow)
-    if cfg.wandb.enabled and cfg.wandb.mode == "online":
+    # LoggerConfig's fields are the registered trackers, made when they register.
+    mlflow: Any = cfg.mlflow  # type: ignore[attr-defined]
+    wandb: Any = cfg.wandb  # type: ignore[attr-defined]
+    if mlflow.enabled:
+        check_reachable(mlflow)
+    if wandb.enabled and wandb.mode == "online":
         url = os.environ.get("WANDB_BASE_URL") or WANDB_CLOUD
         why = unreachable(url)
         if why is not None:

@@ -29,7 +29,7 @@ SETS = ("images_background", "images_evaluation")
 
 
 @pytest.fixture(scope="session")
-def real(omniglot_source_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def real_omniglot(omniglot_source_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Decode the real data once per session (the slow part), into a fresh data_dir."""
     data_dir = tmp_path_factory.mktemp("omniglot_data")
     start = time.perf_counter()
@@ -44,9 +44,8 @@ def _decode_member(zip_path: Path, member: str, size: int = 28) -> np.ndarray:
         return np.asarray(im.convert("L").resize((size, size), Image.LANCZOS))
 
 
-@pytest.mark.slow  # decodes all of real Omniglot
-def test_real_shape_dtype_and_content(real: dict) -> None:
-    arr = real["arr"]
+def test_real_shape_dtype_and_content(real_omniglot: dict) -> None:
+    arr = real_omniglot["arr"]
     assert arr.shape == (1623, 20, 28, 28)
     assert arr.dtype == np.uint8
     assert arr.mean() > 200, "background should be white (255)"
@@ -57,10 +56,9 @@ def test_real_shape_dtype_and_content(real: dict) -> None:
     assert len({a.tobytes() for a in arr[0]}) == 20
 
 
-@pytest.mark.slow  # decodes all of real Omniglot
-def test_real_class_order(real: dict) -> None:
+def test_real_class_order(real_omniglot: dict) -> None:
     """Background first, sorted by (alphabet, character); images sorted by file name."""
-    arr, src = real["arr"], real["source"]
+    arr, src = real_omniglot["arr"], real_omniglot["source"]
     bg, ev = src / "images_background.zip", src / "images_evaluation.zip"
     expected = {
         (0, 0): (bg, "images_background/Alphabet_of_the_Magi/character01/0709_01.png"),
@@ -73,8 +71,9 @@ def test_real_class_order(real: dict) -> None:
         np.testing.assert_array_equal(arr[c, i], _decode_member(zip_path, member), err_msg=member)
 
 
-@pytest.mark.slow  # decodes all of real Omniglot
-def test_real_cached_load_reads_no_zip(real: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_cached_load_reads_no_zip(
+    real_omniglot: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("cache hit must not read zips or decode PNGs")
 
@@ -82,24 +81,24 @@ def test_real_cached_load_reads_no_zip(real: dict, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(Image, "open", boom)
     monkeypatch.setattr(imf, "decode_chunks", boom)
     start = time.perf_counter()
-    again = og.load_omniglot(real["data_dir"], source=real["source"])
+    again = og.load_omniglot(real_omniglot["data_dir"], source=real_omniglot["source"])
     seconds = time.perf_counter() - start
-    print(f"\nomniglot cached load: {seconds:.3f}s (uncached {real['seconds']:.2f}s)")
-    np.testing.assert_array_equal(again, real["arr"])
-    assert seconds < real["seconds"] / 5
-    cache = real["data_dir"] / "cache"
+    print(f"\nomniglot cached load: {seconds:.3f}s (uncached {real_omniglot['seconds']:.2f}s)")
+    np.testing.assert_array_equal(again, real_omniglot["arr"])
+    assert seconds < real_omniglot["seconds"] / 5
+    cache = real_omniglot["data_dir"] / "cache"
     decoded = [p for p in cache.iterdir() if p.is_file()]
     assert sorted(p.suffix for p in decoded) == [".json", ".npy"]
     assert all(p.name.startswith("omniglot_28_") for p in decoded)
 
 
-def test_real_array_and_identity_are_mains(real: dict) -> None:
+def test_real_array_and_identity_are_mains(real_omniglot: dict) -> None:
     """Every image and the data identity, computed here as main 3438f29 computed them (its
     decoder: PIL's L conversion and a LANCZOS resize; its identity: the set sizes and each PNG's
     CRC-32 and size), so run directories and checkpoints of that version still resume."""
     images, counts, entries = [], [], []
     for name in SETS:
-        with zipfile.ZipFile(real["source"] / f"{name}.zip") as zf:
+        with zipfile.ZipFile(real_omniglot["source"] / f"{name}.zip") as zf:
             pngs = [i for i in zf.infolist() if i.filename.endswith(".png")]
             # images_background/<alphabet>/<character>/<file>: sorted by those three
             pngs.sort(key=lambda i: i.filename.split("/")[1:])
@@ -108,20 +107,19 @@ def test_real_array_and_identity_are_mains(real: dict) -> None:
                 with Image.open(io.BytesIO(zf.read(info))) as im:
                     images.append(np.asarray(im.convert("L").resize((28, 28), Image.LANCZOS)))
                 entries.append(f"{info.CRC:08x}:{info.file_size}\n")
-    np.testing.assert_array_equal(real["arr"], np.stack(images).reshape(1623, 20, 28, 28))
+    np.testing.assert_array_equal(real_omniglot["arr"], np.stack(images).reshape(1623, 20, 28, 28))
     digest = hashlib.sha1(json.dumps(["omniglot", counts]).encode(), usedforsecurity=False)
     digest.update("".join(entries).encode())
-    _, identity = og.load_omniglot_identified(real["data_dir"], real["source"])
+    _, identity = og.load_omniglot_identified(real_omniglot["data_dir"], real_omniglot["source"])
     assert identity == f"v2-{digest.hexdigest()[:16]}"
 
 
-@pytest.mark.slow  # decodes all of real Omniglot
 def test_real_changed_source_rebuilds(
-    real: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    real_omniglot: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Own data_dir seeded with the session cache, so test order does not matter.
     data_dir = tmp_path / "data"
-    shutil.copytree(real["data_dir"] / "cache", data_dir / "cache")  # copy2 keeps mtimes
+    shutil.copytree(real_omniglot["data_dir"] / "cache", data_dir / "cache")  # copy2 keeps mtimes
     calls = []
     real_decode = imf.decode_chunks
 
@@ -130,17 +128,19 @@ def test_real_changed_source_rebuilds(
         return real_decode(*args, **kwargs)
 
     monkeypatch.setattr(imf, "decode_chunks", spy)
-    hit = og.load_omniglot(data_dir, source=real["source"])
+    hit = og.load_omniglot(data_dir, source=real_omniglot["source"])
     assert calls == [], "copied cache with unchanged sources should be a hit"
-    np.testing.assert_array_equal(hit, real["arr"])
+    np.testing.assert_array_equal(hit, real_omniglot["arr"])
 
     copied = tmp_path / "copied_source"
     copied.mkdir()
     for name in SETS:
-        shutil.copyfile(real["source"] / f"{name}.zip", copied / f"{name}.zip")  # new mtime
+        shutil.copyfile(
+            real_omniglot["source"] / f"{name}.zip", copied / f"{name}.zip"
+        )  # new mtime
     rebuilt = og.load_omniglot(data_dir, source=copied)
     assert calls == [1], "a different source path/mtime must invalidate the cache"
-    np.testing.assert_array_equal(rebuilt, real["arr"])
+    np.testing.assert_array_equal(rebuilt, real_omniglot["arr"])
     assert sorted(p.name for p in copied.iterdir()) == [f"{n}.zip" for n in SETS]
 
 
