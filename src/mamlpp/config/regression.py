@@ -89,6 +89,12 @@ class MlpConfig(ComponentConfig):
                 "false with model=mlp (it has no batch norm)",
             )
         check(not cfg.speed.cuda_graphs, "speed.cuda_graphs", True, "false with model=mlp")
+        check(
+            cfg.algorithm.name != "protomaml",
+            "algorithm.name",
+            cfg.algorithm.name,
+            "not protomaml with model=mlp (regression tasks have no classes to make prototypes of)",
+        )
 
 
 register("dataset", "sinusoid", SinusoidConfig)

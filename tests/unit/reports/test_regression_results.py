@@ -67,6 +67,7 @@ def test_sinusoid_presets_compose_with_their_components() -> None:
         ),
         (("experiment=sinusoid_maml", "dataset.amplitude=[5.0,0.1]"), "dataset.amplitude"),
         (("experiment=sinusoid_maml", "model.hidden=[]"), "model.hidden"),
+        (("experiment=sinusoid_maml", "algorithm=protomaml"), "algorithm.name"),
         (("experiment=sinusoid_maml", "dataset.protocol=maml"), "dataset.protocol"),
     ],
 )
