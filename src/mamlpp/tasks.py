@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -31,12 +32,21 @@ class EpisodeBatch:
         return self.xs.shape[0]
 
     def to(self, device: torch.device) -> EpisodeBatch:
-        return EpisodeBatch(
-            *(None if t is None else t.to(device, non_blocking=True) for t in vars(self).values())
-        )
+        return self._map(lambda t: t.to(device, non_blocking=True))
 
     def select(self, index: slice) -> EpisodeBatch:
-        return EpisodeBatch(*(None if t is None else t[index] for t in vars(self).values()))
+        return self._map(lambda t: t[index])
+
+    def _map(self, f: Callable[[Tensor], Tensor]) -> EpisodeBatch:
+        classes = None if self.classes is None else f(self.classes)
+        return EpisodeBatch(f(self.xs), f(self.ys), f(self.xt), f(self.yt), classes)
+
+
+class TaskSource(Protocol):
+    """Where episodes come from, a pure function of (split, seed, index): the image sampler
+    (mamlpp.data.episodes) or the sinusoid one (mamlpp.data.sinusoid)."""
+
+    def batch(self, split: str, seed: int, start: int, count: int) -> EpisodeBatch: ...
 
 
 def task_losses(logits: Tensor, labels: Tensor) -> Tensor:

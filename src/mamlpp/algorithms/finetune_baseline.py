@@ -42,6 +42,7 @@ def head_logits(features: Tensor, weight: Tensor, bias: Tensor | None, cosine: b
     if cosine:
         cos = F.normalize(features, dim=-1) @ F.normalize(weight, dim=-1).transpose(1, 2)
         return cosine_scale(weight.shape[1]) * cos
+    assert bias is not None  # a linear head has one
     return torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))
 
 

@@ -81,9 +81,9 @@ class SinusoidSampler:
             rng = np.random.default_rng(
                 np.random.SeedSequence([_STREAM, seed, split_id, start + b])
             )
-            amp[b] = rng.uniform(*c.amplitude)
-            phase[b] = rng.uniform(*c.phase)
-            inputs[b] = rng.uniform(*c.input_range, size=m)
+            amp[b] = rng.uniform(c.amplitude[0], c.amplitude[1])
+            phase[b] = rng.uniform(c.phase[0], c.phase[1])
+            inputs[b] = rng.uniform(c.input_range[0], c.input_range[1], size=m)
         return SineTasks(amp, phase, inputs)
 
     def batch(self, split: str, seed: int, start: int, count: int) -> EpisodeBatch:

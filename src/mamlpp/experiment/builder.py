@@ -68,6 +68,7 @@ from mamlpp.experiment.run_state import TrainingProgress, run_identity
 from mamlpp.experiment.sampling import make_sampler
 from mamlpp.experiment.signals import EXIT_RESUMABLE, SignalFlag, StopRequested
 from mamlpp.layout import RunLayout
+from mamlpp.tasks import TaskSource
 from mamlpp.trackers import open_trackers
 from mamlpp.trackers.base import FanOut
 
@@ -137,13 +138,14 @@ class ExperimentBuilder:
         self.in_channels = data.images.channels
         self.preprocessing = Preprocessing.of(data)
         self.data_identity = data.identity
-        self.sampler = make_sampler(cfg, data, self.device)
+        self.sampler: TaskSource = make_sampler(cfg, data, self.device)
 
     def _build_regression(self) -> None:
         """Sinusoid tasks are drawn on the fly (no files, so no data fingerprint); members
         record vector inputs as a 1x1 'image' of in_features channels."""
-        self.sampler = sinusoid_sampler(self.cfg.dataset, self.cfg.task, self.device)
-        self.in_channels = self.sampler.in_features
+        sampler = sinusoid_sampler(self.cfg.dataset, self.cfg.task, self.device)
+        self.sampler = sampler
+        self.in_channels = sampler.in_features
         self.preprocessing = Preprocessing(image_size=1, channels=self.in_channels)
         self.data_identity = None
 

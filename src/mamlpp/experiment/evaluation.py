@@ -12,10 +12,9 @@ import torch
 from torch import Tensor
 
 from mamlpp.algorithms.learner import Learner
-from mamlpp.data.episodes import EpisodeSampler
 from mamlpp.experiment.distributed import SINGLE, Distributed
 from mamlpp.experiment.nonfinite import check_eval
-from mamlpp.tasks import task_accuracies, task_losses
+from mamlpp.tasks import TaskSource, task_accuracies, task_losses
 
 
 @dataclass
@@ -36,7 +35,7 @@ class TaskPredictions:
 
 def predict_tasks(
     learner: Learner,
-    sampler: EpisodeSampler,
+    sampler: TaskSource,
     split: str,
     seed: int,
     num_tasks: int,
@@ -85,7 +84,7 @@ def ensemble(predictions: list[TaskPredictions]) -> TaskPredictions:
 
 def evaluate_ensemble(
     members: Iterable[tuple[dict[str, Any], Learner]],
-    sampler: EpisodeSampler,
+    sampler: TaskSource,
     split: str,
     seed: int,
     num_tasks: int,

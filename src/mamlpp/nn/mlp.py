@@ -9,6 +9,8 @@ BNRS/BNWB do not apply).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -64,7 +66,11 @@ class MLP(nn.Module):
         return _linear(h, params["head.weight"], params["head.bias"])
 
 
-_ACTIVATION = {"relu": F.relu, "leaky_relu": F.leaky_relu, "tanh": torch.tanh}
+_ACTIVATION: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "leaky_relu": F.leaky_relu,
+    "tanh": torch.tanh,
+}
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:

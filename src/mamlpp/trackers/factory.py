@@ -49,8 +49,8 @@ def check_installed(cfg: LoggerConfig) -> None:
                 f"installed: pip install 'mamlpp[{tracker.extra}]'"
             )
     # LoggerConfig's fields are the registered trackers, made when they register.
-    mlflow: Any = cfg.mlflow  # type: ignore[attr-defined]
-    wandb: Any = cfg.wandb  # type: ignore[attr-defined]
+    mlflow: Any = cfg.mlflow
+    wandb: Any = cfg.wandb
     if mlflow.enabled:
         check_reachable(mlflow)
     if wandb.enabled and wandb.mode == "online":
