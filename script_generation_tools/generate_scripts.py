@@ -23,8 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "conf" / "experiment"
 OUT = REPO / "experiment_scripts"
-# Presets for development, not for the paper's table, and sweeps (run with -m, not per seed).
-SKIP = {"smoke", "quick", "omniglot_5w1s_ablation"}
+# Presets for development, not for the paper's table, sweeps (run with -m, not per seed), and
+# the algorithm menu (benchmarks/algorithm_menu.sh runs it).
+SKIP = {"smoke", "quick", "sinusoid_smoke", "omniglot_5w1s_ablation", "omniglot_5w1s_menu"}
 EXIT_RESUMABLE = 75
 
 TEMPLATE = """#!/usr/bin/env bash
