@@ -35,13 +35,16 @@ def row_label(row: dict[str, Any], keys: list[str], sep: str = " ") -> str:
     return " ".join([base, *extra])
 
 
-def _val_curve(run_dir: Path) -> tuple[list[int], list[float]] | None:
+def _val_curve(run_dir: Path, percent: bool) -> tuple[list[int], list[float]] | None:
+    """The run's validation score per epoch: accuracy in %, or a regression run's MSE as is
+    (metrics.csv keeps the column name val_acc for both)."""
     metrics = RunLayout(run_dir).metrics
     if not metrics.exists():
         return None
     with open(metrics) as f:
         hist = list(csv.DictReader(f))
-    return [int(h["iteration"]) for h in hist], [100 * float(h["val_acc"]) for h in hist]
+    scale = 100.0 if percent else 1.0
+    return [int(h["iteration"]) for h in hist], [scale * float(h["val_acc"]) for h in hist]
 
 
 def write_plots(
@@ -54,13 +57,16 @@ def write_plots(
     paths = []
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (g, row) in enumerate(zip(groups, rows)):
-        curves = [c for c in (_val_curve(d) for d, _ in g.runs) if c is not None]
+        percent = "metric" not in row  # rows of regression runs name their metric (MSE)
+        curves = [c for c in (_val_curve(d, percent) for d, _ in g.runs) if c is not None]
         for j, (xs, ys) in enumerate(curves):
             label = row_label(row, keys) if j == 0 else None
             ax.plot(xs, ys, label=label, color=f"C{i % 10}", alpha=0.8)
     ax.set(
         xlabel="iteration",
-        ylabel="validation accuracy (%)",
+        ylabel="validation accuracy (%)"
+        if all("metric" not in r for r in rows)
+        else ("validation accuracy (%) or MSE"),
         title="Validation accuracy (seeds overlaid)",
     )
     if ax.get_legend_handles_labels()[1]:  # no metrics.csv anywhere: an empty plot, no legend

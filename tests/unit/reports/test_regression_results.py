@@ -118,3 +118,12 @@ def test_report_shows_mse_beside_accuracy(tmp_path: Path, capsys: pytest.Capture
     assert rows["sinusoid_maml"]["metric"] == "mse" and rows["quick"]["metric"] == ""
     assert float(rows["sinusoid_maml"]["test_acc_mean"]) == pytest.approx(0.123)
     assert float(rows["quick"]["test_acc_mean"]) == pytest.approx(90.0)
+
+
+def test_the_validation_curve_keeps_a_regression_runs_mse_unscaled(tmp_path: Path) -> None:
+    """metrics.csv names the score val_acc for both families: accuracy is drawn in %, MSE as is."""
+    from mamlpp.reports.plots import _val_curve
+
+    (tmp_path / "metrics.csv").write_text("epoch,iteration,val_acc\n0,10,0.25\n1,20,0.125\n")
+    assert _val_curve(tmp_path, percent=True) == ([10, 20], [25.0, 12.5])
+    assert _val_curve(tmp_path, percent=False) == ([10, 20], [0.25, 0.125])
