@@ -44,7 +44,7 @@ from mamlpp.data.preprocessing import with_channels
 from mamlpp.data.registry import load_dataset
 from mamlpp.errors import ConfigError, DataError, MamlppError, first_line
 from mamlpp.experiment.checkpoints import atomic_write_text
-from mamlpp.experiment.console import log
+from mamlpp.experiment.console import log, setup_console
 from mamlpp.experiment.data_paths import current_paths, relocated_data_dir
 from mamlpp.experiment.device import configure_device, resolve_device
 from mamlpp.experiment.evaluation import evaluate_ensemble
@@ -391,6 +391,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    setup_console()  # the data loaders' lines (which cache was read) reach the console too
     try:
         run(args)
     except MamlppError as err:

@@ -456,6 +456,7 @@ def load_cached(
     expected = _expected_manifest(listing, image_size, listing.identity(npy.parent))
     cached = _read_cache(npy, manifest_path, expected)
     if cached is not None:
+        logger.info("%s: loaded cached %s", listing.name, npy)  # where the data came from
         return cached
     capacity.check_disk(listing.name, listing.num_images, listing.channels, image_size, npy.parent)
     start = time.perf_counter()
