@@ -27,9 +27,10 @@ import torch
 import mamlpp
 from helpers.cli import TINY_ARGS, Cli, result_accuracies
 from helpers.errors import error_lines, eval_error, one_line
+from mamlpp import files
 from mamlpp.apps.run_dir_hook import check_run_dir
 from mamlpp.errors import MamlppError
-from mamlpp.experiment import checkpoints, checksum
+from mamlpp.experiment import checksum
 from mamlpp.experiment.checkpoints import CheckpointError, load_checkpoint
 from mamlpp.experiment.console import log, run_log
 from mamlpp.experiment.members import read_member
@@ -355,15 +356,20 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
     line; latest.pt keeps iteration 3 and the same command then finishes to the same numbers."""
     run = tmp_path / "run"
     writes: list[str] = []
+    create_temp = files.create_temp
 
-    def full_disk_on_the_fourth(file: object, mode: str = "r", *args: object, **kw: object):
-        if "w" in mode and ".latest.pt.new" in str(file):
-            writes.append(str(file))
+    def full_disk_on_the_fourth(final: Path) -> tuple[int, Path]:
+        """The one atomic write's temp file: for the 4th .latest.pt.new its bytes go to
+        /dev/full (the temp file itself is real, so its clean-up removes only it)."""
+        fd, tmp = create_temp(final)
+        if final.name == ".latest.pt.new":
+            writes.append(str(final))
             if len(writes) == 4:
-                file = "/dev/full"
-        return open(file, mode, *args, **kw)  # noqa: SIM115 (the caller closes it)
+                os.close(fd)
+                fd = os.open("/dev/full", os.O_WRONLY)
+        return fd, tmp
 
-    monkeypatch.setattr(checkpoints, "open", full_disk_on_the_fourth, raising=False)
+    monkeypatch.setattr(files, "create_temp", full_disk_on_the_fourth)
     with pytest.raises(MamlppError, match="No space left on device") as exc:
         mamlpp.train(tiny_cfg(cli, "run.checkpoint_every_iters=1"), run)
     assert "latest.pt" in one_line(exc)
