@@ -249,7 +249,19 @@ def to_config(cfg: DictConfig | Config, allow: Allow | None = None) -> Config:
 
 def saved_config(saved: Mapping[str, Any], allow: Allow | None = None) -> Config:
     """A config read back from a run (its config.yaml or a checkpoint's), written by this or an
-    earlier mamlpp: a flat model or dataset section with keys of other components still loads."""
+    earlier mamlpp: a flat model or dataset section with keys of other components still loads.
+    A tracker the run did not use is dropped: the process that saved it may have registered
+    one of its own (its section is written with enabled: false) that this process does not
+    know, and nothing here would read it."""
+    logger = saved.get("logger")
+    if isinstance(logger, Mapping):
+        known = {c.name for c in registered("logger")}
+        kept = {
+            name: entry
+            for name, entry in logger.items()
+            if name in known or (isinstance(entry, Mapping) and entry.get("enabled"))
+        }
+        saved = {**saved, "logger": kept}
     try:
         merged = OmegaConf.merge(schema_node(), saved)
     except OmegaConfBaseException as exc:

@@ -158,3 +158,22 @@ def test_a_config_saved_by_3438f29_loads_and_is_the_same_experiment() -> None:
     assert config_diffs(old_identity, cfg) == ""
     changed = {**old_identity, "model.filters": 32}
     assert config_diffs(changed, cfg) == "model.filters: 32 -> 64"
+
+
+def test_a_saved_config_with_an_unused_tracker_of_another_process_loads() -> None:
+    """A run saved by a process that had registered a tracker of its own lists it with
+    enabled: false; evaluating that run elsewhere must not need it. A tracker the run did use
+    and this process does not know stays an error."""
+    from omegaconf import OmegaConf
+
+    from mamlpp.config import Config
+    from mamlpp.config.compose import saved_config
+    from mamlpp.errors import ConfigError
+
+    saved = OmegaConf.to_container(OmegaConf.structured(Config()), resolve=True)
+    assert isinstance(saved, dict)
+    saved["logger"]["not_here"] = {"enabled": False, "path": "x.jsonl"}
+    assert saved_config(saved).logger.chosen() == Config().logger.chosen()
+    saved["logger"]["not_here"]["enabled"] = True
+    with pytest.raises(ConfigError, match="not_here"):
+        saved_config(saved)
