@@ -122,8 +122,13 @@ def section_config(section: str, data: Mapping[str, Any], allow: Allow | None = 
     earlier mamlpp held); a key no registered component has is refused."""
     if section == "logger":
         entries = {}
+        known = {c.name for c in registered("logger")}
         for name, entry in data.items():
             entry = entry or {}
+            if name not in known and not entry.get("enabled"):
+                # A tracker the run did not use, registered by the process that saved the
+                # config (its section says enabled: false): nothing here would read it.
+                continue
             comp = _resolve(section, name, entry.get("_target_"), f"logger.{name}._target_", allow)
             _unknown(section, entry, f"logger.{name}", set(comp.own_keys()))
             entries[name] = _build(comp, entry, f"logger.{name}")
@@ -249,19 +254,7 @@ def to_config(cfg: DictConfig | Config, allow: Allow | None = None) -> Config:
 
 def saved_config(saved: Mapping[str, Any], allow: Allow | None = None) -> Config:
     """A config read back from a run (its config.yaml or a checkpoint's), written by this or an
-    earlier mamlpp: a flat model or dataset section with keys of other components still loads.
-    A tracker the run did not use is dropped: the process that saved it may have registered
-    one of its own (its section is written with enabled: false) that this process does not
-    know, and nothing here would read it."""
-    logger = saved.get("logger")
-    if isinstance(logger, Mapping):
-        known = {c.name for c in registered("logger")}
-        kept = {
-            name: entry
-            for name, entry in logger.items()
-            if name in known or (isinstance(entry, Mapping) and entry.get("enabled"))
-        }
-        saved = {**saved, "logger": kept}
+    earlier mamlpp: a flat model or dataset section with keys of other components still loads."""
     try:
         merged = OmegaConf.merge(schema_node(), saved)
     except OmegaConfBaseException as exc:
