@@ -14,6 +14,7 @@ from mamlpp.nn.layers import (
     MetaBatchNorm2d,
     MetaConv2d,
     MetaLinear,
+    leaky_relu_max_pool_2x2,
     max_pool_2x2,
     meta_batch_norm,
     to_grouped,
@@ -78,6 +79,9 @@ class Conv4(GroupedBackbone):
             if self.norms:
                 bn = cast(MetaBatchNorm2d, self.norms[i])
                 h = meta_batch_norm(bn, f"norms.{i}", h, params, step, use_running_stats, sink)
+            if self.activation == "leaky_relu" and self.pooling == "max":
+                h = leaky_relu_max_pool_2x2(h)
+                continue
             h = F.leaky_relu(h) if self.activation == "leaky_relu" else F.relu(h)
             if self.pooling == "max":
                 h = max_pool_2x2(h)

@@ -46,6 +46,82 @@ def max_pool_2x2(x: Tensor) -> Tensor:
     return F.max_pool2d(x, 2)
 
 
+class _LeakyReluPoolBackward(torch.autograd.Function):
+    """The backward of _LeakyReluMaxPool2x2 (ATen's pool backward, then ATen's leaky ReLU
+    backward), linear in the incoming gradient: its own backward is the same two ATen ops in
+    reverse, and nothing flows to the saved input (autograd would add a zero-filled tensor)."""
+
+    @staticmethod
+    def forward(ctx, grad: Tensor, x: Tensor, idx: Tensor, slope: float) -> Tensor:
+        ctx.save_for_backward(x, idx)
+        ctx.slope = slope
+        g = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, idx
+        )
+        return torch.ops.aten.leaky_relu_backward(g, x, slope, False)
+
+    @staticmethod
+    def backward(ctx, gg: Tensor) -> tuple[Tensor | None, None, None, None]:
+        x, idx = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        return _pool_gather(_leaky_relu_backward(gg, x, ctx.slope), idx), None, None, None
+
+
+def _leaky_relu_backward(g: Tensor, x: Tensor, slope: float) -> Tensor:
+    """aten.leaky_relu_backward, differentiable in g (its derivative in x is zero)."""
+    return _LeakyReluBackward.apply(g, x, slope)
+
+
+class _LeakyReluBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, g: Tensor, x: Tensor, slope: float) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.slope = slope
+        return torch.ops.aten.leaky_relu_backward(g, x, slope, False)
+
+    @staticmethod
+    def backward(ctx, gg: Tensor) -> tuple[Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        return _leaky_relu_backward(gg, x, ctx.slope), None, None
+
+
+def _pool_gather(g: Tensor, idx: Tensor) -> Tensor:
+    """ATen's max_pool_double_backward: g [N, C, H, W] read at the pooled indices."""
+    n, c = idx.shape[:2]
+    return g.flatten(2).gather(2, idx.flatten(2)).view(n, c, *idx.shape[2:])
+
+
+class _LeakyReluMaxPool2x2(torch.autograd.Function):
+    """F.max_pool2d(F.leaky_relu(x, slope), 2) in one node, bit for bit: the activation runs in
+    place on the channels-last copy the fast pooling kernel reads (writing it straight into that
+    layout is 6x slower: strided stores), its output is not kept for the backward (the pool needs
+    only its indices), and the double backward allocates no zero gradients for x."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, slope: float) -> Tensor:
+        y = torch.ops.aten.leaky_relu_(x.contiguous(memory_format=torch.channels_last), slope)
+        out, idx = torch.ops.aten.max_pool2d_with_indices(y, [2, 2], [2, 2])
+        del y
+        idx = idx.contiguous()
+        ctx.save_for_backward(x, idx)
+        ctx.slope = slope
+        return out.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        x, idx = ctx.saved_tensors
+        return _LeakyReluPoolBackward.apply(grad, x, idx, ctx.slope), None
+
+
+def leaky_relu_max_pool_2x2(x: Tensor, slope: float = 0.01) -> Tensor:
+    """F.max_pool2d(F.leaky_relu(x, slope), 2), bit for bit (values, gradients, second-order
+    gradients), as one faster node on contiguous CPU input."""
+    if x.device.type == "cpu" and x.is_contiguous() and not torch._C._functorch.is_batchedtensor(x):
+        return _LeakyReluMaxPool2x2.apply(x, slope)
+    return F.max_pool2d(F.leaky_relu(x, slope), 2)
+
+
 def _sum_exclude_dim1(t: Tensor, keepdim: bool = True) -> Tensor:
     """Sum over every dim but 1, in ATen's order (dim 0, then the last dims one by one)."""
     r = t.sum(0, keepdim)

@@ -395,3 +395,25 @@ def test_max_pool_kernel_is_atens_bit_for_bit() -> None:
         results.append([y, gx, x.grad])
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+def test_fused_activation_pool_is_atens_bit_for_bit() -> None:
+    """leaky_relu_max_pool_2x2 (one node, no zero gradients in its double backward) gives the
+    numbers of F.leaky_relu then F.max_pool2d to second order, ties included."""
+    from mamlpp.nn.layers import leaky_relu_max_pool_2x2
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        x0 = torch.randn(5, 16, 12, 12, generator=g, dtype=dtype)
+        x0 = torch.where(torch.rand(x0.shape, generator=g) > 0.5, x0, torch.full_like(x0, -0.3))
+        results = []
+        for fn in (leaky_relu_max_pool_2x2, lambda h: F.max_pool2d(F.leaky_relu(h), 2)):
+            x = x0.clone().requires_grad_()
+            y = fn(x * 1.0)
+            (gx,) = torch.autograd.grad((y * y).sum(), [x], create_graph=True)
+            (gx * x0).sum().backward()
+            results.append([y, gx, x.grad])
+        for a, b in zip(*results, strict=True):
+            assert torch.equal(a, b)
+    x = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(leaky_relu_max_pool_2x2, (x,))
