@@ -38,6 +38,7 @@ VARIANTS = {
     "ckpt": ({"checkpoint_inner_steps": True}, "fp32"),
     "nhwc": ({"channels_last": True}, "fp32"),
     "bf16": ({}, "bf16"),
+    "fast": ({"fast_kernels": True}, "fp32"),
     "tf32": ({"tf32": True}, "fp32"),
     "cudnn": ({"cudnn_benchmark": True}, "fp32"),
     "graphs": ({"cuda_graphs": True}, "fp32"),

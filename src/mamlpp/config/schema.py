@@ -141,6 +141,10 @@ class SpeedConfig:
     checkpoint_inner_steps: bool = False
     # Channels-last activations (NHWC) for the convolutions.
     channels_last: bool = False
+    # CPU: cheaper double backwards for batch norm (closed form) and the grouped convolution
+    # (one weight-gradient kernel), and Conv4 max-pools before its activation; the same
+    # mathematics with other float32 rounding, so off by default (README, performance).
+    fast_kernels: bool = False
     # CUDA only (no effect on CPU): TF32 matmuls and convolutions (false: strict fp32, also for
     # cuDNN, whose PyTorch default is TF32), and cuDNN autotuning of convolution algorithms.
     tf32: bool = False

@@ -10,6 +10,7 @@ from mamlpp.errors import ConfigError
 from mamlpp.experiment.console import log
 from mamlpp.experiment.gpu_claim import GpuClaim, claim_free_gpu, cuda_ids
 from mamlpp.nn.cpu_allocator import keep_freed_memory
+from mamlpp.nn.fast_kernels import set_fast_kernels
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,7 +41,9 @@ def place_on_free_gpu(device: torch.device) -> tuple[torch.device, GpuClaim | No
 
 
 def configure_backends(speed: SpeedConfig, device: torch.device) -> None:
-    """Apply the CUDA backend switches of `speed`; on CPU say that they have no effect."""
+    """Apply the CUDA backend switches of `speed`; on CPU say that they have no effect. The
+    kernel choice of speed.fast_kernels is process-wide too (mamlpp.nn.fast_kernels)."""
+    set_fast_kernels(speed.fast_kernels)
     if device.type != "cuda":
         if speed.cuda_graphs:
             raise ConfigError(

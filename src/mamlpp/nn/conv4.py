@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mamlpp.nn.fast_kernels import fast_kernels_enabled
 from mamlpp.nn.layers import (
     BatchStats,
     GroupedBackbone,
@@ -80,7 +81,10 @@ class Conv4(GroupedBackbone):
                 bn = cast(MetaBatchNorm2d, self.norms[i])
                 h = meta_batch_norm(bn, f"norms.{i}", h, params, step, use_running_stats, sink)
             if self.activation == "leaky_relu" and self.pooling == "max":
-                h = leaky_relu_max_pool_2x2(h)
+                # Max pooling commutes with a monotone activation up to ties the activation
+                # rounds together; pooling first runs the activation on a quarter of the values.
+                fast = fast_kernels_enabled() and h.device.type == "cpu"
+                h = F.leaky_relu(max_pool_2x2(h)) if fast else leaky_relu_max_pool_2x2(h)
                 continue
             h = F.leaky_relu(h) if self.activation == "leaky_relu" else F.relu(h)
             if self.pooling == "max":

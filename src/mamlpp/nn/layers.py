@@ -14,6 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mamlpp.nn.fast_kernels import (
+    batchnorm_double_backward_closed_form,
+    conv2d_grouped,
+    fast_kernels_enabled,
+)
+
 
 class _MaxPool2x2(torch.autograd.Function):
     """2x2 max pooling whose forward runs ATen's channels-last CPU kernel (about 3-5x faster
@@ -39,9 +45,14 @@ class _MaxPool2x2(torch.autograd.Function):
         )
 
 
+def _batched(x: Tensor) -> bool:
+    """Whether x is a torch.func (vmap) batched tensor, which custom kernels do not take."""
+    return bool(torch._C._functorch.is_batchedtensor(x))
+
+
 def max_pool_2x2(x: Tensor) -> Tensor:
     """F.max_pool2d(x, 2), bit for bit, through the faster kernel on contiguous CPU input."""
-    if x.device.type == "cpu" and x.is_contiguous() and not torch._C._functorch.is_batchedtensor(x):
+    if x.device.type == "cpu" and x.is_contiguous() and not _batched(x):
         return _MaxPool2x2.apply(x)
     return F.max_pool2d(x, 2)
 
@@ -117,7 +128,7 @@ class _LeakyReluMaxPool2x2(torch.autograd.Function):
 def leaky_relu_max_pool_2x2(x: Tensor, slope: float = 0.01) -> Tensor:
     """F.max_pool2d(F.leaky_relu(x, slope), 2), bit for bit (values, gradients, second-order
     gradients), as one faster node on contiguous CPU input."""
-    if x.device.type == "cpu" and x.is_contiguous() and not torch._C._functorch.is_batchedtensor(x):
+    if x.device.type == "cpu" and x.is_contiguous() and not _batched(x):
         return _LeakyReluMaxPool2x2.apply(x, slope)
     return F.max_pool2d(F.leaky_relu(x, slope), 2)
 
@@ -208,7 +219,12 @@ class _BatchNormBackward(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, ggI, ggG, ggB):
         gO, x, w, mean, invstd = ctx.saved_tensors
-        gI, gG, ggO = _batchnorm_double_backward(x, w, ggI, ggG, ggB, gO, mean, invstd)
+        double_backward = (
+            batchnorm_double_backward_closed_form
+            if fast_kernels_enabled()
+            else _batchnorm_double_backward
+        )
+        gI, gG, ggO = double_backward(x, w, ggI, ggG, ggB, gO, mean, invstd)
         need = ctx.needs_input_grad
         return (
             ggO if need[0] else None,
@@ -271,6 +287,8 @@ class MetaConv2d(nn.Module):
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         b = weight.shape[0]
         w = weight.reshape(b * weight.shape[1], *weight.shape[2:])
+        if fast_kernels_enabled() and x.device.type == "cpu" and not _batched(x):
+            return conv2d_grouped(x, w, bias.reshape(-1), self.stride, self.padding, b)
         return F.conv2d(x, w, bias.reshape(-1), stride=self.stride, padding=self.padding, groups=b)
 
 

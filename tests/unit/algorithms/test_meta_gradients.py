@@ -19,6 +19,7 @@ from conftest import MAMLPP_ALL
 from helpers import reference
 from helpers.gradients import assert_grads_close, central_difference, meta_gradients, rel_diff
 from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
+from mamlpp.nn.fast_kernels import use_fast_kernels
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -100,12 +101,17 @@ def _double_setup(make_learner, make_batch, case: dict) -> tuple[MetaLearner, Ep
     return learner, batch
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["default_kernels", "fast_kernels"])
 @pytest.mark.parametrize("case", list(SO_CASES))
-def test_second_order_matches_torch_func_reference(make_learner, make_batch, case: str) -> None:
+def test_second_order_matches_torch_func_reference(
+    make_learner, make_batch, case: str, fast: bool
+) -> None:
+    """Also with speed.fast_kernels (closed-form batch-norm double backward, pooling first)."""
     cfg = SO_CASES[case]
     learner, batch = _double_setup(make_learner, make_batch, cfg)
     weights = [0.3, 0.7] if cfg.get("multi_step_loss") else None
-    got = learner_grads(learner, batch, second_order=True, step_weights=weights)
+    with use_fast_kernels(fast):
+        got = learner_grads(learner, batch, second_order=True, step_weights=weights)
     want = ref_grads(learner, batch, stages=2, step_weights=weights)
     if cfg.get("learn_inner_lr"):
         assert any(n.startswith("inner_lrs.") for n in got)
@@ -115,12 +121,16 @@ def test_second_order_matches_torch_func_reference(make_learner, make_batch, cas
         assert g.abs().max() > 0, n
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["default_kernels", "fast_kernels"])
 @pytest.mark.parametrize("case", ["maml_no_norm", "mamlpp_all"])
-def test_second_order_matches_finite_differences(make_learner, make_batch, case: str) -> None:
+def test_second_order_matches_finite_differences(
+    make_learner, make_batch, case: str, fast: bool
+) -> None:
     cfg = SO_CASES[case]
     learner, batch = _double_setup(make_learner, make_batch, cfg)
     weights = [0.3, 0.7] if cfg.get("multi_step_loss") else None
-    got = learner_grads(learner, batch, second_order=True, step_weights=weights)
+    with use_fast_kernels(fast):
+        got = learner_grads(learner, batch, second_order=True, step_weights=weights)
 
     def meta_loss() -> float:
         loss, _ = learner.adapt_and_predict(batch, STEPS, True, True, weights)

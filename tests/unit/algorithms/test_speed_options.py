@@ -417,3 +417,55 @@ def test_fused_activation_pool_is_atens_bit_for_bit() -> None:
             assert torch.equal(a, b)
     x = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(leaky_relu_max_pool_2x2, (x,))
+
+
+@pytest.mark.parametrize("wanted", ["x", "x_w", "w_only"])
+def test_fast_batch_norm_double_backward_matches_atens_in_float64(wanted: str) -> None:
+    """speed.fast_kernels' closed-form batch-norm double backward is ATen's mathematics: in
+    float64 the second-order gradients agree to rounding, whichever first-order gradients the
+    inner loop asks for (x alone, x and the affine weights, the weights alone)."""
+    from mamlpp.nn.fast_kernels import use_fast_kernels
+    from mamlpp.nn.layers import batch_norm_train
+
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.randn(5, 24, 9, 9, generator=g, dtype=torch.float64) * 2 + 0.5
+    w0 = torch.rand(24, generator=g, dtype=torch.float64) + 0.5
+    b0 = torch.randn(24, generator=g, dtype=torch.float64)
+    tgt = torch.linspace(-1, 1, x0.numel(), dtype=x0.dtype).view_as(x0)
+
+    def grads(fast: bool) -> list[torch.Tensor]:
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        with use_fast_kernels(fast):
+            y = batch_norm_train(x * 1.0, w * 1.0, b * 1.0, 1e-5)[0]
+            inputs = {"x": [x], "x_w": [x, w, b], "w_only": [w, b]}[wanted]
+            gs = torch.autograd.grad((y * tgt).sin().sum(), inputs, create_graph=True)
+            sum(gi.pow(2).sum() * (i + 1) for i, gi in enumerate(gs)).backward()
+        return [*gs, x.grad, w.grad, b.grad]
+
+    for a, b in zip(grads(True), grads(False), strict=True):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_fast_batch_norm_passes_gradgradcheck() -> None:
+    from mamlpp.nn.fast_kernels import use_fast_kernels
+    from mamlpp.nn.layers import batch_norm_train
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 4, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(4, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, w, b: batch_norm_train(x, w, b, 1e-5)[0]  # noqa: E731
+    with use_fast_kernels():
+        assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+def test_fast_kernels_switch_is_set_from_the_config_and_off_by_default() -> None:
+    from mamlpp.experiment.device import configure_backends
+    from mamlpp.nn.fast_kernels import fast_kernels_enabled, use_fast_kernels
+
+    assert not SpeedConfig().fast_kernels
+    with use_fast_kernels(False):
+        configure_backends(SpeedConfig(fast_kernels=True), torch.device("cpu"))
+        assert fast_kernels_enabled()
+        configure_backends(SpeedConfig(), torch.device("cpu"))
+        assert not fast_kernels_enabled()
