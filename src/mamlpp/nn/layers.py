@@ -287,7 +287,12 @@ class MetaConv2d(nn.Module):
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         b = weight.shape[0]
         w = weight.reshape(b * weight.shape[1], *weight.shape[2:])
-        if fast_kernels_enabled() and x.device.type == "cpu" and not _batched(x):
+        if (
+            fast_kernels_enabled()
+            and x.device.type == "cpu"
+            and not _batched(x)
+            and not torch.is_autocast_enabled("cpu")  # bf16: ATen's own casts and kernels
+        ):
             return conv2d_grouped(x, w, bias.reshape(-1), self.stride, self.padding, b)
         return F.conv2d(x, w, bias.reshape(-1), stride=self.stride, padding=self.padding, groups=b)
 
