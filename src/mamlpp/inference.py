@@ -189,10 +189,11 @@ def load(
     """A trained model from a run directory (its top-k ensemble; members=best or epoch=N picks
     one) or from a single checkpoint file, on `device` (auto: a GPU if there is one).
 
-    A model whose config names code (model=module's `model._target_`, dataset=custom's
-    `dataset._target_`) loads when `overrides` names the same value, e.g.
-    `overrides=["model._target_=my_nets.Net"]`, or with `trust_code=True` (which logs what it
-    imports); a file alone never makes mamlpp import anything."""
+    A model whose config names code (`model._target_`, `algorithm._target_`,
+    `algorithm.inner_rule._target_`, `dataset._target_`: see mamlpp.experiment.trust) loads
+    when `overrides` names the same value, e.g. `overrides=["model._target_=my_nets.Net"]`,
+    or with `trust_code=True` (which logs what it imports); a file alone never makes mamlpp
+    import anything."""
     overrides = [overrides] if isinstance(overrides, str) else list(overrides)
     named = named_targets(overrides)
     unknown = [o for o in overrides if o.partition("=")[0] not in CODE_KEYS]

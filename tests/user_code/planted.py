@@ -43,3 +43,16 @@ class Optimizer(torch.optim.Adam):
 def lister(**kwargs: object) -> None:
     """A dataset lister (dataset._target_) that leaves the marker when called."""
     _mark("planted.lister")
+
+
+class Rule(nn.Module):
+    """An inner rule (algorithm.inner_rule._target_) that leaves the marker when built."""
+
+    def __init__(self, shapes: object, num_steps: int, init_lr: float) -> None:
+        _mark("planted.Rule")
+        super().__init__()
+
+
+def register_algorithm() -> None:
+    """What an algorithm's `_target_` would name: importing this module is already too much."""
+    _mark("planted.register_algorithm")

@@ -7,28 +7,23 @@ always meets the module layout it was saved from. The runtime adds the outer ste
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
-from mamlpp.algorithms.finetune_baseline import FineTuneBaseline
+# Importing these modules attaches the built-in learners to their registered algorithms.
+import mamlpp.algorithms.finetune_baseline
+import mamlpp.algorithms.protomaml
+import mamlpp.algorithms.reptile
+import mamlpp.algorithms.variants  # noqa: F401
 from mamlpp.algorithms.inner_lr import inner_rule_factory
 from mamlpp.algorithms.learner import Learner
-from mamlpp.algorithms.protomaml import ProtoMAML
-from mamlpp.algorithms.reptile import Reptile
-from mamlpp.config import PER_STEP_BN_KEYS, AlgorithmConfig, ComponentConfig, Config
+from mamlpp.config import PER_STEP_BN_KEYS, AlgorithmConfig, ComponentConfig, Config, builder
 from mamlpp.errors import ConfigError
 from mamlpp.nn.backbones import build_backbone
 from mamlpp.nn.contract import MetaBackbone
 from mamlpp.tasks import CLASSIFICATION, REGRESSION, Objective
 
-# The algorithms that are not a Learner with other keys (algorithms.variants lists those).
-LEARNERS: dict[str, type[Learner]] = {
-    "reptile": Reptile,
-    "protomaml": ProtoMAML,
-    "baseline": FineTuneBaseline,
-    "baseline_pp": FineTuneBaseline,
-}
-# Chen et al.'s pre-train then fine-tune baselines: a classifier of every training class.
-FINETUNE_BASELINES = ("baseline", "baseline_pp")
 # Datasets of the regression task family (MSE loss and score); the others classify.
 REGRESSION_DATASETS = ("sinusoid",)
 
@@ -39,11 +34,15 @@ def objective_of(cfg: Config) -> Objective:
 
 
 def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "cpu") -> Learner:
-    """The configured learner on `device` (weights freshly initialised from torch's RNG)."""
+    """The configured learner on `device` (weights freshly initialised from torch's RNG): the
+    class registered for algorithm.name (mamlpp.config.register_algorithm), built as
+    `cls(cfg.algorithm, net, impl=, precision=, checkpoint_inner_steps=, inner_rule=,
+    loss_fn=, score_fn=)`, which is Learner's signature."""
     a = cfg.algorithm
     impl = "batched" if cfg.train.impl == "auto" else cfg.train.impl
+    learner_class = cast(type[Learner], builder("algorithm", a.name))
     ways = cfg.task.ways
-    if a.name in FINETUNE_BASELINES:  # one output per training class (Omniglot's split)
+    if learner_class.one_output_per_training_class:  # Omniglot's split gives the count
         ways = cfg.dataset.class_counts()[0]
     # Vector data (model=mlp) has no image size; in_channels is then the input dimension.
     image_size = getattr(cfg.dataset, "image_size", 1)
@@ -52,7 +51,7 @@ def build_learner(cfg: Config, in_channels: int, device: torch.device | str = "c
     rule = inner_rule_factory(
         a.inner_rule._target_, a.inner_rule.kwargs, a.inner_lr, a.learn_inner_lr, a.per_element_lr
     )
-    learner = LEARNERS.get(a.name, Learner)(
+    learner = learner_class(
         a,
         net,
         impl=impl,

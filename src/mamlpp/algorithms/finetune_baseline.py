@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mamlpp.algorithms.learner import Learner
+from mamlpp.config import FineTuneConfig, register_algorithm
 from mamlpp.nn.layers import BatchStats
 from mamlpp.tasks import EpisodeBatch
 
@@ -46,9 +47,14 @@ def head_logits(features: Tensor, weight: Tensor, bias: Tensor | None, cosine: b
     return torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))
 
 
+@register_algorithm("baseline_pp", config=FineTuneConfig)
+@register_algorithm("baseline", config=FineTuneConfig)
 class FineTuneBaseline(Learner):
     """algorithm=baseline (linear head) or baseline_pp (cosine head, Baseline++). The
     backbone's head has one output per training class (algorithms.factory builds it so)."""
+
+    cfg: FineTuneConfig
+    one_output_per_training_class = True
 
     @property
     def cosine(self) -> bool:

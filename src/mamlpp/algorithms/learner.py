@@ -53,6 +53,9 @@ class Learner(nn.Module):
 
     # True when initial_fast_weights builds a graph of its own (ProtoMAML).
     initial_weights_have_graph = False
+    # True for a classifier of every training class (the fine-tuning baselines): the factory
+    # builds the backbone's head with that many outputs instead of task.ways.
+    one_output_per_training_class = False
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mamlpp.algorithms.learner import Learner, _widen
+from mamlpp.config import AlgorithmConfig, register_algorithm
 from mamlpp.errors import ConfigError
 from mamlpp.nn.contract import MetaBackbone
 from mamlpp.tasks import EpisodeBatch
@@ -43,6 +44,7 @@ def linear_head(net: MetaBackbone) -> tuple[str, str]:
     return weights[0], biases[0]
 
 
+@register_algorithm("protomaml", config=AlgorithmConfig)
 class ProtoMAML(Learner):
     """A Learner whose head starts every task at the support prototypes (see the module)."""
 

@@ -19,10 +19,12 @@ import torch
 from torch import Tensor
 
 from mamlpp.algorithms.learner import Learner, RuleState, _widen
+from mamlpp.config import ReptileConfig, register_algorithm
 from mamlpp.nn.layers import BatchStats
 from mamlpp.tasks import EpisodeBatch
 
 
+@register_algorithm("reptile", config=ReptileConfig)
 class Reptile(Learner):
     """A Learner whose forward_backward is Reptile's meta-update direction (see the module)."""
 

@@ -1,7 +1,8 @@
 """What each named MAML variant sets: an adaptation policy and an inner rule.
 
-`conf/algorithm/<name>.yaml` is how a run chooses one; this table is the same definition in
-Python (a test checks the two agree), and `variant_learner` builds one without Hydra.
+`conf/algorithm/<name>.yaml` is how a run chooses one (each is registered here as a Learner
+with those keys); this table is the same definition in Python (a test checks the two agree),
+and `variant_learner` builds one without Hydra.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from mamlpp.algorithms.inner_lr import (
     PerLayerPerStepLR,
 )
 from mamlpp.algorithms.learner import Learner
-from mamlpp.config import AlgorithmConfig
+from mamlpp.config import AlgorithmConfig, FirstOrderConfig, register_algorithm
 from mamlpp.nn.contract import MetaBackbone
 
 
@@ -43,6 +44,11 @@ BOIL = Variant("boil", "body", FixedLR, "Oh et al. 2021")
 METASGD = Variant("metasgd", "all", PerElementLR, "Li et al. 2017")
 
 VARIANTS = {v.name: v for v in (MAML, MAMLPP, ANIL, BOIL, METASGD)}
+
+# Each is a Learner with its YAML's keys; FOMAML is MAML with second_order=false.
+for _variant in VARIANTS:
+    register_algorithm(_variant, config=AlgorithmConfig)(Learner)
+register_algorithm("fomaml", config=FirstOrderConfig)(Learner)
 
 
 def variant_learner(

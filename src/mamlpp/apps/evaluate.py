@@ -52,7 +52,7 @@ from mamlpp.experiment.results import Results, config_summary
 from mamlpp.experiment.results_table import format_results
 from mamlpp.experiment.sampling import make_sampler
 from mamlpp.experiment.trained import TrainedRun, open_trained
-from mamlpp.experiment.trust import named_targets
+from mamlpp.experiment.trust import CODE_KEYS, MODEL_CODE_KEYS, code_value, named_targets
 from mamlpp.inference import (
     TrainedModel,
     build_members,
@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=(
             f"overrides: {', '.join(EVAL_KEYS)}, dataset=<name> and dataset.<key> (another "
             "dataset with the same ways), members=top-k|best|epoch=N, split=test|val|train; "
-            "model._target_/dataset._target_ name the code a saved config needs"
+            f"{', '.join(CODE_KEYS)} name the code a saved config needs"
         ),
     )
     parser.add_argument("target", help="a run directory or a checkpoint .pt")
@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--trust-code",
         action="store_true",
-        help="import the code the saved config names (model._target_, dataset._target_) "
+        help=f"import the code the saved config names ({', '.join(CODE_KEYS)}) "
         "without naming it here: only for files you trust",
     )
     args = parser.parse_intermixed_args(argv)  # overrides before or after the options
@@ -138,15 +138,15 @@ def eval_config(
             cfg.dataset = _dataset_group(value)
         elif key in EVAL_KEYS or key.startswith("dataset."):
             dotlist.append(item)
-        elif key == "model._target_":
-            trained_target = saved.get("model", {}).get("_target_")
+        elif key in MODEL_CODE_KEYS:
+            trained_target = code_value(saved, key)
             if value != trained_target:
                 raise ConfigError(
-                    f"model._target_={value} but the model was trained with "
-                    f"model._target_={trained_target} (it names the model's code)"
+                    f"{key}={value} but the model was trained with "
+                    f"{key}={trained_target} (it names the model's code)"
                 )
         else:
-            known = [*EVAL_KEYS, *OWN_KEYS, "dataset", "model._target_"]
+            known = [*EVAL_KEYS, *OWN_KEYS, "dataset", *MODEL_CODE_KEYS]
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(

@@ -30,7 +30,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from omegaconf import DictConfig, open_dict
 from optuna.trial import Trial, TrialState
 
-from mamlpp.config import experiment_keys, to_config
+from mamlpp.config import Config, comparable, experiment_keys, to_config
 from mamlpp.errors import MamlppError
 from mamlpp.experiment.lock import HolderLock
 
@@ -117,6 +117,42 @@ def digest(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _plain(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity as the study stores it (JSON values)."""
+    return json.loads(json.dumps(dict(identity), default=str))
+
+
+def same_experiment(stored: Mapping[str, Any], identity: Mapping[str, Any]) -> bool:
+    """Whether a study's stored identity is this experiment, as written by this or an earlier
+    mamlpp: keys of components other than the chosen ones are left out (earlier identities
+    held every backbone's, dataset's and algorithm's keys), and a key one side lacks takes its
+    default (a key added since)."""
+    defaults = _plain(experiment_keys(Config()))
+    old, new = comparable(_plain(stored)), comparable(_plain(identity))
+    return all(old.get(k, defaults.get(k)) == new.get(k, defaults.get(k)) for k in {*old, *new})
+
+
+def study_name(storage: str, base: str, identity: dict[str, Any]) -> str:
+    """`<base>-<hash of the identity>`; or, when no study has that name, the study of the same
+    experiment that an earlier mamlpp named with another hash (its identity held other keys),
+    so that the same search command continues it."""
+    name = f"{base}-{digest(identity)[:8]}"
+    summaries = optuna.get_all_study_summaries(storage=storage)
+    if any(s.study_name == name for s in summaries):
+        return name
+    for summary in summaries:
+        stored = summary.user_attrs.get(IDENTITY)
+        if (
+            summary.study_name.startswith(f"{base}-")
+            and isinstance(stored, dict)
+            and same_experiment(stored, identity)
+        ):
+            earlier = summary.study_name
+            say(f"optuna study {earlier!r} is this experiment (an earlier mamlpp named it)")
+            return earlier
+    return name
+
+
 class StudyLock(HolderLock):
     """`.optuna-<study>.lock` beside a SQLite storage (else in the sweep folder): one search of a
     study at a time."""
@@ -145,7 +181,7 @@ def prepare(sweeper: OptunaSweeperImpl, arguments: Sequence[str] = ()) -> StudyL
     if sweeper.storage is None or sweeper.study_name is None:
         return None
     identity = study_identity(sweeper, arguments)
-    sweeper.study_name = f"{sweeper.study_name}-{digest(identity)[:8]}"
+    sweeper.study_name = study_name(str(sweeper.storage), sweeper.study_name, identity)
     Path(str(sweeper.sweep_dir)).mkdir(parents=True, exist_ok=True)  # the SQLite file's
     lock = StudyLock(str(sweeper.storage), sweeper.study_name, Path(str(sweeper.sweep_dir)))
     lock.acquire()

@@ -5,6 +5,17 @@ resolvers, override checks).
 Every public name of these modules is importable from `mamlpp.config`.
 """
 
+from mamlpp.config.algorithms import (
+    ADAPT_MODES,
+    DEFAULT_ALGORITHM,
+    AlgorithmConfig,
+    FineTuneConfig,
+    FirstOrderConfig,
+    InnerRuleConfig,
+    ReptileConfig,
+    algorithm_config,
+    default_algorithm,
+)
 from mamlpp.config.backbones import (
     NORM_LAYER_KINDS,
     PER_STEP_BN_KEYS,
@@ -50,23 +61,21 @@ from mamlpp.config.registry import (
     component,
     dataset_config,
     model_config,
+    register_algorithm,
     register_backbone,
     register_dataset,
     register_tracker,
 )
 from mamlpp.config.regression import MlpConfig, SinusoidConfig
 from mamlpp.config.schema import (
-    AlgorithmConfig,
     Config,
     EvalConfig,
-    InnerRuleConfig,
     OptimizerConfig,
     PathsConfig,
     RunConfig,
     SpeedConfig,
     TaskConfig,
     TrainConfig,
-    default_algorithm,
 )
 from mamlpp.config.trackers import (
     WANDB_MODES,
@@ -78,8 +87,6 @@ from mamlpp.config.trackers import (
     logger_config,
 )
 from mamlpp.config.validation import (
-    ADAPT_MODES,
-    ALGORITHMS,
     DEVICES,
     IMPLS,
     PRECISIONS,
@@ -94,7 +101,12 @@ __all__ = [
     "MlpConfig",
     "SinusoidConfig",
     "ADAPT_MODES",
-    "ALGORITHMS",
+    "DEFAULT_ALGORITHM",
+    "FineTuneConfig",
+    "FirstOrderConfig",
+    "ReptileConfig",
+    "algorithm_config",
+    "register_algorithm",
     "DEVICES",
     "IMPLS",
     "LAYOUTS",

@@ -2,11 +2,12 @@
 entry and resolvers, the components' sections checked against their own config dataclasses, and
 refusal of keys nothing would read.
 
-The component sections (`model`, `dataset`, `logger`) are open in the Hydra schema: a preset may
-set keys of a backbone or dataset other than the one finally chosen (a preset's `model.filters`
-does not stop `model=resnet12` on top of it). `to_config` keeps the keys the chosen component
-has and drops those another registered component has; a key no component has is an error, and
-so is a key the command line names that the chosen component lacks (`check_unread_overrides`).
+The component sections (`model`, `dataset`, `algorithm`, `logger`) are open in the Hydra
+schema: a preset may set keys of a backbone or dataset other than the one finally chosen (a
+preset's `model.filters` does not stop `model=resnet12` on top of it). `to_config` keeps the
+keys the chosen component has and drops those another registered component has; a key no
+component has is an error, and so is a key the command line names that the chosen component
+lacks (`check_unread_overrides`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ Allow = Callable[[str, str], None]
 
 # Config's fixed sections (dataclasses), read off its (postponed, so string) annotations.
 _HINTS = get_type_hints(Config)
-_SECTIONS: dict[str, Any] = {n: h for n, h in _HINTS.items() if is_dataclass(h)}
+_SECTIONS: dict[str, Any] = {
+    n: h for n, h in _HINTS.items() if is_dataclass(h) and n not in SECTIONS
+}
 _TOP_KEYS = tuple(f.name for f in fields(Config))
 
 
@@ -117,9 +120,9 @@ def _unknown(section: str, data: Mapping[str, Any], where: str, known: set[str])
 
 
 def section_config(section: str, data: Mapping[str, Any], allow: Allow | None = None) -> Any:
-    """A component section (`model`, `dataset` or `logger`) as its components' configs. Keys
-    of other registered components are dropped (a preset's, or those a config saved by an
-    earlier mamlpp held); a key no registered component has is refused."""
+    """A component section (`model`, `dataset`, `algorithm` or `logger`) as its components'
+    configs. Keys of other registered components are dropped (a preset's, or those a config
+    saved by an earlier mamlpp held); a key no registered component has is refused."""
     if section == "logger":
         entries = {}
         known = {c.name for c in registered("logger")}
@@ -139,10 +142,10 @@ def section_config(section: str, data: Mapping[str, Any], allow: Allow | None = 
 
 
 def check_unread_overrides(cfg: Config, overrides: list[str]) -> None:
-    """Refuse a dataset.* or model.* key given on the command line that the chosen loader or
-    backbone does not have (it would be ignored), and a logger.<tracker>.* key of a tracker not
-    chosen. Presets may set keys for other components: a preset's `model.filters` does not
-    stop `model=resnet12` on top of it."""
+    """Refuse a dataset.*, model.* or algorithm.* key given on the command line that the
+    chosen loader, backbone or algorithm does not have (it would be ignored), and a
+    logger.<tracker>.* key of a tracker not chosen. Presets may set keys for other components:
+    a preset's `model.filters` does not stop `model=resnet12` on top of it."""
     for item in overrides:
         key = item.partition("=")[0].lstrip("+~")
         section, _, name = key.partition(".")
@@ -155,7 +158,7 @@ def check_unread_overrides(cfg: Config, overrides: list[str]) -> None:
                 f"ignored: add it to the logger list, e.g. logger=[tensorboard,{tracker}]"
             )
         name = name.partition(".")[0]
-        node = {"dataset": cfg.dataset, "model": cfg.model}.get(section)
+        node = {"dataset": cfg.dataset, "model": cfg.model, "algorithm": cfg.algorithm}.get(section)
         if node is None or not name or name == "name":
             continue
         if node.name == "module" and name in node.kwargs:
@@ -190,7 +193,7 @@ def all_keys() -> list[str]:
     """Every dotted key the schema and the registered components declare."""
     keys = [k for k in _TOP_KEYS if k not in _SECTIONS and k not in SECTIONS]
     keys += [f"{s}.{f.name}" for s, cls in _SECTIONS.items() for f in fields(cls)]
-    keys += [f"{s}.{k}" for s in ("model", "dataset") for k in sorted(known_keys(s))]
+    keys += [f"{s}.{k}" for s in ("model", "dataset", "algorithm") for k in sorted(known_keys(s))]
     return keys + [f"logger.{c.name}.{k}" for c in registered("logger") for k in c.own_keys()]
 
 

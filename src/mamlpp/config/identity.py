@@ -8,9 +8,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mamlpp.config.algorithms import AlgorithmConfig, FineTuneConfig
 from mamlpp.config.paths import conf_dir
 from mamlpp.config.registry import component, known_keys, names
-from mamlpp.config.schema import AlgorithmConfig, Config
+from mamlpp.config.schema import Config
 
 # Keys that may differ between a checkpoint and the resuming run, and that never name a run
 # directory (mamlpp.config.naming). The one list of them.
@@ -70,7 +71,7 @@ def algorithm_label(a: AlgorithmConfig) -> str:
 
 
 def _feature_label(a: AlgorithmConfig) -> str:
-    if a.name in ("baseline", "baseline_pp"):  # no inner loop: the MAML++ switches do nothing
+    if isinstance(a, FineTuneConfig):  # no inner loop: the MAML++ switches do nothing
         return a.name
     if a.name == "mamlpp":
         off = [name for on, name in _features(a) if not on]
@@ -104,11 +105,12 @@ def is_module_argument(key: str) -> bool:
 
 
 def comparable(keys: dict[str, Any]) -> dict[str, Any]:
-    """Experiment keys without the model.* / dataset.* keys of other components than theirs:
-    identities written before components owned their configs held every backbone's and
-    dataset's keys (a conv4 run's model.channels), which no run reads."""
+    """Experiment keys without the model.* / dataset.* / algorithm.* keys of other components
+    than theirs: identities written before components owned their configs held every
+    backbone's, dataset's and algorithm's keys (a conv4 run's model.channels, a MAML run's
+    algorithm.finetune_steps), which no run reads."""
     kept = dict(keys)
-    for section in ("model", "dataset"):
+    for section in ("model", "dataset", "algorithm"):
         name = keys.get(f"{section}.name")
         if name not in names(section):
             continue

@@ -25,7 +25,12 @@ if TYPE_CHECKING:
     from mamlpp.config.schema import Config
 
 # The config sections whose `name` chooses a registered component, and what each one is.
-SECTIONS = {"model": "backbone", "dataset": "dataset", "logger": "tracker"}
+SECTIONS = {
+    "model": "backbone",
+    "dataset": "dataset",
+    "logger": "tracker",
+    "algorithm": "algorithm",
+}
 
 
 @dataclass
@@ -100,6 +105,7 @@ def _decorator(section: str) -> Callable[..., Callable[[Any], Any]]:
 register_backbone = _decorator("model")
 register_dataset = _decorator("dataset")
 register_tracker = _decorator("logger")
+register_algorithm = _decorator("algorithm")
 
 
 def names(section: str) -> list[str]:

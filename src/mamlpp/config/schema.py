@@ -2,27 +2,20 @@
 
 `Config()` is what `conf/config.yaml` composes to without overrides (tests/test_presets.py checks
 it field by field). The sections a group option chooses a component for (`model`, `dataset`,
-`logger`) hold that component's own config dataclass (mamlpp.config.registry); Hydra composes
-them loosely and mamlpp.config.compose checks them against it. Ranges and cross-field
-constraints are mamlpp.config.validation's job.
+`algorithm`, `logger`) hold that component's own config dataclass (mamlpp.config.registry);
+Hydra composes them loosely and mamlpp.config.compose checks them against it. Ranges and
+cross-field constraints are mamlpp.config.validation's job.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
+from mamlpp.config.algorithms import AlgorithmConfig, default_algorithm
 from mamlpp.config.backbones import Conv4Config
 from mamlpp.config.datasets import OmniglotConfig
-from mamlpp.config.paths import conf_dir
 from mamlpp.config.trackers import default_logger
-
-# conf/config.yaml's default algorithm group option.
-DEFAULT_ALGORITHM = "mamlpp"
 
 
 @dataclass
@@ -39,73 +32,6 @@ class OptimizerConfig:
 
     _target_: str = "torch.optim.Adam"
     kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class InnerRuleConfig:
-    """The inner update rule (mamlpp.algorithms.inner_lr.InnerRule), built as
-    `_target_(shapes, num_steps, init_lr=algorithm.inner_lr, **kwargs)`; empty: the built-in
-    rule of learn_inner_lr / per_element_lr (fixed, LSLR, Meta-SGD)."""
-
-    _target_: str = ""
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class AlgorithmConfig:
-    name: str = "mamlpp"
-    inner_steps: int = 5
-    inner_steps_eval: int = 5
-    inner_lr: float = 0.1
-    second_order: bool = True
-    # Derivative-order annealing: first order while epoch < first_order_epochs (0: never).
-    first_order_epochs: int = 0
-    # Multi-step loss: weighted target loss after every step while epoch < msl_epochs.
-    multi_step_loss: bool = False
-    msl_epochs: int = 10
-    # Learned per-layer per-step inner learning rates, initialised to inner_lr.
-    learn_inner_lr: bool = False
-    per_step_bn_stats: bool = False
-    per_step_bn_weights: bool = False
-    # Normalise with the (per-step) running statistics at evaluation instead of batch statistics.
-    use_running_stats_eval: bool = False
-    # Adapt batch-norm affine parameters in the inner loop as well (off in MAML++'s code).
-    inner_adapt_bn: bool = False
-    # Which weights the inner loop adapts: all | head (ANIL) | body (BOIL).
-    adapt: str = "all"
-    # Meta-SGD: a learned inner learning rate per parameter element (shared by the steps),
-    # initialised to inner_lr; replaces LSLR's per-layer per-step rates.
-    per_element_lr: bool = False
-    inner_rule: InnerRuleConfig = field(default_factory=InnerRuleConfig)
-    meta_lr: float = 0.001
-    cosine_meta_lr: bool = False
-    # Anneal meta_lr linearly to min_meta_lr over training (Reptile's outer step size).
-    linear_meta_lr: bool = False
-    # true: the cosine rate changes once per epoch (a staircase), as in the published MAML++
-    # code; false: every iteration.
-    cosine_per_epoch: bool = False
-    min_meta_lr: float = 0.00001
-    # Clamp every meta-gradient element to [-grad_clip, grad_clip] before the Adam step.
-    grad_clip: float | None = None
-    # true: clamp only the network's meta-gradients, not those of the learned inner learning
-    # rates (LSLR, Meta-SGD), as the published MAML++ code does; false: clamp all of them.
-    grad_clip_network_only: bool = False
-    # (baseline, baseline_pp) fine-tuning of each task's new head: SGD steps and step size.
-    finetune_steps: int = 100
-    finetune_lr: float = 0.01
-
-
-@functools.cache
-def _algorithm_yaml(name: str) -> dict[str, Any]:
-    data = OmegaConf.to_container(OmegaConf.load(Path(conf_dir()) / "algorithm" / f"{name}.yaml"))
-    assert isinstance(data, dict), name  # a config group option is a mapping
-    return {str(k): v for k, v in data.items()}
-
-
-def default_algorithm() -> AlgorithmConfig:
-    """MAML++ with every feature on, read from its group option (conf/algorithm/mamlpp.yaml):
-    the algorithm conf/config.yaml chooses. AlgorithmConfig() itself has every switch off."""
-    return AlgorithmConfig(**_algorithm_yaml(DEFAULT_ALGORITHM))
 
 
 @dataclass

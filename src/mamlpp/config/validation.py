@@ -1,7 +1,8 @@
 """Range and cross-field checks of a composed `Config`: one-line `ConfigError`s naming the key.
 
-The sections of components (dataset, model, logger) check themselves: their config's
-`validate(cfg)` (mamlpp.config.backbones, datasets, trackers, or the user's own).
+The sections of components (dataset, model, algorithm, logger) check themselves: their
+config's `validate(cfg)` (mamlpp.config.backbones, datasets, algorithms, trackers, or the
+user's own).
 """
 
 from __future__ import annotations
@@ -11,26 +12,11 @@ import re
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from mamlpp.config.backbones import PER_STEP_BN_KEYS
 from mamlpp.config.checks import check as _check
 from mamlpp.config.objective import OPTIMIZED_METRICS
 from mamlpp.config.registry import SECTIONS, component
 from mamlpp.config.schema import Config
 
-ALGORITHMS = (
-    "maml",
-    "fomaml",
-    "mamlpp",
-    "anil",
-    "boil",
-    "metasgd",
-    "reptile",
-    "protomaml",
-    "baseline",
-    "baseline_pp",
-)
-# mamlpp.algorithms.adaptation reads them; any other value is a glob over parameter names.
-ADAPT_MODES = ("all", "head", "body")
 DEVICES = ("auto", "cpu", "cuda")
 IMPLS = ("auto", "batched", "loop")
 PRECISIONS = ("fp32", "bf16")
@@ -60,7 +46,7 @@ def _check_finite(node: Any, key: str = "") -> None:
 
 def validate(cfg: Config) -> Config:
     """Range and cross-field checks; the schema already checked names and types."""
-    t, a, tr, ev = cfg.task, cfg.algorithm, cfg.train, cfg.eval
+    t, tr, ev = cfg.task, cfg.train, cfg.eval
     _check_finite(cfg)
     for key in SEED_KEYS:
         section, _, name = key.rpartition(".")
@@ -84,70 +70,8 @@ def validate(cfg: Config) -> Config:
     _check(t.ways >= 2, "task.ways", t.ways, ">= 2")
     _check(t.shots >= 1, "task.shots", t.shots, ">= 1")
     _check(t.targets >= 1, "task.targets", t.targets, ">= 1")
-    for section in ("dataset", "model"):
+    for section in ("dataset", "model", "algorithm"):
         _check_component(cfg, section)
-    _check(a.name in ALGORITHMS, "algorithm.name", a.name, f"one of {ALGORITHMS}")
-    _check(
-        a.adapt in ADAPT_MODES or any(c in a.adapt for c in "*?["),
-        "algorithm.adapt",
-        a.adapt,
-        f"one of {ADAPT_MODES} or a glob over parameter names such as 'convs.3.*'",
-    )
-    _check(
-        not (a.per_element_lr and a.learn_inner_lr),
-        "algorithm.per_element_lr",
-        True,
-        "false with algorithm.learn_inner_lr=true (Meta-SGD's per-element rates replace LSLR's "
-        "per-layer ones: choose one)",
-    )
-    _check(
-        not (a.adapt == "head" and a.inner_adapt_bn),
-        "algorithm.inner_adapt_bn",
-        True,
-        "false with algorithm.adapt=head (batch norm is part of the body, which ANIL keeps "
-        "fixed in the inner loop)",
-    )
-    if a.name in ("baseline", "baseline_pp"):
-        _check_finetune_baseline(cfg)
-    _check(a.inner_steps >= 1, "algorithm.inner_steps", a.inner_steps, ">= 1")
-    _check(a.inner_steps_eval >= 1, "algorithm.inner_steps_eval", a.inner_steps_eval, ">= 1")
-    _check(a.inner_lr > 0, "algorithm.inner_lr", a.inner_lr, "> 0")
-    _check(a.meta_lr > 0, "algorithm.meta_lr", a.meta_lr, "> 0")
-    _check(
-        0 <= a.min_meta_lr <= a.meta_lr,
-        "algorithm.min_meta_lr",
-        a.min_meta_lr,
-        f"0 <= min_meta_lr <= meta_lr ({a.meta_lr})",
-    )
-    _check(a.first_order_epochs >= 0, "algorithm.first_order_epochs", a.first_order_epochs, ">= 0")
-    _check(a.msl_epochs >= 0, "algorithm.msl_epochs", a.msl_epochs, ">= 0")
-    _check(
-        a.grad_clip is None or a.grad_clip > 0, "algorithm.grad_clip", a.grad_clip, "null or > 0"
-    )
-    _check(
-        not a.cosine_per_epoch or a.cosine_meta_lr,
-        "algorithm.cosine_per_epoch",
-        True,
-        "false unless algorithm.cosine_meta_lr=true (it shapes the cosine schedule)",
-    )
-    _check(
-        not (a.linear_meta_lr and a.cosine_meta_lr),
-        "algorithm.linear_meta_lr",
-        True,
-        "false with algorithm.cosine_meta_lr=true (one meta_lr schedule: choose one)",
-    )
-    if a.name == "reptile":
-        # Reptile's meta-update has no gradient for learned inner rates nor per-step losses.
-        for key in ("learn_inner_lr", "per_element_lr", "multi_step_loss"):
-            _check(
-                not getattr(a, key), f"algorithm.{key}", True, "false with algorithm.name=reptile"
-            )
-    _check(
-        not a.grad_clip_network_only or a.grad_clip is not None,
-        "algorithm.grad_clip_network_only",
-        True,
-        "false unless algorithm.grad_clip is set (it chooses what the clip applies to)",
-    )
     _check(tr.epochs >= 1, "train.epochs", tr.epochs, ">= 1")
     _check(tr.iters_per_epoch >= 1, "train.iters_per_epoch", tr.iters_per_epoch, ">= 1")
     _check(tr.meta_batch_size >= 1, "train.meta_batch_size", tr.meta_batch_size, ">= 1")
@@ -188,12 +112,6 @@ def validate(cfg: Config) -> Config:
         r.collective_timeout_s,
         "> 0 seconds",
     )
-    _check(
-        a.name != "fomaml" or not a.second_order,
-        "algorithm.second_order",
-        True,
-        "false with algorithm.name=fomaml (first-order MAML)",
-    )
     _check(ev.batch_size >= 1, "eval.batch_size", ev.batch_size, ">= 1")
     cfg.logger.validate(cfg)
     return cfg
@@ -211,36 +129,3 @@ def _check_component(cfg: Config, section: str) -> None:
         "configs are registered with their component)",
     )
     node.validate(cfg)
-
-
-def _check_finetune_baseline(cfg: Config) -> None:
-    """algorithm=baseline|baseline_pp: a classifier of the training split's classes (their
-    count comes from the split: Omniglot), with a linear head to replace; no inner loop."""
-    a, d, m = cfg.algorithm, cfg.dataset, cfg.model
-    _check(a.finetune_steps >= 1, "algorithm.finetune_steps", a.finetune_steps, ">= 1")
-    _check(a.finetune_lr > 0, "algorithm.finetune_lr", a.finetune_lr, "> 0")
-    _check(
-        d.name == "omniglot",
-        "dataset.name",
-        d.name,
-        f"omniglot with algorithm={a.name} (its classifier has one output per training class)",
-    )
-    _check(
-        m.name in ("conv4", "resnet12"),
-        "model.name",
-        m.name,
-        f"conv4 or resnet12 with algorithm={a.name} (a backbone with a linear head)",
-    )
-    for key in (*PER_STEP_BN_KEYS, "learn_inner_lr", "per_element_lr", "multi_step_loss"):
-        _check(
-            not getattr(a, key),
-            f"algorithm.{key}",
-            True,
-            f"false with algorithm={a.name} (no inner loop: it pre-trains, then fine-tunes a head)",
-        )
-    _check(
-        a.adapt == "all",
-        "algorithm.adapt",
-        a.adapt,
-        f"all with algorithm={a.name} (fine-tuning always trains a new head on fixed features)",
-    )

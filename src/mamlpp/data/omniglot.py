@@ -2,7 +2,7 @@
 ImageListing, and its protocols' class splits. Its facts (1623 characters of 20 drawings, the
 protocols' split sizes, rotations) are in the leaf omniglot_facts.py, re-exported here.
 
-Decoding, the cache and the data identity are the image folders' (mamlpp.data.image_folder):
+Decoding, the cache and the data identity are the image folders' (mamlpp.data.image_cache):
 greyscale, in class order background characters then evaluation characters, each sorted by
 (alphabet, character folder), drawings sorted by file name. The listing's parts are the two sets
 (zip or extracted folder each); its digest header is the one Omniglot has always had, so the data
@@ -30,7 +30,8 @@ import numpy as np
 
 from mamlpp.data import capacity, content
 from mamlpp.data.files import download, md5_file
-from mamlpp.data.image_folder import ImageListing, Part, load_cached, open_zip, part_fingerprint
+from mamlpp.data.image_cache import load_cached
+from mamlpp.data.image_folder import ImageListing, Part, open_zip, part_fingerprint
 from mamlpp.data.omniglot_facts import (
     IMAGES_PER_CLASS,
     NUM_CLASSES,

@@ -32,14 +32,13 @@ from mamlpp.data.dataset import (
     split_by_ratios,
 )
 from mamlpp.data.episodes import Augmentation
+from mamlpp.data.image_cache import channel_stats, load_cached
 from mamlpp.data.image_folder import (
     ImageListing,
-    channel_stats,
     detect_folder_layout,
     list_miniimagenet,
     list_presplit_folder,
     list_unsplit_folder,
-    load_cached,
 )
 from mamlpp.data.splits import fixed_splits
 from mamlpp.data.tiny_imagenet import find_source, list_tiny_imagenet

@@ -1,9 +1,10 @@
 """ExperimentBuilder: one run directory from start to results.json.
 
 It puts the parts together: the run layout (mamlpp.layout), the device (experiment.device),
-data and sampler, the learner behind its port (experiment.learner_port), the checkpoint store
-(experiment.checkpoint_store), the training loop and its callbacks (experiment.loop,
-experiment.callbacks), the test phase and the finished-run policy (experiment.finished).
+the tasks (experiment.task_data), the learner behind its port (experiment.learner_port), the
+checkpoint store (experiment.checkpoint_store), the training loop and its callbacks
+(experiment.loop, experiment.callbacks), the test phase and the finished-run policy
+(experiment.finished).
 
 Resume guarantees (CPU): a run killed at any moment and started again with the same command
 ends with the same numbers as an uninterrupted one. The checkpoint is the single source of truth:
@@ -29,9 +30,6 @@ from mamlpp.algorithms.factory import REGRESSION_DATASETS, build_learner, object
 from mamlpp.algorithms.learner import Learner
 from mamlpp.algorithms.outer_step import build_outer_step
 from mamlpp.config import Config, algorithm_label, experiment_keys
-from mamlpp.data.preprocessing import Preprocessing
-from mamlpp.data.registry import load_dataset
-from mamlpp.data.sinusoid import sinusoid_sampler
 from mamlpp.errors import ConfigError
 from mamlpp.experiment.callbacks import (
     CheckpointCadence,
@@ -65,10 +63,9 @@ from mamlpp.experiment.run_dir import (
     require_checkpoint,
 )
 from mamlpp.experiment.run_state import TrainingProgress, run_identity
-from mamlpp.experiment.sampling import make_sampler
 from mamlpp.experiment.signals import EXIT_RESUMABLE, SignalFlag, StopRequested
+from mamlpp.experiment.task_data import build_task_data
 from mamlpp.layout import RunLayout
-from mamlpp.tasks import TaskSource
 from mamlpp.trackers import open_trackers
 from mamlpp.trackers.base import FanOut
 
@@ -112,10 +109,9 @@ class ExperimentBuilder:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.local_batch = self.dist.local_share(cfg.train.meta_batch_size)
-        if cfg.dataset.name in REGRESSION_DATASETS:
-            self._build_regression()
-        else:
-            self._build_images()
+        data = build_task_data(cfg, self.device, self.dist)
+        self.sampler, self.in_channels = data.sampler, data.in_channels
+        self.preprocessing, self.data_identity = data.preprocessing, data.identity
         self.total_iterations = cfg.train.epochs * cfg.train.iters_per_epoch
         learner = self._new_learner()  # the outer step: meta-optimizer, schedule, sync
         self.learner = LearnerPort(learner, build_outer_step(cfg, learner))
@@ -124,30 +120,6 @@ class ExperimentBuilder:
         self.store = CheckpointStore(
             self.layout, self.learner, cfg, self.data_identity, self.dist, log
         )
-
-    def _build_images(self) -> None:
-        cfg = self.cfg
-        # Rank 0 first: it may write the decoded cache the other ranks then read.
-        if not self.dist.is_main:
-            self.dist.barrier()
-        data = load_dataset(cfg.dataset)
-        if self.dist.is_main:
-            self.dist.barrier()
-        t = cfg.task
-        data.check_task_fits(t.ways, t.shots, t.targets)
-        self.in_channels = data.images.channels
-        self.preprocessing = Preprocessing.of(data)
-        self.data_identity = data.identity
-        self.sampler: TaskSource = make_sampler(cfg, data, self.device)
-
-    def _build_regression(self) -> None:
-        """Sinusoid tasks are drawn on the fly (no files, so no data fingerprint); members
-        record vector inputs as a 1x1 'image' of in_features channels."""
-        sampler = sinusoid_sampler(self.cfg.dataset, self.cfg.task, self.device)
-        self.sampler = sampler
-        self.in_channels = sampler.in_features
-        self.preprocessing = Preprocessing(image_size=1, channels=self.in_channels)
-        self.data_identity = None
 
     def _new_learner(self) -> Learner:
         return build_learner(self.cfg, self.in_channels, self.device)

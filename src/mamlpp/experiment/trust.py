@@ -1,11 +1,13 @@
 """Code that a saved file names is imported only when the user names it too.
 
-A checkpoint or a run's config.yaml records import paths: `model._target_` (model=module) and
-`dataset._target_` (dataset=custom). Importing one runs its module, and calling it runs more, so
-a downloaded file could run anything. `mamlpp-eval` and `mamlpp.load` therefore import such a
-path only when this command line or call names the same value (`model._target_=pkg.Net`), or
-with the opt-in `--trust-code` / `trust_code=True`, which logs what it imports. The saved
-meta-optimizer (`optimizer._target_`) is not needed to evaluate a model and is never imported.
+A checkpoint or a run's config.yaml records import paths: `model._target_` (model=module or a
+user's backbone), `algorithm._target_` (a user's algorithm), `algorithm.inner_rule._target_` (a
+user's inner rule) and `dataset._target_` (dataset=custom or a user's dataset). Importing one
+runs its module, and calling it runs more, so a downloaded file could run anything.
+`mamlpp-eval` and `mamlpp.load` therefore import such a path only when this command line or
+call names the same value (`model._target_=pkg.Net`), or with the opt-in `--trust-code` /
+`trust_code=True`, which logs what it imports. The saved meta-optimizer (`optimizer._target_`)
+is not needed to evaluate a model and is never imported.
 """
 
 from __future__ import annotations
@@ -19,8 +21,20 @@ from mamlpp.errors import ConfigError
 from mamlpp.experiment.console import log
 
 TARGET = "_target_"
-# The import paths that evaluating or loading a model may need, each with its config section.
-CODE_KEYS = ("model._target_", "dataset._target_")
+# The import paths a trained model's learner is built from, and those evaluating or loading a
+# model may need (the data's lister too).
+MODEL_CODE_KEYS = ("model._target_", "algorithm._target_", "algorithm.inner_rule._target_")
+CODE_KEYS = (*MODEL_CODE_KEYS, "dataset._target_")
+
+
+def code_value(node: Any, key: str) -> str | None:
+    """The import path `key` (dotted) holds in a Config or a saved config mapping; None when
+    unset (an empty inner_rule._target_ is the built-in rule)."""
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else getattr(node, part, None)
+        if node is None:
+            return None
+    return str(node) or None
 
 
 @dataclass
@@ -49,9 +63,11 @@ class CodePolicy:
         )
 
     def model_config(self, cfg: Config) -> Config:
-        """`cfg` to build the members from: its model's code allowed, its optimizer the
-        default (evaluation takes no meta-step, and the saved one is not imported)."""
-        self.allow("model._target_", cfg.model._target_)
+        """`cfg` to build the members from: its model's code (backbone, algorithm, inner rule)
+        allowed, its optimizer the default (evaluation takes no meta-step, and the saved one is
+        not imported)."""
+        for key in MODEL_CODE_KEYS:
+            self.allow(key, code_value(cfg, key))
         return replace(cfg, optimizer=OptimizerConfig())
 
     def dataset_config(self, cfg: Config) -> None:

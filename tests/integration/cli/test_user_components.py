@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 import mamlpp
 from helpers.paths import SHARED, USER_CODE
 from mamlpp.config import ConfigError
+from mamlpp.tasks import task_losses
 
 USER_CONF = f"hydra.searchpath=[file://{USER_CODE / 'conf'}]"
 
@@ -91,3 +93,37 @@ def test_a_users_components_train_through_the_cli(tmp_path: Path) -> None:
     (run_dir,) = (tmp_path / "runs" / "smoke").iterdir()
     assert "model.hidden=16,model=tiny_mlp," in run_dir.name
     _check_user_run(run_dir)
+
+
+@pytest.mark.usefixtures("user_code")
+def test_a_users_algorithm_with_a_key_of_its_own_trains_in_process(tmp_path: Path) -> None:
+    """algorithm=smoothed_maml (tests/user_code/user_algorithms.py) is a Learner subclass with
+    its own config dataclass: its key is checked, saved in the identity, and trained with."""
+    base = [USER_CONF, "experiment=smoke", "progress_bar=false", "eval.top_k=1"]
+    with pytest.raises(ConfigError, match="'algorithm.label_smoothing' = 1.5 is invalid"):
+        mamlpp.compose(*base, "algorithm=smoothed_maml", "algorithm.label_smoothing=1.5")
+    with pytest.raises(ConfigError, match="not read by algorithm=maml"):
+        mamlpp.compose(*base, "algorithm=maml", "algorithm.label_smoothing=0.2")
+    cfg = mamlpp.compose(
+        *base,
+        "algorithm=smoothed_maml",
+        "algorithm.label_smoothing=0.2",
+        "train.epochs=1",
+        "train.iters_per_epoch=2",
+        f"paths.runs_dir={tmp_path / 'runs'}",
+    )
+    assert type(cfg.algorithm).__name__ == "SmoothedMamlConfig"
+    results = mamlpp.train(cfg)
+    assert results["identity"]["algorithm.label_smoothing"] == 0.2
+    run_dir = Path(cfg.run.dir)
+    assert json.loads((run_dir / "results.json").read_text())["identity"] == results["identity"]
+    # The saved config names the user's code: evaluating it imports that only when asked to.
+    with pytest.raises(ConfigError, match="imports no code a file names"):
+        mamlpp.load(run_dir)
+    model = mamlpp.load(run_dir, overrides=["algorithm._target_=user_algorithms.SmoothedMaml"])
+    (learner,) = model.learners
+    assert type(learner).__name__ == "SmoothedMaml"
+    # Its loss is the smoothed one: on the same logits it exceeds plain cross-entropy.
+    logits = torch.tensor([[[4.0, 0.0, 0.0]]])
+    labels = torch.tensor([[0]])
+    assert learner.loss_fn(logits, labels) > task_losses(logits, labels)

@@ -66,8 +66,11 @@ def plant(path: Path, cfg: Config, edit: dict[str, Any], prep: Preprocessing | N
     learner = build_learner(cfg, 1 if prep is None else prep.channels)
     state = member_state(learner.state_dict(), cfg, prep or Preprocessing(28, 1), 1, 0.5)
     for key, value in edit.items():
-        section, name = key.split(".")
-        state["config"][section][name] = value
+        *sections, name = key.split(".")
+        node = state["config"]
+        for section in sections:
+            node = node[section]
+        node[name] = value
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, state if prep is not None else {"learner": state["learner"]})
     return path
@@ -180,6 +183,39 @@ def test_a_module_backbone_named_by_a_file_is_not_imported(
     # Naming another class is not naming this one: it would be another model.
     line = eval_error(capsys, str(model), "model._target_=user_nets.SmallCNN")
     assert "trained with model._target_=planted.Net" in line
+    assert not marker.exists()
+    assert "planted" not in sys.modules
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        ({"algorithm.inner_rule._target_": "planted.Rule"}, "algorithm.inner_rule._target_"),
+        (
+            {"algorithm.name": "planted_algo", "algorithm._target_": "planted.register_algorithm"},
+            "algorithm._target_",
+        ),
+    ],
+)
+def test_an_algorithm_or_inner_rule_named_by_a_file_is_not_imported(
+    tmp_path: Path,
+    marker: Path,
+    omniglot: tuple[str, str],
+    capsys: pytest.CaptureFixture,
+    edit: dict[str, str],
+    key: str,
+) -> None:
+    """A user's algorithm (algorithm._target_) and inner rule (algorithm.inner_rule._target_)
+    are code too: building the learner would import them."""
+    cfg = mamlpp.compose(*SMOKE, *omniglot, "algorithm=maml")
+    model = plant(tmp_path / "model.pt", cfg, edit, Preprocessing(28, 1))
+
+    line = eval_error(capsys, str(model), FEW_TASKS)
+    assert f"'{key}' = '{edit[key]}'" in line and "--trust-code" in line
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        mamlpp.load(model, device="cpu")
+    line = eval_error(capsys, str(model), f"{key}=user_rules.MomentumSGD")
+    assert f"trained with {key}={edit[key]}" in line
     assert not marker.exists()
     assert "planted" not in sys.modules
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -191,6 +193,43 @@ def test_a_search_prints_trials_parameters_and_objectives_only(killed_search: di
     assert len(values) == 2, trials
     best = load(killed_search["root"]).best_trial
     assert f"[mamlpp] best: trial {best.number}, val/best_acc = {best.value:.6g}: " in again[-1]
+
+
+def test_a_study_an_earlier_mamlpp_named_is_continued(
+    cli: Cli, killed_search: dict, tmp_path: Path
+) -> None:
+    """Earlier identities held every component's keys (a conv4 run's model.channels, a MAML++
+    run's algorithm.finetune_steps), so their hash named the study otherwise: the same search
+    finds the study by its stored identity and continues it instead of starting another."""
+    root = killed_search["root"]
+    (name,) = studies(root)
+    copy = tmp_path / "earlier"
+    copy.mkdir()
+    shutil.copy(root / "optuna.db", copy / "optuna.db")
+    earlier = f"{STUDY}-0123abcd"
+    with sqlite3.connect(copy / "optuna.db") as db:
+        db.execute("UPDATE studies SET study_name = ? WHERE study_name = ?", (earlier, name))
+        where = (
+            "key = ? AND study_id = (SELECT study_id FROM studies WHERE study_name = ?)",
+            (IDENTITY, earlier),
+        )
+        (value,) = db.execute(
+            f"SELECT value_json FROM study_user_attributes WHERE {where[0]}", where[1]
+        ).fetchone()
+        identity = {**json.loads(value), "algorithm.finetune_steps": 100, "model.channels": [64]}
+        db.execute(
+            f"UPDATE study_user_attributes SET value_json = ? WHERE {where[0]}",
+            (json.dumps(identity), *where[1]),
+        )
+    args = [a for a in killed_search["args"] if not a.startswith("hydra.sweep.dir=")]
+    done = cli.run(*args, f"hydra.sweep.dir={copy}", tiny=False, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"optuna study '{earlier}' is this experiment" in done.stderr
+    assert (
+        f"optuna study '{earlier}' in sqlite:///{copy}/optuna.db: {N_TRIALS} trial(s) done, "
+        "0 to run" in done.stderr
+    )
+    assert studies(copy) == [earlier]
 
 
 def test_other_fixed_overrides_are_another_study(cli: Cli, killed_search: dict):

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 import mamlpp
 from mamlpp.algorithms.factory import build_network
 from mamlpp.algorithms.finetune_baseline import MOMENTUM, WEIGHT_DECAY, FineTuneBaseline
-from mamlpp.config import AlgorithmConfig, Conv4Config
+from mamlpp.config import Conv4Config, FineTuneConfig
 from mamlpp.data.episodes import EpisodeSampler
 from mamlpp.data.splits import SplitClasses
 from mamlpp.errors import ConfigError
@@ -26,7 +26,7 @@ WAYS, SHOTS, TARGETS, SIZE = 3, 2, 2, 8
 
 def make_baseline(cosine: bool, seed: int = 0) -> FineTuneBaseline:
     torch.manual_seed(seed)
-    algo = AlgorithmConfig(
+    algo = FineTuneConfig(
         name="baseline_pp" if cosine else "baseline",
         second_order=False,
         finetune_steps=6,

@@ -11,7 +11,15 @@ from torch import Tensor
 
 from mamlpp.algorithms.meta_learner import EpisodeBatch, MetaLearner
 from mamlpp.algorithms.schedules import meta_lr_at, msl_weights, use_multi_step_loss
-from mamlpp.config import AlgorithmConfig, Config, TaskConfig, dataset_config, validate
+from mamlpp.config import (
+    AlgorithmConfig,
+    Config,
+    TaskConfig,
+    algorithm_config,
+    dataset_config,
+    validate,
+)
+from mamlpp.config.registry import names
 from mamlpp.errors import ConfigError
 from mamlpp.nn.layers import BatchStats, MetaBatchNorm2d, apply_batch_stats
 
@@ -371,7 +379,12 @@ def test_first_adam_step_uses_the_scheduled_lr(make_learner, make_batch) -> None
 
 
 def _config(**algorithm: object) -> Config:
-    return Config(algorithm=AlgorithmConfig(**algorithm))
+    """A Config whose algorithm is the registered one's config (FOMAML's refuses second order);
+    an unregistered name is kept on a plain AlgorithmConfig for validate to refuse."""
+    name = str(algorithm.pop("name", "mamlpp"))
+    if name not in names("algorithm"):
+        return Config(algorithm=AlgorithmConfig(name=name, **algorithm))
+    return Config(algorithm=algorithm_config(name, **algorithm))
 
 
 @pytest.mark.parametrize(

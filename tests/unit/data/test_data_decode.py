@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from mamlpp.config import dataset_config
+from mamlpp.data import image_cache
 from mamlpp.data import image_folder as imf
 from mamlpp.data.decode import decode_image
 from mamlpp.data.preprocessing import Preprocessing
@@ -168,7 +169,7 @@ def test_every_path_decodes_alike(tmp_path: Path) -> None:
     data = load_dataset(cfg)
     listing = imf.list_unsplit_folder(tmp_path / "src")
     listing.channels = 1
-    grey_cache = imf.load_cached(listing, tmp_path / "data", S)
+    grey_cache = image_cache.load_cached(listing, tmp_path / "data", S)
     for c in range(3):
         for i, (name, raw) in enumerate(files.items()):
             row = data.images.starts[c] + i

@@ -16,8 +16,7 @@ from PIL import Image
 from helpers.images import class_folder
 from helpers.paths import USER_CODE
 from mamlpp.config import ImageDatasetConfig, dataset_config
-from mamlpp.data import capacity
-from mamlpp.data import image_folder as imf
+from mamlpp.data import capacity, image_cache
 from mamlpp.data import omniglot as og
 from mamlpp.data.registry import load_dataset
 from mamlpp.errors import ConfigError, DataError
@@ -66,7 +65,7 @@ def test_disk_filling_up_while_caching_is_one_line_and_leaves_nothing(
     root = _folder(tmp_path / "src")
     cfg = _cfg(root, small_disk / "data")
     filler = small_disk / "someone-elses-file"
-    real_chunks = imf.decode_chunks
+    real_chunks = image_cache.decode_chunks
 
     def others_write_meanwhile(*args: object, **kwargs: object):
         for i, chunk in enumerate(real_chunks(*args, **kwargs)):
@@ -79,8 +78,8 @@ def test_disk_filling_up_while_caching_is_one_line_and_leaves_nothing(
                         pass
             yield chunk
 
-    monkeypatch.setattr(imf, "decode_chunks", others_write_meanwhile)
-    monkeypatch.setattr(imf, "_CHUNK", 10)
+    monkeypatch.setattr(image_cache, "decode_chunks", others_write_meanwhile)
+    monkeypatch.setattr(image_cache, "_CHUNK", 10)
     with pytest.raises(DataError) as err:
         load_dataset(cfg)
     line = str(err.value)
@@ -89,7 +88,7 @@ def test_disk_filling_up_while_caching_is_one_line_and_leaves_nothing(
     assert _decoded_cache(small_disk / "data") == []  # no .npy, manifest or temp file
 
     filler.unlink()  # space again: the cache is built and right
-    monkeypatch.setattr(imf, "decode_chunks", real_chunks)
+    monkeypatch.setattr(image_cache, "decode_chunks", real_chunks)
     data = load_dataset(cfg)
     with Image.open(root / "class0" / "img0.png") as im:
         first = np.asarray(im.convert("RGB").resize((S, S), Image.Resampling.LANCZOS))

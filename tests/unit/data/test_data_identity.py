@@ -15,7 +15,7 @@ from PIL import Image
 
 from helpers.images import class_folder
 from mamlpp.config import Config, ImageDatasetConfig, dataset_config
-from mamlpp.data import content
+from mamlpp.data import content, image_cache
 from mamlpp.data import image_folder as imf
 from mamlpp.data import omniglot as og
 from mamlpp.data.registry import load_dataset
@@ -82,7 +82,7 @@ def test_swapped_pixels_change_the_identity_and_rebuild_the_cache(
     assert swapped.fingerprint == old_fingerprint
     assert swapped.names_identity() == listing.names_identity()
     # ...the content identity and the decoded cache do.
-    decodes = _counting(monkeypatch, imf, "decode_chunks")
+    decodes = _counting(monkeypatch, image_cache, "decode_chunks")
     again = load_dataset(cfg)
     assert again.identity != first.identity and decodes == [1]
     ra, rb = first.images.starts[0] + 1, first.images.starts[3] + 2

@@ -18,6 +18,7 @@ from PIL import Image
 
 from helpers.paths import REPO_ROOT, USER_CODE
 from mamlpp.config import Config, ImageDatasetConfig, dataset_config, validate
+from mamlpp.data import image_cache
 from mamlpp.data import image_folder as imf
 from mamlpp.data.dataset import ClassImages, split_by_ratios
 from mamlpp.data.decode import decode_image
@@ -238,12 +239,12 @@ def test_cache_is_reused_and_invalidated_when_the_source_changes(
     manifest = json.loads((tmp_path / "data" / "cache" / files[0]).read_text())
     assert manifest["counts"] == [6] * 7 and manifest["split_sizes"] == [3, 2, 2]
 
-    real_chunks = imf.decode_chunks
+    real_chunks = image_cache.decode_chunks
 
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cache hit must not decode")
 
-    monkeypatch.setattr(imf, "decode_chunks", boom)
+    monkeypatch.setattr(image_cache, "decode_chunks", boom)
     again = load_dataset(c)
     np.testing.assert_array_equal(first.images.pixels, again.images.pixels)
 
@@ -256,7 +257,7 @@ def test_cache_is_reused_and_invalidated_when_the_source_changes(
         calls.append(1)
         return real_chunks(*args, **kwargs)
 
-    monkeypatch.setattr(imf, "decode_chunks", counting)
+    monkeypatch.setattr(image_cache, "decode_chunks", counting)
     rebuilt = load_dataset(c)
     assert calls, "a changed source file must rebuild the cache"
     cls = rebuilt.class_names.index("train/train_class2")
@@ -418,7 +419,7 @@ def _mode(data: bytes) -> str:
 def test_real_tiny_imagenet_cache_reused_and_deterministic(
     tiny: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(imf, "decode_chunks", lambda *a, **k: pytest.fail("cache miss"))
+    monkeypatch.setattr(image_cache, "decode_chunks", lambda *a, **k: pytest.fail("cache miss"))
     again = load_dataset(tiny["cfg"])
     np.testing.assert_array_equal(again.images.pixels, tiny["data"].images.pixels)
     assert again.mean == tiny["data"].mean
@@ -440,13 +441,13 @@ def test_real_tiny_imagenet_cache_invalidated_when_the_zip_changes(
     shutil.copy2(TINY_ZIP, src / TINY_ZIP.name)
     c = cfg("tiny_imagenet", src, tmp_path / "data", image_size=8)
     calls: list[int] = []
-    real_chunks = imf.decode_chunks
+    real_chunks = image_cache.decode_chunks
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real_chunks(*args, **kwargs)
 
-    monkeypatch.setattr(imf, "decode_chunks", counting)
+    monkeypatch.setattr(image_cache, "decode_chunks", counting)
     first = load_dataset(c)
     load_dataset(c)
     assert len(calls) == 1  # the second load is a cache hit

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from helpers.paths import REPO_ROOT
-from mamlpp.data import image_folder as imf
+from mamlpp.data import image_cache
 from mamlpp.data import omniglot as og
 from mamlpp.errors import ConfigError, DataError
 
@@ -79,7 +79,7 @@ def test_real_cached_load_reads_no_zip(
 
     monkeypatch.setattr(zipfile, "ZipFile", boom)
     monkeypatch.setattr(Image, "open", boom)
-    monkeypatch.setattr(imf, "decode_chunks", boom)
+    monkeypatch.setattr(image_cache, "decode_chunks", boom)
     start = time.perf_counter()
     again = og.load_omniglot(real_omniglot["data_dir"], source=real_omniglot["source"])
     seconds = time.perf_counter() - start
@@ -121,13 +121,13 @@ def test_real_changed_source_rebuilds(
     data_dir = tmp_path / "data"
     shutil.copytree(real_omniglot["data_dir"] / "cache", data_dir / "cache")  # copy2 keeps mtimes
     calls = []
-    real_decode = imf.decode_chunks
+    real_decode = image_cache.decode_chunks
 
     def spy(*args: object, **kwargs: object) -> object:
         calls.append(1)
         return real_decode(*args, **kwargs)
 
-    monkeypatch.setattr(imf, "decode_chunks", spy)
+    monkeypatch.setattr(image_cache, "decode_chunks", spy)
     hit = og.load_omniglot(data_dir, source=real_omniglot["source"])
     assert calls == [], "copied cache with unchanged sources should be a hit"
     np.testing.assert_array_equal(hit, real_omniglot["arr"])
@@ -313,8 +313,8 @@ def test_synthetic_process_pool_matches_serial(
     synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     serial = _load_small(tmp_path / "serial", synth)
-    monkeypatch.setattr(imf, "_PARALLEL_MIN_IMAGES", 0)
-    monkeypatch.setattr(imf, "_CHUNK", 7)  # many tasks, chunks straddle class boundaries
+    monkeypatch.setattr(image_cache, "_PARALLEL_MIN_IMAGES", 0)
+    monkeypatch.setattr(image_cache, "_CHUNK", 7)  # many tasks, chunks straddle class boundaries
     pooled = og._load_omniglot(
         tmp_path / "pool", synth, SIZE, expected_classes=5, expected_images=20, workers=2
     )
