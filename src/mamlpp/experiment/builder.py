@@ -3,8 +3,8 @@
 It puts the parts together: the run layout (mamlpp.layout), the device (experiment.device),
 the tasks (experiment.task_data), the learner behind its port (experiment.learner_port), the
 checkpoint store (experiment.checkpoint_store), the training loop and its callbacks
-(experiment.loop, experiment.callbacks), the test phase and the finished-run policy
-(experiment.finished).
+(experiment.loop, experiment.callbacks), the test phase (experiment.test_phase) and the
+finished-run policy (experiment.finished).
 
 Resume guarantees (CPU): a run killed at any moment and started again with the same command
 ends with the same numbers as an uninterrupted one. The checkpoint is the single source of truth:
@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import time
-from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +41,7 @@ from mamlpp.experiment.checkpoints import atomic_write_text
 from mamlpp.experiment.console import log, run_log, speak_for_the_job
 from mamlpp.experiment.device import configure_device, place_on_free_gpu, resolve_device
 from mamlpp.experiment.distributed import Distributed
-from mamlpp.experiment.evaluation import evaluate_ensemble, predict_tasks
+from mamlpp.experiment.evaluation import predict_tasks
 from mamlpp.experiment.finished import finished_results, write_finished
 from mamlpp.experiment.gpu_claim import GpuClaim
 from mamlpp.experiment.learner_port import LearnerPort
@@ -54,7 +51,6 @@ from mamlpp.experiment.members import member_state
 from mamlpp.experiment.metrics import write_metrics_csv
 from mamlpp.experiment.nonfinite import check_eval as check_nonfinite
 from mamlpp.experiment.nonfinite import refuse_running_stats_training
-from mamlpp.experiment.results import RunResults, config_summary
 from mamlpp.experiment.run_dir import (
     RunDirError,
     discard_new_run,
@@ -62,9 +58,10 @@ from mamlpp.experiment.run_dir import (
     remove_temp_files,
     require_checkpoint,
 )
-from mamlpp.experiment.run_state import TrainingProgress, run_identity
+from mamlpp.experiment.run_state import TrainingProgress
 from mamlpp.experiment.signals import EXIT_RESUMABLE, SignalFlag, StopRequested
 from mamlpp.experiment.task_data import build_task_data
+from mamlpp.experiment.test_phase import TestPhase
 from mamlpp.layout import RunLayout
 from mamlpp.trackers import open_trackers
 from mamlpp.trackers.base import FanOut
@@ -233,7 +230,15 @@ class ExperimentBuilder:
             self.trackers.log_params(experiment_keys(self.cfg))
             self._stop_if_requested(progress)  # a signal while loading: nothing new to save
             self._loop().run(progress)
-            return self._test(progress)
+            test = TestPhase(
+                self.cfg,
+                self.sampler,
+                self.store,
+                self.dist,
+                self._new_learner,
+                self._stop_if_requested,
+            )
+            return test.run(progress, self.trackers, self.device, self.data_identity)
         finally:
             self.trackers.close()
 
@@ -300,56 +305,3 @@ class ExperimentBuilder:
         name = self.stop.stop_name()
         if name is not None:
             raise StopRequested(name, progress.next_iteration)
-
-    # ------------------------------------------------------------------ test phase
-    def _test(self, progress: TrainingProgress) -> dict[str, Any]:
-        cfg = self.cfg
-        log(
-            f"testing the top-{len(progress.top_k)} models and their ensemble on "
-            f"{cfg.eval.test_tasks} tasks"
-        )
-        t_test = time.perf_counter()
-        self.dist.barrier()  # rank 0 has written every member file
-        tested = evaluate_ensemble(
-            self._top_k_members(progress),
-            self.sampler,
-            "test",
-            cfg.eval.task_seed,
-            cfg.eval.test_tasks,
-            cfg.eval.batch_size,
-            self.dist,
-            between=partial(self._stop_if_requested, progress),
-            check=lambda info, preds: check_nonfinite(
-                preds.losses(), "test", f"for the member of epoch {info['epoch']}", cfg
-            ),
-        )
-        t_test = time.perf_counter() - t_test
-        mean, ci = tested["test_accuracy_mean"], tested["test_accuracy_ci95"]
-        # One step past training: a re-test or a resume in the test phase (resume step =
-        # iterations + 1) replaces or skips these instead of duplicating them.
-        self.trackers.log_scalars({"test/acc": mean, "test/ci95": ci}, self.total_iterations + 1)
-        return RunResults(
-            test_accuracy_mean=mean,
-            test_accuracy_ci95=ci,
-            num_test_tasks=cfg.eval.test_tasks,
-            ensemble_size=tested["ensemble_size"],
-            per_model=tested["per_model"],
-            best_val_accuracy=progress.top_k[0]["val_acc"],  # ranked best first
-            train_seconds=round(progress.train_seconds, 2),
-            test_seconds=round(t_test, 2),
-            wall_time_s=round(progress.train_seconds + progress.eval_seconds + t_test, 2),
-            epochs=cfg.train.epochs,
-            iterations=self.total_iterations,
-            device=str(self.device),
-            config=config_summary(cfg),
-            identity=run_identity(cfg, self.data_identity),
-            metric=None if objective_of(cfg).higher_is_better else objective_of(cfg).metric,
-        ).to_dict()
-
-    def _top_k_members(self, progress: TrainingProgress) -> Iterator[tuple[dict, Learner]]:
-        """The top-k members, loaded one at a time (a stop signal stops between them)."""
-        for entry in progress.top_k:
-            self._stop_if_requested(progress)
-            learner = self._new_learner()
-            self.store.load_member(entry["epoch"], learner)
-            yield {"epoch": entry["epoch"], "val_accuracy": entry["val_acc"]}, learner

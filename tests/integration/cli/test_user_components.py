@@ -96,10 +96,19 @@ def test_a_users_components_train_through_the_cli(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("user_code")
-def test_a_users_algorithm_with_a_key_of_its_own_trains_in_process(tmp_path: Path) -> None:
+def test_a_users_algorithm_with_a_key_of_its_own_trains_in_process(
+    tmp_path: Path, omniglot_source_dir: Path, omniglot_data_dir: Path
+) -> None:
     """algorithm=smoothed_maml (tests/user_code/user_algorithms.py) is a Learner subclass with
     its own config dataclass: its key is checked, saved in the identity, and trained with."""
-    base = [USER_CONF, "experiment=smoke", "progress_bar=false", "eval.top_k=1"]
+    base = [
+        USER_CONF,
+        "experiment=smoke",
+        "progress_bar=false",
+        "eval.top_k=1",
+        f"dataset.source={omniglot_source_dir}",
+        f"dataset.data_dir={omniglot_data_dir}",
+    ]
     with pytest.raises(ConfigError, match="'algorithm.label_smoothing' = 1.5 is invalid"):
         mamlpp.compose(*base, "algorithm=smoothed_maml", "algorithm.label_smoothing=1.5")
     with pytest.raises(ConfigError, match="not read by algorithm=maml"):
