@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mamlpp.config.identity import is_module_argument
 from mamlpp.config.naming import run_name
 from mamlpp.config.registry import (
+    NAMED_SECTIONS,
     SECTIONS,
     Component,
     ComponentConfig,
@@ -158,9 +159,9 @@ def check_unread_overrides(cfg: Config, overrides: list[str]) -> None:
                 f"ignored: add it to the logger list, e.g. logger=[tensorboard,{tracker}]"
             )
         name = name.partition(".")[0]
-        node = {"dataset": cfg.dataset, "model": cfg.model, "algorithm": cfg.algorithm}.get(section)
-        if node is None or not name or name == "name":
+        if section not in NAMED_SECTIONS or not name or name == "name":
             continue
+        node = getattr(cfg, section)
         if node.name == "module" and name in node.kwargs:
             continue  # a constructor argument of the module (+model.width=32)
         has = [k for k in component(section, node.name).own_keys() if k != "name"]
@@ -184,7 +185,7 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
         elif key in _SECTIONS and isinstance(cfg[key], DictConfig):
             known = {f.name for f in fields(_SECTIONS[key])}
             found += [f"{key}.{k}" for k in cfg[key] if k not in known]
-        elif key in SECTIONS and key != "logger" and isinstance(cfg[key], DictConfig):
+        elif key in NAMED_SECTIONS and isinstance(cfg[key], DictConfig):
             found += [f"{key}.{k}" for k in cfg[key] if k not in known_keys(key)]
     return found
 
@@ -193,7 +194,7 @@ def all_keys() -> list[str]:
     """Every dotted key the schema and the registered components declare."""
     keys = [k for k in _TOP_KEYS if k not in _SECTIONS and k not in SECTIONS]
     keys += [f"{s}.{f.name}" for s, cls in _SECTIONS.items() for f in fields(cls)]
-    keys += [f"{s}.{k}" for s in ("model", "dataset", "algorithm") for k in sorted(known_keys(s))]
+    keys += [f"{s}.{k}" for s in NAMED_SECTIONS for k in sorted(known_keys(s))]
     return keys + [f"logger.{c.name}.{k}" for c in registered("logger") for k in c.own_keys()]
 
 

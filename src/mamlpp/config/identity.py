@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mamlpp.config.algorithms import AlgorithmConfig, FineTuneConfig
 from mamlpp.config.paths import conf_dir
-from mamlpp.config.registry import component, known_keys, names
+from mamlpp.config.registry import NAMED_SECTIONS, component, known_keys, names
 from mamlpp.config.schema import Config
 
 # Keys that may differ between a checkpoint and the resuming run, and that never name a run
@@ -110,7 +110,7 @@ def comparable(keys: dict[str, Any]) -> dict[str, Any]:
     backbone's, dataset's and algorithm's keys (a conv4 run's model.channels, a MAML run's
     algorithm.finetune_steps), which no run reads."""
     kept = dict(keys)
-    for section in ("model", "dataset", "algorithm"):
+    for section in NAMED_SECTIONS:
         name = keys.get(f"{section}.name")
         if name not in names(section):
             continue

@@ -31,6 +31,9 @@ SECTIONS = {
     "logger": "tracker",
     "algorithm": "algorithm",
 }
+# The sections whose `name` chooses one component (a logger section holds several trackers,
+# each under its own name).
+NAMED_SECTIONS = tuple(s for s in SECTIONS if s != "logger")
 
 
 @dataclass
@@ -76,7 +79,7 @@ def register(section: str, name: str, config: type[ComponentConfig], build: Any 
     builds it). Registering the same config again only attaches `build`."""
     if not (isinstance(config, type) and issubclass(config, ComponentConfig)):
         raise TypeError(f"{name}: config {config!r} is not a ComponentConfig dataclass")
-    if section != "logger" and "name" not in {f.name for f in fields(config)}:
+    if section in NAMED_SECTIONS and "name" not in {f.name for f in fields(config)}:
         raise TypeError(f"{name}: {config.__name__} needs a `name` field")
     known = _REGISTRY[section].get(name)
     if known is not None and known.config is not config:

@@ -50,9 +50,14 @@ def _batched(x: Tensor) -> bool:
     return bool(torch._C._functorch.is_batchedtensor(x))
 
 
+def _custom_kernel_input(x: Tensor) -> bool:
+    """Whether x can take this module's CPU kernels: contiguous, on CPU, not vmap-batched."""
+    return x.device.type == "cpu" and x.is_contiguous() and not _batched(x)
+
+
 def max_pool_2x2(x: Tensor) -> Tensor:
     """F.max_pool2d(x, 2), bit for bit, through the faster kernel on contiguous CPU input."""
-    if x.device.type == "cpu" and x.is_contiguous() and not _batched(x):
+    if _custom_kernel_input(x):
         return _MaxPool2x2.apply(x)
     return F.max_pool2d(x, 2)
 
@@ -128,7 +133,7 @@ class _LeakyReluMaxPool2x2(torch.autograd.Function):
 def leaky_relu_max_pool_2x2(x: Tensor, slope: float = 0.01) -> Tensor:
     """F.max_pool2d(F.leaky_relu(x, slope), 2), bit for bit (values, gradients, second-order
     gradients), as one faster node on contiguous CPU input."""
-    if x.device.type == "cpu" and x.is_contiguous() and not _batched(x):
+    if _custom_kernel_input(x):
         return _LeakyReluMaxPool2x2.apply(x, slope)
     return F.max_pool2d(F.leaky_relu(x, slope), 2)
 
